@@ -1,0 +1,1 @@
+"""Classifier: image decoding and preprocessing, TensorFlow models, batched runtime, training."""

@@ -1,0 +1,1 @@
+"""The megane-crawler daemon: CLI, config, sources, HTTP fetching, pipeline, review UI."""

@@ -1,0 +1,1 @@
+"""Storage: the SQLite catalogue, file placement under data_dir, quarantine files."""
