@@ -1,0 +1,641 @@
+"""The SQLite catalogue: the durable queue of SPEC §7 and the record of every stored image.
+
+One aiosqlite connection per process (WAL, foreign keys, a busy timeout so a second
+process — a CLI command beside the daemon — waits instead of failing). Every state change
+is its own short transaction, so a `kill -9` at any moment leaves rows that a restart
+resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from storage.errors import CatalogueError, UnknownMediaError
+from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
+from storage.schema import MIGRATIONS, SCHEMA_VERSION
+
+BUSY_TIMEOUT_MS = 15_000
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """A source's stored cursor and health."""
+
+    name: str
+    kind: str
+    query_key: str
+    cursor: str | None
+    last_poll_at: float | None
+    last_success_at: float | None
+    last_new_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+    consecutive_errors: int
+    empty_polls: int
+    next_poll_at: float | None
+    notice: str | None
+    items_total: int
+
+
+@dataclass(frozen=True)
+class RescoreItem:
+    """What re-filing one stored image needs: its current filing, scores and source flags."""
+
+    blob: BlobRow
+    scores: dict[str, float]
+    flags: tuple[str, ...]
+    labels: dict[str, bool]
+
+
+def _loads_tuple(text: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(text)) if text else ()
+
+
+def _media_row(row: sqlite3.Row) -> MediaRow:
+    return MediaRow(
+        id=row["id"], url=row["url"], source=row["source"], state=State(row["state"]),
+        reason=row["reason"], sha256=row["sha256"], post_url=row["post_url"],
+        author=row["author"], flags=_loads_tuple(row["flags"]), tags=_loads_tuple(row["tags"]),
+        attempts=row["attempts"], created_at=row["created_at"], updated_at=row["updated_at"],
+    )
+
+
+def _blob_row(row: sqlite3.Row) -> BlobRow:
+    placement = row["placement"]
+    return BlobRow(
+        sha256=row["sha256"], size=row["size"], format=row["format"], width=row["width"],
+        height=row["height"], extension=row["extension"],
+        placement=Placement(placement) if placement in Placement.__members__.values() else None,
+        reason=row["reason"], tags=_loads_tuple(row["tags"]),
+        model_version=row["model_version"], created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class Catalogue:
+    """Async access to `catalogue.sqlite`. Open with `await Catalogue.open(path)`."""
+
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> Catalogue:
+        """Open (creating and migrating as needed) the catalogue at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = await aiosqlite.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as error:
+            raise CatalogueError(f"{path}: cannot open the catalogue: {error}") from error
+        connection.row_factory = sqlite3.Row
+        catalogue = cls(connection, path)
+        try:
+            await catalogue._prepare()
+        except BaseException:
+            await connection.close()
+            raise
+        return catalogue
+
+    async def _prepare(self) -> None:
+        try:
+            await self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._db.execute("PRAGMA synchronous = NORMAL")
+            await self._db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate()
+        except sqlite3.OperationalError as error:
+            raise CatalogueError(
+                f"{self.path}: {error} (is another process holding the catalogue locked?)"
+            ) from error
+        except sqlite3.DatabaseError as error:
+            raise CatalogueError(f"{self.path}: not a usable catalogue: {error}") from error
+
+    async def _migrate(self) -> None:
+        version = await self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise CatalogueError(
+                f"{self.path}: schema version {version} is newer than this program's "
+                f"{SCHEMA_VERSION}; upgrade megane-crawler"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have migrated while we waited for the lock.
+                if await self.schema_version() > number:
+                    await self._db.execute("ROLLBACK")
+                    continue
+                for statement in MIGRATIONS[number]:
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {number + 1}")
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def integrity_check(self) -> str:
+        async with self._db.execute("PRAGMA integrity_check") as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row else "no answer"
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        async with self._db.execute(sql, params) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = await self._db.execute(sql, params)
+        await self._db.commit()
+        return cursor.rowcount
+
+    # -- the queue ---------------------------------------------------------------
+
+    async def add_media(self, refs: Iterable[MediaRef], now: float) -> list[MediaRow]:
+        """Record new media URLs; returns the rows created (known URLs/keys are skipped).
+
+        A ref with `skip_reason` is recorded straight as rejected. A ref whose `md5` or
+        dedup key matches stored content is recorded with the state of that content
+        without downloading it again.
+        """
+        created: list[int] = []
+        for ref in refs:
+            existing = await self._fetchone(
+                "SELECT id FROM media WHERE url = ? OR dedup_key = ?", (ref.url, ref.key)
+            )
+            if existing is not None:
+                continue
+            state, reason, sha256 = State.PENDING, None, None
+            if ref.skip_reason:
+                state, reason = State.REJECTED, ref.skip_reason
+            elif ref.md5:
+                known = await self._known_by_md5(ref.md5)
+                if known is not None:
+                    state, reason, sha256 = known
+            cursor = await self._db.execute(
+                """INSERT OR IGNORE INTO media (url, dedup_key, source, post_url, author,
+                   posted_at, md5, flags, tags, extra, state, reason, sha256, created_at,
+                   updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (ref.url, ref.key, ref.source, ref.post_url, ref.author, ref.posted_at,
+                 ref.md5.lower() if ref.md5 else None, json.dumps(list(ref.flags)),
+                 json.dumps(list(ref.tags)), json.dumps(dict(ref.extra)), state.value, reason,
+                 sha256, now, now),
+            )
+            if cursor.rowcount and cursor.lastrowid is not None:
+                created.append(cursor.lastrowid)
+        await self._db.commit()
+        if not created:
+            return []
+        marks = ",".join("?" * len(created))
+        rows = await self._fetchall(f"SELECT * FROM media WHERE id IN ({marks})", created)
+        return [_media_row(row) for row in rows]
+
+    async def _known_by_md5(self, md5: str) -> tuple[State, str, str | None] | None:
+        row = await self._fetchone(
+            """SELECT m.sha256, b.placement, b.reason FROM media m
+               JOIN blobs b ON b.sha256 = m.sha256
+               WHERE m.md5 = ? AND b.placement IS NOT NULL LIMIT 1""",
+            (md5.lower(),),
+        )
+        if row is None:
+            return None
+        placement = row["placement"]
+        if placement == "rejected":
+            return State.REJECTED, f"known_rejected_content: {row['reason']}", None
+        return State(placement), "duplicate_content", row["sha256"]
+
+    async def media_in_states(
+        self, states: Sequence[State], *, limit: int, now: float | None = None,
+        exclude: Iterable[int] = (),
+    ) -> list[MediaRow]:
+        """Rows in `states`, oldest first; with `now`, only those due (next_attempt_at)."""
+        excluded = list(exclude)
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT * FROM media WHERE state IN ({marks})"
+        params: list[Any] = [state.value for state in states]
+        if now is not None:
+            sql += " AND next_attempt_at <= ?"
+            params.append(now)
+        if excluded:
+            sql += f" AND id NOT IN ({','.join('?' * len(excluded))})"
+            params.extend(excluded)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [_media_row(row) for row in await self._fetchall(sql, params)]
+
+    async def count_unfinished(self) -> int:
+        row = await self._fetchone(
+            "SELECT count(*) FROM media WHERE state IN "
+            "('pending', 'downloaded', 'decoded', 'classified')"
+        )
+        return int(row[0]) if row else 0
+
+    async def next_attempt_at(self) -> float | None:
+        """The earliest time a pending row becomes due, if any."""
+        row = await self._fetchone(
+            "SELECT min(next_attempt_at) FROM media WHERE state = 'pending'"
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def get_media(self, media_id: int) -> MediaRow:
+        row = await self._fetchone("SELECT * FROM media WHERE id = ?", (media_id,))
+        if row is None:
+            raise UnknownMediaError(f"no media row with id {media_id}")
+        return _media_row(row)
+
+    async def record_download(
+        self, media_id: int, sha256: str, size: int, now: float
+    ) -> BlobRow | None:
+        """Mark a row downloaded; returns the existing blob when this content is known.
+
+        When the content is already filed (or rejected), the row goes straight to that
+        final state and the caller drops its spool file.
+        """
+        existing = await self._fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if existing is None:
+            await self._db.execute(
+                """INSERT INTO blobs (sha256, size, created_at, updated_at)
+                   VALUES (?, ?, ?, ?)""",
+                (sha256, size, now, now),
+            )
+        blob = _blob_row(existing) if existing is not None else None
+        raw_placement = existing["placement"] if existing is not None else None
+        if raw_placement == "rejected":
+            await self._db.execute(
+                """UPDATE media SET state = 'rejected', reason = ?, sha256 = ?,
+                   updated_at = ? WHERE id = ?""",
+                (existing["reason"] if existing else None, sha256, now, media_id),
+            )
+        elif blob is not None and blob.placement is not None:
+            await self._db.execute(
+                """UPDATE media SET state = ?, reason = 'duplicate_content', sha256 = ?,
+                   updated_at = ? WHERE id = ?""",
+                (blob.placement.value, sha256, now, media_id),
+            )
+        else:
+            await self._db.execute(
+                """UPDATE media SET state = 'downloaded', sha256 = ?, reason = NULL,
+                   updated_at = ? WHERE id = ?""",
+                (sha256, now, media_id),
+            )
+        await self._db.commit()
+        if raw_placement is not None:
+            return blob if blob is not None else _blob_row(existing)  # type: ignore[arg-type]
+        return None
+
+    async def record_retry(
+        self, media_id: int, reason: str, next_attempt_at: float, now: float
+    ) -> None:
+        """A transient failure: back to pending, one attempt more, due at `next_attempt_at`."""
+        await self._write(
+            """UPDATE media SET state = 'pending', reason = ?, attempts = attempts + 1,
+               next_attempt_at = ?, updated_at = ? WHERE id = ?""",
+            (reason, next_attempt_at, now, media_id),
+        )
+
+    async def reject(self, media_id: int, reason: str, now: float,
+                     sha256: str | None = None) -> None:
+        """A permanent failure: the row is final as rejected; its content, if any, too."""
+        if sha256 is not None:
+            await self._db.execute(
+                """UPDATE blobs SET placement = 'rejected', reason = ?, updated_at = ?
+                   WHERE sha256 = ?""",
+                (reason, now, sha256),
+            )
+            await self._db.execute(
+                """UPDATE media SET state = 'rejected', reason = ?, updated_at = ?
+                   WHERE sha256 = ? AND state IN ('downloaded', 'decoded', 'classified')""",
+                (reason, now, sha256),
+            )
+        await self._write(
+            """UPDATE media SET state = 'rejected', reason = ?, attempts = attempts + 1,
+               updated_at = ? WHERE id = ?""",
+            (reason, now, media_id),
+        )
+
+    async def record_decoded(
+        self, media_id: int, sha256: str, *, format: str, width: int, height: int,
+        extension: str, phash: str | None, now: float,
+    ) -> None:
+        await self._db.execute(
+            """UPDATE blobs SET format = ?, width = ?, height = ?, extension = ?, phash = ?,
+               updated_at = ? WHERE sha256 = ?""",
+            (format, width, height, extension, phash, now, sha256),
+        )
+        await self._write(
+            "UPDATE media SET state = 'decoded', updated_at = ? WHERE id = ?", (now, media_id)
+        )
+
+    async def record_scores(
+        self,
+        items: Sequence[tuple[int, str, Mapping[str, float], bytes | None]],
+        model_version: str,
+        backbone: str,
+        now: float,
+    ) -> None:
+        """Store the scores (and features) of a batch and mark its rows classified."""
+        for media_id, sha256, scores, features in items:
+            await self._db.executemany(
+                """INSERT OR REPLACE INTO scores (sha256, model_version, tag, score)
+                   VALUES (?, ?, ?, ?)""",
+                [(sha256, model_version, tag, float(score)) for tag, score in scores.items()],
+            )
+            if features is not None:
+                await self._db.execute(
+                    "INSERT OR REPLACE INTO features (sha256, backbone, vector) VALUES (?, ?, ?)",
+                    (sha256, backbone, features),
+                )
+            await self._db.execute(
+                "UPDATE blobs SET model_version = ?, updated_at = ? WHERE sha256 = ?",
+                (model_version, now, sha256),
+            )
+            await self._db.execute(
+                "UPDATE media SET state = 'classified', updated_at = ? WHERE id = ?",
+                (now, media_id),
+            )
+        await self._db.commit()
+
+    async def scores_for(self, sha256: str, model_version: str | None = None) -> dict[str, float]:
+        """Stored scores of one image (of `model_version`, default the one it was filed by)."""
+        if model_version is None:
+            row = await self._fetchone(
+                "SELECT model_version FROM blobs WHERE sha256 = ?", (sha256,)
+            )
+            model_version = row["model_version"] if row else None
+        rows = await self._fetchall(
+            "SELECT tag, score FROM scores WHERE sha256 = ? AND model_version = ?",
+            (sha256, model_version),
+        )
+        return {row["tag"]: row["score"] for row in rows}
+
+    async def flags_for(self, sha256: str) -> tuple[str, ...]:
+        """The union of source flags of every URL that carried this content."""
+        rows = await self._fetchall("SELECT flags FROM media WHERE sha256 = ?", (sha256,))
+        flags: set[str] = set()
+        for row in rows:
+            flags.update(_loads_tuple(row["flags"]))
+        return tuple(sorted(flags))
+
+    async def record_placement(
+        self, sha256: str, placement: Placement, reason: str, tags: Sequence[str],
+        now: float, media_id: int | None = None,
+    ) -> None:
+        """Commit where an image was filed; every row carrying it becomes final there."""
+        await self._db.execute(
+            """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
+               WHERE sha256 = ?""",
+            (placement.value, reason, json.dumps(list(tags)), now, sha256),
+        )
+        await self._db.execute(
+            """UPDATE media SET state = ?, reason = ?, updated_at = ?
+               WHERE sha256 = ? AND (state IN ('downloaded', 'decoded', 'classified',
+               'library', 'quarantine', 'held') OR id = ?)""",
+            (placement.value, reason, now, sha256, media_id if media_id is not None else -1),
+        )
+        await self._db.commit()
+
+    async def get_blob(self, sha256: str) -> BlobRow:
+        row = await self._fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if row is None:
+            raise UnknownMediaError(f"no stored image with sha256 {sha256}")
+        return _blob_row(row)
+
+    async def resolve_sha(self, prefix: str) -> str:
+        """The full sha256 of the stored image whose hash starts with `prefix`."""
+        cleaned = prefix.strip().lower()
+        if not cleaned or any(ch not in "0123456789abcdef" for ch in cleaned):
+            raise UnknownMediaError(f"{prefix!r} is not a sha256 (prefix) of hex digits")
+        rows = await self._fetchall(
+            "SELECT sha256 FROM blobs WHERE sha256 LIKE ? LIMIT 2", (cleaned + "%",)
+        )
+        if not rows:
+            raise UnknownMediaError(
+                f"no stored image has a sha256 starting with {cleaned!r}; "
+                "see `megane media list` or `megane quarantine list`"
+            )
+        if len(rows) > 1:
+            raise UnknownMediaError(
+                f"sha256 prefix {cleaned!r} is ambiguous; give more digits"
+            )
+        return str(rows[0]["sha256"])
+
+    # -- re-filing ---------------------------------------------------------------
+
+    async def rescore_items(self) -> list[RescoreItem]:
+        """Every classified, filed image with its scores, source flags and human labels."""
+        blobs = await self._fetchall(
+            """SELECT * FROM blobs WHERE placement IN ('library', 'quarantine', 'held')
+               AND model_version IS NOT NULL"""
+        )
+        scores: dict[str, dict[str, float]] = {}
+        for row in await self._fetchall(
+            """SELECT s.sha256, s.tag, s.score FROM scores s JOIN blobs b
+               ON b.sha256 = s.sha256 AND b.model_version = s.model_version"""
+        ):
+            scores.setdefault(row["sha256"], {})[row["tag"]] = row["score"]
+        flags: dict[str, set[str]] = {}
+        for row in await self._fetchall(
+            "SELECT sha256, flags FROM media WHERE sha256 IS NOT NULL AND flags != '[]'"
+        ):
+            flags.setdefault(row["sha256"], set()).update(_loads_tuple(row["flags"]))
+        labels = await self.human_labels()
+        return [
+            RescoreItem(
+                blob=_blob_row(row), scores=scores.get(row["sha256"], {}),
+                flags=tuple(sorted(flags.get(row["sha256"], ()))),
+                labels=labels.get(row["sha256"], {}),
+            )
+            for row in blobs
+        ]
+
+    async def record_placements(
+        self, changes: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float
+    ) -> None:
+        """Commit many re-filings in one transaction (rescore)."""
+        await self._db.executemany(
+            """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
+               WHERE sha256 = ?""",
+            [(p.value, reason, json.dumps(list(tags)), now, sha) for sha, p, reason, tags in changes],
+        )
+        await self._db.executemany(
+            """UPDATE media SET state = ?, reason = ?, updated_at = ? WHERE sha256 = ?
+               AND state IN ('library', 'quarantine', 'held')""",
+            [(p.value, reason, now, sha) for sha, p, reason, _ in changes],
+        )
+        await self._db.commit()
+
+    # -- labels --------------------------------------------------------------------
+
+    async def add_label(
+        self, sha256: str, tag: str, value: bool, *, origin: str, who: str | None, now: float
+    ) -> None:
+        await self._write(
+            """INSERT INTO labels (sha256, tag, value, origin, who, created_at)
+               VALUES (?, ?, ?, ?, ?, ?)""",
+            (sha256, tag, int(value), origin, who, now),
+        )
+
+    async def human_labels(self) -> dict[str, dict[str, bool]]:
+        """The latest human label per image and tag."""
+        rows = await self._fetchall(
+            """SELECT sha256, tag, value FROM labels WHERE origin = 'human' ORDER BY id"""
+        )
+        labels: dict[str, dict[str, bool]] = {}
+        for row in rows:
+            labels.setdefault(row["sha256"], {})[row["tag"]] = bool(row["value"])
+        return labels
+
+    async def label_counts(self) -> dict[str, dict[str, int]]:
+        """Per tag, how many images carry a yes/no human label (latest label wins)."""
+        counts: dict[str, dict[str, int]] = {}
+        for per_tag in (await self.human_labels()).values():
+            for tag, value in per_tag.items():
+                bucket = counts.setdefault(tag, {"yes": 0, "no": 0})
+                bucket["yes" if value else "no"] += 1
+        return counts
+
+    # -- sources -------------------------------------------------------------------
+
+    async def source_state(self, name: str) -> SourceState | None:
+        row = await self._fetchone("SELECT * FROM sources WHERE name = ?", (name,))
+        return SourceState(**dict(row)) if row is not None else None
+
+    async def all_source_states(self) -> list[SourceState]:
+        return [SourceState(**dict(row))
+                for row in await self._fetchall("SELECT * FROM sources ORDER BY name")]
+
+    async def ensure_source(self, name: str, kind: str, query_key: str) -> SourceState:
+        """Register a source; reset its cursor when its query changed since last time."""
+        state = await self.source_state(name)
+        if state is None:
+            await self._write(
+                "INSERT INTO sources (name, kind, query_key) VALUES (?, ?, ?)",
+                (name, kind, query_key),
+            )
+        elif state.query_key != query_key or state.kind != kind:
+            await self._write(
+                """UPDATE sources SET kind = ?, query_key = ?, cursor = NULL, empty_polls = 0,
+                   next_poll_at = NULL, notice = NULL WHERE name = ?""",
+                (kind, query_key, name),
+            )
+        result = await self.source_state(name)
+        assert result is not None  # noqa: S101 - inserted just above
+        return result
+
+    async def record_poll(
+        self, name: str, *, cursor: str | None, new_items: int, next_poll_at: float,
+        notice: str | None, now: float,
+    ) -> None:
+        await self._write(
+            """UPDATE sources SET cursor = COALESCE(?, cursor), last_poll_at = ?,
+               last_success_at = ?, last_new_at = CASE WHEN ? > 0 THEN ? ELSE last_new_at END,
+               consecutive_errors = 0, last_error = NULL,
+               empty_polls = CASE WHEN ? > 0 THEN 0 ELSE empty_polls + 1 END,
+               next_poll_at = ?, notice = ?, items_total = items_total + ? WHERE name = ?""",
+            (cursor, now, now, new_items, now, new_items, next_poll_at, notice, new_items, name),
+        )
+
+    async def record_poll_error(
+        self, name: str, error: str, *, next_poll_at: float, now: float
+    ) -> None:
+        await self._write(
+            """UPDATE sources SET last_poll_at = ?, last_error = ?, last_error_at = ?,
+               consecutive_errors = consecutive_errors + 1, next_poll_at = ? WHERE name = ?""",
+            (now, error, now, next_poll_at, name),
+        )
+
+    # -- reporting -----------------------------------------------------------------
+
+    async def counts_by_state(self) -> dict[str, int]:
+        rows = await self._fetchall("SELECT state, count(*) AS n FROM media GROUP BY state")
+        return {row["state"]: row["n"] for row in rows}
+
+    async def counts_by_tag(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in await self._fetchall(
+            "SELECT tags FROM blobs WHERE placement = 'library'"
+        ):
+            for tag in _loads_tuple(row["tags"]) or ("untagged",):
+                counts[tag] = counts.get(tag, 0) + 1
+        return counts
+
+    async def counts_by_source(self) -> dict[str, dict[str, int]]:
+        rows = await self._fetchall(
+            "SELECT source, state, count(*) AS n FROM media GROUP BY source, state"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows:
+            counts.setdefault(row["source"], {})[row["state"]] = row["n"]
+        return counts
+
+    async def media_list(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Every media URL with its state, reason, sha256, source, flags and tags."""
+        sql = "SELECT * FROM media"
+        params: tuple[Any, ...] = ()
+        if state is not None:
+            sql += " WHERE state = ?"
+            params = (state,)
+        sql += " ORDER BY id"
+        return [
+            {
+                "url": row["url"], "state": row["state"], "reason": row["reason"],
+                "sha256": row["sha256"], "source": row["source"],
+                "flags": list(_loads_tuple(row["flags"])),
+                "tags": list(_loads_tuple(row["tags"])), "post_url": row["post_url"],
+                "author": row["author"], "attempts": row["attempts"],
+            }
+            for row in await self._fetchall(sql, params)
+        ]
+
+    async def blobs_in(self, placements: Sequence[str]) -> list[BlobRow]:
+        marks = ",".join("?" * len(placements))
+        rows = await self._fetchall(
+            f"SELECT * FROM blobs WHERE placement IN ({marks}) ORDER BY updated_at DESC",
+            list(placements),
+        )
+        return [_blob_row(row) for row in rows]
+
+    async def media_for_blob(self, sha256: str) -> list[MediaRow]:
+        rows = await self._fetchall("SELECT * FROM media WHERE sha256 = ? ORDER BY id", (sha256,))
+        return [_media_row(row) for row in rows]
+
+    async def features_for(self, backbone: str) -> dict[str, bytes]:
+        rows = await self._fetchall(
+            "SELECT sha256, vector FROM features WHERE backbone = ?", (backbone,)
+        )
+        return {row["sha256"]: bytes(row["vector"]) for row in rows}
+
+    async def spool_references(self) -> set[str]:
+        """sha256 of rows whose file still waits in spool/ (not yet placed)."""
+        rows = await self._fetchall(
+            """SELECT DISTINCT sha256 FROM media WHERE sha256 IS NOT NULL
+               AND state IN ('downloaded', 'decoded', 'classified')"""
+        )
+        return {row["sha256"] for row in rows}
+
+    async def reset_unfinished_without_file(self, sha256: str, now: float) -> None:
+        """Rows whose downloaded file vanished go back to pending (downloaded again)."""
+        await self._write(
+            """UPDATE media SET state = 'pending', sha256 = NULL, updated_at = ?
+               WHERE sha256 = ? AND state IN ('downloaded', 'decoded', 'classified')""",
+            (now, sha256),
+        )

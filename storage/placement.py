@@ -1,0 +1,285 @@
+"""Filing images under data_dir (SPEC §5): atomic, durable, fail closed.
+
+Every stored image has one private canonical copy, `store/<aa>/<sha256><ext>` (mode 0600
+in a 0700 folder, or 0644 while it is in the library). Where it is filed — one or more
+`library/<tag>/` folders, `quarantine/` or `held/` — are hard links to that copy, each
+made under a temporary name in the destination's own folder and renamed into place, the
+folder then fsynced. Moving into the library makes the file readable and links it last;
+moving out of it unlinks from the library first, so a quarantined image is never visible.
+
+All functions here block: call them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from storage.errors import PlacementError
+from storage.records import Placement
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+PUBLIC_DIR_MODE = 0o755
+PUBLIC_FILE_MODE = 0o644
+TEMP_PREFIX = ".tmp-"
+SPOOL_SUFFIX = ".part"
+UNTAGGED = "untagged"
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """The folders under data_dir."""
+
+    root: Path
+
+    @property
+    def catalogue(self) -> Path:
+        return self.root / "catalogue.sqlite"
+
+    @property
+    def library(self) -> Path:
+        return self.root / "library"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def held(self) -> Path:
+        return self.root / "held"
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def ensure(self) -> None:
+        """Create the folders with their modes (quarantine, held, spool, store private)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path, mode in (
+            (self.library, PUBLIC_DIR_MODE),
+            (self.quarantine, PRIVATE_DIR_MODE),
+            (self.held, PRIVATE_DIR_MODE),
+            (self.spool, PRIVATE_DIR_MODE),
+            (self.store, PRIVATE_DIR_MODE),
+            (self.models, PUBLIC_DIR_MODE),
+            (self.cache, PRIVATE_DIR_MODE),
+        ):
+            path.mkdir(exist_ok=True)
+            os.chmod(path, mode)
+
+    def spool_file(self, sha256: str) -> Path:
+        return self.spool / sha256
+
+    def store_file(self, sha256: str, extension: str) -> Path:
+        return self.store / sha256[:2] / f"{sha256}{extension}"
+
+    def content_file(self, sha256: str, extension: str) -> Path | None:
+        """Where the bytes of `sha256` are now: in the store, else in the spool."""
+        for candidate in (self.store_file(sha256, extension), self.spool_file(sha256)):
+            if candidate.exists():
+                return candidate
+        return None
+
+    def targets(self, sha256: str, extension: str, placement: Placement,
+                tags: Sequence[str]) -> list[Path]:
+        name = f"{sha256}{extension}"
+        if placement is Placement.LIBRARY:
+            return [self.library / tag / name for tag in (tags or (UNTAGGED,))]
+        if placement is Placement.QUARANTINE:
+            return [self.quarantine / name]
+        return [self.held / name]
+
+    def sidecar(self, sha256: str) -> Path:
+        return self.quarantine / f"{sha256}.json"
+
+    def existing_links(self, sha256: str, extension: str) -> list[Path]:
+        name = f"{sha256}{extension}"
+        links = [path for path in (self.quarantine / name, self.held / name) if path.exists()]
+        if self.library.is_dir():
+            links.extend(
+                folder / name for folder in self.library.iterdir()
+                if (folder / name).exists()
+            )
+        return links
+
+
+def fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _ensure_dir(path: Path, mode: int) -> None:
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        fsync_dir(path.parent)
+    os.chmod(path, mode)
+
+
+def _temp_name(folder: Path, sha256: str) -> Path:
+    return folder / f"{TEMP_PREFIX}{sha256[:16]}-{secrets.token_hex(4)}"
+
+
+def _link_into(source: Path, target: Path, mode: int) -> None:
+    """Hard-link `source` at `target` atomically (copy where links are impossible)."""
+    temp = _temp_name(target.parent, source.name[:64])
+    try:
+        try:
+            os.link(source, temp)
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(source, temp)
+            os.chmod(temp, mode)
+            fsync_file(temp)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    fsync_dir(target.parent)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        fsync_dir(path.parent)
+
+
+def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` at `path` via a temp name in the same folder: write, fsync, rename."""
+    temp = _temp_name(path.parent, path.stem)
+    try:
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def admit_to_store(layout: DataLayout, sha256: str, extension: str) -> Path:
+    """Move a downloaded file from spool/ into the private store (fsynced); idempotent."""
+    stored = layout.store_file(sha256, extension)
+    if stored.exists():
+        return stored
+    spooled = layout.spool_file(sha256)
+    if not spooled.exists():
+        raise PlacementError(str(spooled), "the downloaded file is missing")
+    _ensure_dir(stored.parent, PRIVATE_DIR_MODE)
+    os.chmod(spooled, PRIVATE_FILE_MODE)
+    fsync_file(spooled)
+    os.replace(spooled, stored)
+    fsync_dir(stored.parent)
+    fsync_dir(spooled.parent)
+    return stored
+
+
+def place(
+    layout: DataLayout,
+    sha256: str,
+    extension: str,
+    placement: Placement,
+    tags: Sequence[str],
+    sidecar: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """File an image; returns the paths it is visible at. Idempotent, crash-safe.
+
+    Raises PlacementError (naming the path) when the disk refuses; what was already done
+    is either complete or absent, and calling again finishes the job.
+    """
+    try:
+        stored = admit_to_store(layout, sha256, extension)
+        targets = layout.targets(sha256, extension, placement, tags)
+        current = layout.existing_links(sha256, extension)
+        stale = [path for path in current if path not in targets]
+        if placement is Placement.LIBRARY:
+            os.chmod(stored, PUBLIC_FILE_MODE)
+            for target in targets:
+                _ensure_dir(target.parent, PUBLIC_DIR_MODE)
+                _link_into(stored, target, PUBLIC_FILE_MODE)
+            for path in stale:
+                _unlink(path)
+            _unlink(layout.sidecar(sha256))
+        else:
+            # Out of sight first: unlink from the library before anything else.
+            for path in sorted(stale, key=lambda p: p.parent.parent != layout.library):
+                _unlink(path)
+            os.chmod(stored, PRIVATE_FILE_MODE)
+            for target in targets:
+                _link_into(stored, target, PRIVATE_FILE_MODE)
+            if placement is Placement.QUARANTINE and sidecar is not None:
+                write_file_atomic(
+                    layout.sidecar(sha256),
+                    json.dumps(dict(sidecar), indent=2, sort_keys=True).encode(),
+                    PRIVATE_FILE_MODE,
+                )
+            elif placement is not Placement.QUARANTINE:
+                _unlink(layout.sidecar(sha256))
+        return targets
+    except OSError as error:
+        raise PlacementError(error.filename or str(layout.root), error.strerror or str(error)) from error
+
+
+def remove_everywhere(layout: DataLayout, sha256: str, extension: str) -> None:
+    """Delete an image's links, sidecar and stored copy (user deletion, rejection)."""
+    for path in layout.existing_links(sha256, extension):
+        _unlink(path)
+    _unlink(layout.sidecar(sha256))
+    _unlink(layout.store_file(sha256, extension))
+    _unlink(layout.spool_file(sha256))
+
+
+def sweep(layout: DataLayout, keep_spool: set[str]) -> list[Path]:
+    """Remove leftovers of interrupted work: temp names everywhere, unreferenced spool files."""
+    removed: list[Path] = []
+    folders = [layout.quarantine, layout.held, layout.spool]
+    for parent in (layout.library, layout.store):
+        if parent.is_dir():
+            folders.extend(path for path in parent.iterdir() if path.is_dir())
+            folders.append(parent)
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            orphan_spool = (
+                folder == layout.spool and path.is_file() and path.name not in keep_spool
+            )
+            if path.name.startswith(TEMP_PREFIX) or path.name.endswith(SPOOL_SUFFIX) or orphan_spool:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                removed.append(path)
+    return removed
