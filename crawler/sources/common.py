@@ -1,0 +1,145 @@
+"""Small helpers shared by the source kinds: cursors, headers, statuses, JSON bodies.
+
+Everything here is pure (no I/O, no clock): time is passed in as `now` (epoch seconds).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from crawler.errors import SourceError
+from crawler.sources.base import Document
+
+# A page of API JSON or a feed is small; this is only the fallback when the context has no cap.
+DEFAULT_MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
+
+
+def load_cursor(cursor: str | None) -> dict[str, Any]:
+    """The cursor as a dict; a missing or unreadable cursor is a first poll (empty dict)."""
+    if not cursor:
+        return {}
+    try:
+        value = json.loads(cursor)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def dump_cursor(value: Mapping[str, Any]) -> str:
+    """A stable, compact JSON text for a cursor."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def header(document: Document, name: str) -> str | None:
+    """A response header by case-insensitive name (the headers may be a plain dict)."""
+    value = document.headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, item in document.headers.items():
+        if key.lower() == lowered:
+            return item
+    return None
+
+
+def is_http_url(url: object) -> bool:
+    """Whether `url` is an absolute http(s) URL with a host."""
+    if not isinstance(url, str) or not url:
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def parse_retry_after_s(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - now
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def parse_iso_timestamp(value: object) -> float | None:
+    """Epoch seconds from an ISO-8601 time (``2025-01-02T03:04:05.000Z``), else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def iso_from_epoch(seconds: float) -> str:
+    """An ISO-8601 UTC time for epoch seconds."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def raise_for_status(source: str, document: Document, now: float,
+                     throttled: frozenset[int] = frozenset({429})) -> None:
+    """Raise SourceError for any status but 200, with the server's Retry-After if it sent one.
+
+    `throttled` are the statuses that mean "slow down" (429, and 421 on Moebooru); for them
+    a missing Retry-After still yields a retry delay of one minute.
+    """
+    if document.status == 200:
+        return
+    retry_after_s = parse_retry_after_s(header(document, "Retry-After"), now)
+    if document.status in throttled:
+        raise SourceError(source, f"rate limited (HTTP {document.status}) at {document.url}",
+                          retry_after_s=retry_after_s if retry_after_s is not None else 60.0)
+    raise SourceError(source, f"HTTP {document.status} from {document.url}",
+                      retry_after_s=retry_after_s)
+
+
+def parse_json(source: str, body: bytes, url: str = "") -> Any:
+    """Decode a JSON body; anything else is a SourceError naming the URL."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        where = f" from {url}" if url else ""
+        raise SourceError(source, f"not JSON{where}: {error}") from None
+
+
+def string_list(value: object) -> list[str] | None:
+    """`value` as a list of strings (a single string becomes a one-item list), else None."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    return None
+
+
+def lower_unique(items: list[str]) -> tuple[str, ...]:
+    """Lower-cased, stripped, non-empty items, first occurrence kept."""
+    seen: dict[str, None] = {}
+    for item in items:
+        text = item.strip().lower()
+        if text:
+            seen.setdefault(text, None)
+    return tuple(seen)
