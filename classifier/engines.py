@@ -1,0 +1,333 @@
+"""Inference engines: one Keras model, run by TensorFlow or by the LiteRT interpreter.
+
+Both engines take a fixed batch shape and pad partial batches up to it, so the graph is built
+(TensorFlow: traced; LiteRT: allocated) once and never again. Both return the NSFW softmax
+[N, 2] and the pooled features [N, 1024]. `make_engine(engine="auto")` picks TensorFlow when a
+GPU is visible and LiteRT (TFLite + XNNPACK on all cores) otherwise, the faster of the two on CPU.
+
+An engine serves one caller at a time; a lock makes concurrent calls wait rather than corrupt
+state. Calls block: run them in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import keras
+import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
+
+from classifier.base import FEATURE_SIZE, INPUT_SIZE
+from classifier.errors import InferenceError, ModelError
+
+EngineName = Literal["auto", "tensorflow", "litert"]
+DeviceName = Literal["auto", "cpu", "gpu"]
+Quantization = Literal["none", "fp16", "dynamic_range"]
+
+ENGINES: tuple[str, ...] = ("auto", "tensorflow", "litert")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+QUANTIZATIONS: tuple[str, ...] = ("none", "fp16", "dynamic_range")
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What an engine returns for N images: softmax [N, 2] and features [N, 1024], float32."""
+
+    probabilities: npt.NDArray[np.float32]
+    features: npt.NDArray[np.float32]
+
+
+class Engine(Protocol):
+    """Runs the network on a batch of preprocessed images, float32 [N, 224, 224, 3]."""
+
+    name: str
+    batch_size: int
+
+    def run(self, batch: npt.NDArray[np.float32]) -> EngineOutput:
+        """Score `batch`; any N is accepted (split into, and padded to, fixed-size batches)."""
+        ...
+
+
+def gpu_devices() -> list[tf.config.PhysicalDevice]:
+    """The GPUs TensorFlow can see (an empty list on CPU-only hosts)."""
+    return list(tf.config.list_physical_devices("GPU"))
+
+
+def cpu_count() -> int:
+    """The cores this process may use (respects CPU affinity, e.g. systemd's CPUAffinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _check_batch(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    if batch.ndim != 4 or batch.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+        raise InferenceError(
+            f"expected a batch of shape [N, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {batch.shape}"
+        )
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def _run_in_fixed_batches(
+    batch: npt.NDArray[np.float32],
+    batch_size: int,
+    run_fixed: "_FixedRunner",
+) -> EngineOutput:
+    """Split `batch` into chunks of `batch_size`, zero-pad the last one, run, and trim."""
+    batch = _check_batch(batch)
+    count = batch.shape[0]
+    if count == 0:
+        return EngineOutput(
+            np.zeros((0, 2), np.float32), np.zeros((0, FEATURE_SIZE), np.float32)
+        )
+    probabilities, features = [], []
+    for start in range(0, count, batch_size):
+        chunk = batch[start : start + batch_size]
+        filled = chunk.shape[0]
+        if filled < batch_size:
+            padding = np.zeros((batch_size - filled, *chunk.shape[1:]), np.float32)
+            chunk = np.concatenate([chunk, padding])
+        chunk_probabilities, chunk_features = run_fixed(chunk)
+        probabilities.append(chunk_probabilities[:filled])
+        features.append(chunk_features[:filled])
+    return EngineOutput(
+        np.concatenate(probabilities).astype(np.float32, copy=False),
+        np.concatenate(features).astype(np.float32, copy=False),
+    )
+
+
+class _FixedRunner(Protocol):
+    def __call__(
+        self, chunk: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+
+
+class TensorFlowEngine:
+    """The Keras model behind a `tf.function` with a fixed input signature.
+
+    On a GPU host the model runs on the first GPU, with memory growth switched on so TensorFlow
+    does not grab all GPU memory up front. `trace_count` counts traces: it stays 1.
+    """
+
+    name = "tensorflow"
+
+    def __init__(self, model: keras.Model, *, batch_size: int = 16, device: DeviceName = "auto"):
+        if batch_size < 1:
+            raise ModelError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.device = _tensorflow_device(device)
+        self.trace_count = 0
+        self._model = model
+        self._lock = threading.Lock()
+        signature = [tf.TensorSpec([batch_size, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)]
+        self._function = tf.function(self._forward, input_signature=signature, jit_compile=False)
+
+    def _forward(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        self.trace_count += 1  # Python side effect: runs only while tracing.
+        probabilities, features = self._model(images, training=False)
+        return probabilities, features
+
+    def _run_fixed(
+        self, chunk: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        with tf.device(self.device):
+            probabilities, features = self._function(tf.constant(chunk))
+        return probabilities.numpy(), features.numpy()
+
+    def run(self, batch: npt.NDArray[np.float32]) -> EngineOutput:
+        """Score `batch` (see `Engine.run`); TensorFlow failures raise InferenceError."""
+        with self._lock:
+            try:
+                return _run_in_fixed_batches(batch, self.batch_size, self._run_fixed)
+            except tf.errors.OpError as error:
+                raise InferenceError(f"tensorflow inference failed: {error.message}") from error
+
+
+def _tensorflow_device(device: DeviceName) -> str:
+    """Resolve `device` to a TensorFlow device name, enabling GPU memory growth on the way."""
+    if device not in DEVICES:
+        raise ModelError(f"unknown device {device!r}; expected one of {DEVICES}")
+    gpus = gpu_devices()
+    if device == "gpu" and not gpus:
+        raise ModelError("device = 'gpu' but TensorFlow sees no GPU")
+    if device == "cpu" or not gpus:
+        return "/CPU:0"
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialised by an earlier engine: memory growth is set by then.
+    return "/GPU:0"
+
+
+class LiteRTEngine:
+    """The Keras model converted to TFLite, run by the LiteRT interpreter with XNNPACK.
+
+    The conversion takes a few seconds, so the .tflite file is cached in `cache_dir` under a
+    name derived from the model's weights, the TensorFlow version and the quantization. The
+    interpreter's input is resized once to [batch_size, 224, 224, 3].
+    `quantization`: "none" (float32, exact), "fp16" (float16 weights) or "dynamic_range"
+    (int8 weights, activations quantized on the fly); both trade accuracy for size/speed,
+    see bench/BENCHMARKS.md.
+    """
+
+    name = "litert"
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        cache_dir: Path,
+        batch_size: int = 16,
+        threads: int = 0,
+        quantization: Quantization = "none",
+    ):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if batch_size < 1:
+            raise ModelError(f"batch_size must be at least 1, got {batch_size}")
+        if quantization not in QUANTIZATIONS:
+            raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS}")
+        self.batch_size = batch_size
+        self.threads = threads if threads > 0 else cpu_count()
+        self.quantization = quantization
+        self.model_path = cached_tflite(model, Path(cache_dir), quantization)
+        self._lock = threading.Lock()
+        try:
+            self._interpreter = Interpreter(
+                model_path=str(self.model_path), num_threads=self.threads
+            )
+            input_detail = self._interpreter.get_input_details()[0]
+            self._interpreter.resize_tensor_input(
+                input_detail["index"], [batch_size, INPUT_SIZE, INPUT_SIZE, 3], strict=False
+            )
+            self._interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as error:
+            raise ModelError(f"{self.model_path}: LiteRT could not load it: {error}") from error
+        self._input_index = input_detail["index"]
+        outputs = {
+            int(detail["shape"][-1]): detail["index"]
+            for detail in self._interpreter.get_output_details()
+        }
+        if set(outputs) != {2, FEATURE_SIZE}:
+            raise ModelError(f"{self.model_path}: unexpected outputs {sorted(outputs)}")
+        self._probabilities_index = outputs[2]
+        self._features_index = outputs[FEATURE_SIZE]
+
+    def _run_fixed(
+        self, chunk: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        self._interpreter.set_tensor(self._input_index, chunk)
+        self._interpreter.invoke()
+        # Copies: the interpreter reuses its output buffers on the next invoke.
+        return (
+            np.array(self._interpreter.get_tensor(self._probabilities_index)),
+            np.array(self._interpreter.get_tensor(self._features_index)),
+        )
+
+    def run(self, batch: npt.NDArray[np.float32]) -> EngineOutput:
+        """Score `batch` (see `Engine.run`); interpreter failures raise InferenceError."""
+        with self._lock:
+            try:
+                return _run_in_fixed_batches(batch, self.batch_size, self._run_fixed)
+            except (RuntimeError, ValueError) as error:
+                raise InferenceError(f"litert inference failed: {error}") from error
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """A short digest of the model's architecture name, weights and the TensorFlow version."""
+    digest = hashlib.sha256(f"{model.name}|tf{tf.__version__}".encode())
+    for weight in model.weights:
+        digest.update(weight.path.encode())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def convert_to_tflite(model: keras.Model, quantization: Quantization = "none") -> bytes:
+    """Convert the Keras model to a TFLite flatbuffer (batch dimension left dynamic).
+
+    The model is exported as a SavedModel with an inference-mode endpoint first (what
+    `TFLiteConverter.from_keras_model` does, minus its summary printed on stdout, which would
+    corrupt `--json` output); converting a `tf.function` that closes over Keras 3 variables
+    instead yields a file without weights.
+    """
+    signature = [tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="input")]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", functools.partial(model.__call__, training=False), signature)
+    with tempfile.TemporaryDirectory(prefix="megane-tflite-") as saved_model_dir:
+        try:
+            archive.write_out(saved_model_dir, verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+            if quantization == "fp16":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.target_spec.supported_types = [tf.float16]
+            elif quantization == "dynamic_range":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            return bytes(converter.convert())
+        except Exception as error:  # the exporter and converter raise assorted internal types
+            raise ModelError(f"TFLite conversion of {model.name} failed: {error}") from error
+
+
+def cached_tflite(model: keras.Model, cache_dir: Path, quantization: Quantization) -> Path:
+    """The .tflite file of `model` in `cache_dir`, converting and writing it if absent.
+
+    Written to a temporary name then renamed, so a crash never leaves a truncated file that
+    a later run would trust.
+    """
+    path = cache_dir / f"{model.name}-{model_fingerprint(model)}-{quantization}.tflite"
+    if path.is_file():
+        return path
+    flatbuffer = convert_to_tflite(model, quantization)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".tflite.tmp")
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(flatbuffer)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise ModelError(f"{cache_dir}: cannot write the TFLite cache: {error}") from error
+    return path
+
+
+def resolve_engine(engine: EngineName, device: DeviceName) -> Literal["tensorflow", "litert"]:
+    """`auto` is TensorFlow when a GPU is visible (and not refused), LiteRT otherwise."""
+    if engine not in ENGINES:
+        raise ModelError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+    if engine != "auto":
+        return engine
+    return "tensorflow" if device != "cpu" and gpu_devices() else "litert"
+
+
+def make_engine(
+    model: keras.Model,
+    *,
+    engine: EngineName = "auto",
+    device: DeviceName = "auto",
+    batch_size: int = 16,
+    threads: int = 0,
+    cache_dir: Path,
+    quantization: Quantization = "none",
+) -> Engine:
+    """Build the engine the configuration asks for (see `resolve_engine`)."""
+    chosen = resolve_engine(engine, device)
+    if chosen == "tensorflow":
+        return TensorFlowEngine(model, batch_size=batch_size, device=device)
+    if device == "gpu":
+        raise ModelError("engine 'litert' runs on the CPU; use engine 'tensorflow' for the GPU")
+    return LiteRTEngine(
+        model,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        threads=threads,
+        quantization=quantization,
+    )
