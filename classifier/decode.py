@@ -29,6 +29,8 @@ import mmap
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -223,47 +225,30 @@ def _decode(
         gif_frames = None
         complete = _is_complete(data, image_format)
     file.seek(0)
-    try:
+    with _translate_pillow_errors(complete, where):
         # The plugin factory parses the header only. Image.open would also run Pillow's
         # global bomb check, whose warning band (MAX_IMAGE_PIXELS .. 2x) would leak a
-        # DecompressionBombWarning; our own caps, checked next, are the policy here.
-        factory = Image.OPEN[image_format][0]
-        image = factory(file, where)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DecodeError("too_many_pixels", str(error), where) from error
-    except Exception as error:
-        raise _failure(error, complete, where) from error
-
-    width, height = image.size
-    if (
-        width > limits.max_width
-        or height > limits.max_height
-        or width * height > limits.max_width * limits.max_height
-    ):
-        raise DecodeError(
-            "too_many_pixels",
-            f"{width}x{height} over {limits.max_width}x{limits.max_height}",
-            where,
-        )
-    frames = gif_frames if gif_frames is not None else int(getattr(image, "n_frames", 1))
-    if frames > limits.max_frames:
-        raise DecodeError("too_many_frames", f"{frames} frames over {limits.max_frames}", where)
-    if not complete:
-        raise DecodeError("truncated", f"{image_format} data ends before its end marker", where)
-
-    try:
-        if draft_size is not None and image_format == "JPEG":
-            image.draft("RGB", draft_size)
-        oriented = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(oriented)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DecodeError("too_many_pixels", str(error), where) from error
-    except Exception as error:
-        raise _failure(error, complete, where) from error
-    finally:
-        image.close()
-
-    if oriented.size != image.size and oriented.size == image.size[::-1]:
+        # process-wide DecompressionBombWarning; `_check_pixels` is the policy here.
+        image = Image.OPEN[image_format][0](file, where)
+    with image:
+        width, height = image.size
+        _check_pixels(width, height, limits, where)
+        frames = gif_frames if gif_frames is not None else int(getattr(image, "n_frames", 1))
+        if frames > limits.max_frames:
+            raise DecodeError(
+                "too_many_frames", f"{frames} frames over {limits.max_frames}", where
+            )
+        if not complete:
+            raise DecodeError(
+                "truncated", f"{image_format} data ends before its end marker", where
+            )
+        with _translate_pillow_errors(complete, where):
+            if draft_size is not None and image_format == "JPEG":
+                image.draft("RGB", draft_size)
+            stored_size = image.size
+            oriented = ImageOps.exif_transpose(image)
+            rgb = _to_rgb(oriented)
+    if oriented.size != stored_size and oriented.size == stored_size[::-1]:
         width, height = height, width
     return DecodedImage(
         image=rgb,
@@ -275,12 +260,38 @@ def _decode(
     )
 
 
-def _failure(error: Exception, complete: bool, where: str) -> DecodeError:
-    """Translate an exception Pillow raised into our reason codes."""
-    detail = f"{type(error).__name__}: {error}"
-    if not complete or "truncated" in str(error):
-        return DecodeError("truncated", detail, where)
-    return DecodeError("corrupt", detail, where)
+@contextmanager
+def _translate_pillow_errors(complete: bool, where: str) -> Iterator[None]:
+    """Turn whatever Pillow raises on hostile data into a `DecodeError` with a reason."""
+    try:
+        yield
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DecodeError("too_many_pixels", str(error), where) from error
+    except Exception as error:
+        detail = f"{type(error).__name__}: {error}"
+        if not complete or "truncated" in str(error):
+            raise DecodeError("truncated", detail, where) from error
+        raise DecodeError("corrupt", detail, where) from error
+
+
+def _check_pixels(width: int, height: int, limits: DecodeLimits, where: str) -> None:
+    """Raise `too_many_pixels` if a declared size is over our caps or Pillow's bomb limit.
+
+    A process that lowered `Image.MAX_IMAGE_PIXELS` gets that limit honoured too, as an
+    error rather than Pillow's process-wide warning.
+    """
+    pixel_cap = limits.max_width * limits.max_height
+    if Image.MAX_IMAGE_PIXELS is not None:
+        pixel_cap = min(pixel_cap, int(Image.MAX_IMAGE_PIXELS))
+    if width > limits.max_width or height > limits.max_height or width * height > pixel_cap:
+        raise DecodeError(
+            "too_many_pixels",
+            f"{width}x{height} over {limits.max_width}x{limits.max_height}"
+            f" or {pixel_cap} pixels",
+            where,
+        )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -379,17 +390,7 @@ def _check_gif(data: mmap.mmap, limits: DecodeLimits, where: str) -> _GifWalk:
     there (a warning, process-wide); the walk lets our caps answer first.
     """
     walk = _gif_walk(data, max_frames=limits.max_frames)
-    width, height = walk.first_frame_extent
-    if (
-        width > limits.max_width
-        or height > limits.max_height
-        or width * height > limits.max_width * limits.max_height
-    ):
-        raise DecodeError(
-            "too_many_pixels",
-            f"first frame extent {width}x{height} over {limits.max_width}x{limits.max_height}",
-            where,
-        )
+    _check_pixels(*walk.first_frame_extent, limits, where)
     if walk.frames > limits.max_frames:
         raise DecodeError(
             "too_many_frames", f"more than {limits.max_frames} frames", where
