@@ -252,7 +252,8 @@ class Catalogue:
     async def next_attempt_at(self) -> float | None:
         """The earliest time a pending row becomes due, if any."""
         row = await self._fetchone(
-            "SELECT min(next_attempt_at) FROM media WHERE state = 'pending'"
+            "SELECT min(next_attempt_at) FROM media WHERE state IN "
+            "('pending', 'downloaded', 'decoded', 'classified')"
         )
         return float(row[0]) if row and row[0] is not None else None
 
@@ -309,6 +310,13 @@ class Catalogue:
         await self._write(
             """UPDATE media SET state = 'pending', reason = ?, attempts = attempts + 1,
                next_attempt_at = ?, updated_at = ? WHERE id = ?""",
+            (reason, next_attempt_at, now, media_id),
+        )
+
+    async def defer(self, media_id: int, reason: str, next_attempt_at: float, now: float) -> None:
+        """Keep the row's state but try it again no earlier than `next_attempt_at`."""
+        await self._write(
+            "UPDATE media SET reason = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
             (reason, next_attempt_at, now, media_id),
         )
 
@@ -503,6 +511,24 @@ class Catalogue:
         for row in rows:
             labels.setdefault(row["sha256"], {})[row["tag"]] = bool(row["value"])
         return labels
+
+    async def human_labels_for(self, sha256: str) -> dict[str, bool]:
+        rows = await self._fetchall(
+            "SELECT tag, value FROM labels WHERE origin = 'human' AND sha256 = ? ORDER BY id",
+            (sha256,),
+        )
+        return {row["tag"]: bool(row["value"]) for row in rows}
+
+    async def requeue_unclassified_held(self, now: float) -> int:
+        """Held images that were never classified go back to the decode stage."""
+        cursor = await self._db.execute(
+            """UPDATE media SET state = 'downloaded', updated_at = ? WHERE state = 'held'
+               AND sha256 IN (SELECT sha256 FROM blobs WHERE placement = 'held'
+               AND model_version IS NULL)""",
+            (now,),
+        )
+        await self._db.commit()
+        return cursor.rowcount
 
     async def label_counts(self) -> dict[str, dict[str, int]]:
         """Per tag, how many images carry a yes/no human label (latest label wins)."""

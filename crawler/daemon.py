@@ -1,0 +1,306 @@
+"""The daemon: one TaskGroup owns the pollers, the pipeline and the signal watcher.
+
+`megane run` polls forever; `megane once` polls each source once and then processes
+everything pending to a final state. SIGTERM/SIGINT stop polling and cancel the pipeline
+(every stage has committed its rows, placements in progress finish under a shield) and
+exit 0. SIGHUP re-reads config.toml: thresholds and quarantine rules take effect at once
+and every stored image is re-filed from its stored scores; a bad config keeps the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from classifier.base import Classifier
+from classifier.decode import DecodeLimits
+from classifier.errors import ClassifierError
+from crawler.aio import wait_event
+from crawler.config import Config, load_config
+from crawler.decide import Policy, policy_from_config
+from crawler.errors import ConfigError, FetchError, SourceError
+from crawler.pipeline import Pipeline, PipelineSettings
+from crawler.rescore import rescore
+from crawler.sources import Source, SourceContext, create_source
+from storage.catalogue import Catalogue
+from storage.placement import DataLayout, sweep
+
+log = structlog.get_logger("megane.daemon")
+
+
+class Shutdown(Exception):
+    """Raised inside the TaskGroup to stop every task (SIGTERM/SIGINT, or `once` finished)."""
+
+
+def policy_of(config: Config) -> Policy:
+    return policy_from_config(
+        config.thresholds, config.quarantine.tags, config.quarantine.trust_source_flags,
+        config.quarantine.review_band,
+    )
+
+
+def pipeline_settings(config: Config) -> PipelineSettings:
+    return PipelineSettings(
+        download_workers=config.daemon.download_workers,
+        decode_workers=config.daemon.decode_workers,
+        queue_size=config.daemon.queue_size,
+        batch_size=config.classifier.batch_size,
+        max_batch_delay_s=config.classifier.max_batch_delay_ms / 1000,
+        inference_timeout_s=config.classifier.inference_timeout_s,
+        max_attempts=config.daemon.max_attempts,
+        max_bytes=config.http.max_bytes,
+        shutdown_grace_s=config.daemon.shutdown_grace_s,
+        limits=DecodeLimits(
+            max_width=config.images.max_width, max_height=config.images.max_height,
+            max_frames=config.images.max_frames, formats=config.images.formats,
+        ),
+        jpeg_draft=config.images.jpeg_draft,
+    )
+
+
+def load_model(config: Config, layout: DataLayout) -> tuple[Classifier | None, str | None]:
+    """Load the configured model (blocking). On failure: None and the reason (fail closed)."""
+    from classifier.models import load_classifier
+
+    try:
+        classifier = load_classifier(
+            config.classifier.model, layout.models, engine=config.classifier.engine,
+            device=config.classifier.device, batch_size=config.classifier.batch_size,
+            threads=config.classifier.threads, cache_dir=layout.cache,
+        )
+    except ClassifierError as error:
+        log.error("model_unavailable", model=config.classifier.model, reason=str(error))
+        return None, f"no_model: {error}"[:300]
+    return classifier, None
+
+
+@dataclass
+class PollerState:
+    """In-memory schedule state of one source, mirrored from the catalogue."""
+
+    source: Source
+    consecutive_errors: int = 0
+    empty_polls: int = 0
+    polled_once: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Daemon:
+    """Owns the catalogue, HTTP session, sources, model and pipeline of one process."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        classifier: Classifier | None = None,
+        classifier_problem: str | None = None,
+        clock: Callable[[], float] = time.time,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.layout = DataLayout(config.data_dir)
+        self.clock = clock
+        self.environ = dict(environ or {})
+        self.classifier = classifier
+        self.classifier_problem = classifier_problem
+        self.pipeline: Pipeline | None = None
+        self.catalogue: Catalogue | None = None
+        self.ready = asyncio.Event()
+        self.stop_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.reloads = 0
+
+    async def run(self, *, once: bool = False) -> int:
+        """Run until stopped (or, with `once`, until every polled item is final). Returns 0."""
+        from crawler.fetch import Fetcher, make_session
+
+        self.layout.ensure()
+        catalogue = await Catalogue.open(self.layout.catalogue)
+        self.catalogue = catalogue
+        try:
+            removed = sweep(self.layout, await catalogue.spool_references())
+            if removed:
+                log.info("leftovers_removed", count=len(removed))
+            if self.classifier is None and self.classifier_problem is None:
+                self.classifier, self.classifier_problem = await asyncio.to_thread(
+                    load_model, self.config, self.layout
+                )
+            if self.classifier is not None:
+                requeued = await catalogue.requeue_unclassified_held(self.clock())
+                if requeued:
+                    log.info("held_requeued", count=requeued)
+            session = make_session(self.config.http)
+            try:
+                fetcher = Fetcher(session, self.config.http, self.layout.spool)
+                context = SourceContext(http=fetcher, user_agent=self.config.http.user_agent)
+                sources = [create_source(item, context) for item in self.config.sources]
+                self.pipeline = Pipeline(
+                    catalogue=catalogue, layout=self.layout, fetcher=fetcher,
+                    classifier=self.classifier, classifier_problem=self.classifier_problem,
+                    policy=policy_of(self.config), settings=pipeline_settings(self.config),
+                    local_sources=frozenset(
+                        item.name for item in self.config.sources if item.kind == "folder"
+                    ),
+                    clock=self.clock,
+                )
+                await self._run_tasks(catalogue, sources, once)
+            finally:
+                await session.close()
+        finally:
+            await catalogue.close()
+        return 0
+
+    async def _run_tasks(self, catalogue: Catalogue, sources: list[Source], once: bool) -> None:
+        assert self.pipeline is not None  # noqa: S101
+        pipeline = self.pipeline
+        pollers = [PollerState(source) for source in sources]
+        loop = asyncio.get_running_loop()
+        handled: list[signal.Signals] = []
+        for signum, event in ((signal.SIGTERM, self.stop_requested),
+                              (signal.SIGINT, self.stop_requested),
+                              (signal.SIGHUP, self.reload_requested)):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, event.set)
+                handled.append(signum)
+        log.info("daemon_started", sources=[source.name for source in sources],
+                 model_version=self.classifier.version if self.classifier else None,
+                 data_dir=str(self.layout.root), once=once)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for poller in pollers:
+                    group.create_task(self._poll_loop(catalogue, poller, once),
+                                      name=f"poll-{poller.source.name}")
+                group.create_task(self._sources_done(pollers), name="sources-done")
+                pipeline_task = group.create_task(pipeline.run(until_idle=once), name="pipeline")
+                group.create_task(self._watch_signals(), name="signals")
+                self.ready.set()
+                if once:
+                    group.create_task(self._stop_when(pipeline_task), name="once")
+        except* Shutdown:
+            pass
+        finally:
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+        counts = await catalogue.counts_by_state()
+        log.info("daemon_stopped", counts=counts)
+
+    async def _stop_when(self, task: asyncio.Task[None]) -> None:
+        await task
+        raise Shutdown
+
+    async def _sources_done(self, pollers: list[PollerState]) -> None:
+        for poller in pollers:
+            await poller.polled_once.wait()
+        assert self.pipeline is not None  # noqa: S101
+        self.pipeline.sources_done.set()
+        self.pipeline.notify()
+
+    async def _watch_signals(self) -> None:
+        while True:
+            stop = asyncio.ensure_future(self.stop_requested.wait())
+            reload = asyncio.ensure_future(self.reload_requested.wait())
+            try:
+                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                reload.cancel()
+            if self.stop_requested.is_set():
+                log.info("shutdown_requested")
+                raise Shutdown
+            self.reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read config.toml; apply thresholds and quarantine rules and re-file everything."""
+        try:
+            new_config = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigError as error:
+            log.error("reload_failed", path=str(self.config.path), problems=error.problems,
+                      action="keeping the running configuration")
+            return False
+        restart_needed = [
+            name for name in ("daemon", "http", "classifier", "sources", "images")
+            if getattr(new_config, name) != getattr(self.config, name)
+        ]
+        self.config = new_config
+        policy = policy_of(new_config)
+        assert self.pipeline is not None and self.catalogue is not None  # noqa: S101
+        self.pipeline.set_policy(policy)
+        report = await rescore(self.catalogue, self.layout, policy, self.clock())
+        self.reloads += 1
+        log.info("config_reloaded", path=str(new_config.path), refiled=report.changed,
+                 unchanged=report.unchanged,
+                 needs_restart=restart_needed or None)
+        return True
+
+    async def _poll_loop(self, catalogue: Catalogue, poller: PollerState, once: bool) -> None:
+        from crawler.schedule import next_poll_delay_s
+
+        source = poller.source
+        config = next(item for item in self.config.sources if item.name == source.name)
+        state = await catalogue.ensure_source(source.name, source.kind, source.query_key())
+        poller.consecutive_errors = state.consecutive_errors
+        poller.empty_polls = state.empty_polls
+        while True:
+            if not once and state.next_poll_at is not None:
+                wait_s = state.next_poll_at - self.clock()
+                if wait_s > 0:
+                    await wait_event(asyncio.Event(), wait_s)
+            now = self.clock()
+            try:
+                result = await source.poll(state.cursor, now)
+            except (SourceError, FetchError) as error:
+                poller.consecutive_errors += 1
+                retry_after = getattr(error, "retry_after_s", None)
+                delay = next_poll_delay_s(
+                    config, empty_polls=poller.empty_polls, full=False,
+                    errors=poller.consecutive_errors, retry_after_s=retry_after,
+                )
+                await catalogue.record_poll_error(source.name, str(error),
+                                                  next_poll_at=now + delay, now=now)
+                log.warning("source_failed", source=source.name, reason=str(error),
+                            retry_in_s=round(delay, 1), errors=poller.consecutive_errors)
+            except Exception as error:  # noqa: BLE001 - a broken source never stops others
+                poller.consecutive_errors += 1
+                delay = next_poll_delay_s(config, empty_polls=poller.empty_polls, full=False,
+                                          errors=poller.consecutive_errors, retry_after_s=None)
+                await catalogue.record_poll_error(
+                    source.name, f"internal_error: {type(error).__name__}: {error}",
+                    next_poll_at=now + delay, now=now)
+                log.exception("source_failed", source=source.name)
+            else:
+                rows = await catalogue.add_media(result.refs, now)
+                poller.consecutive_errors = 0
+                poller.empty_polls = 0 if rows else poller.empty_polls + 1
+                delay = next_poll_delay_s(
+                    config, empty_polls=poller.empty_polls, full=result.full,
+                    errors=0, retry_after_s=result.retry_after_s,
+                )
+                await catalogue.record_poll(
+                    source.name, cursor=result.cursor, new_items=len(rows),
+                    next_poll_at=now + delay, notice=result.notice, now=now,
+                )
+                for row in rows:
+                    log.info("media_found", url=row.url, source=source.name,
+                             state=row.state.value, reason=row.reason, flags=list(row.flags))
+                log.info("source_polled", source=source.name, found=len(result.refs),
+                         new=len(rows), next_poll_in_s=round(delay, 1), notice=result.notice)
+                if self.pipeline is not None and rows:
+                    self.pipeline.notify()
+            poller.polled_once.set()
+            if once:
+                return
+            refreshed = await catalogue.source_state(source.name)
+            if refreshed is not None:
+                state = refreshed
+
+
+def stats_for_status(counts: Mapping[str, Any]) -> str:
+    """A one-line STATUS= text for systemd."""
+    return ", ".join(f"{key}={value}" for key, value in sorted(counts.items()))

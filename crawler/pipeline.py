@@ -1,0 +1,479 @@
+"""The pipeline of SPEC §7: catalogue → download → decode → batch → classify → decide → place.
+
+The catalogue is the queue. A feeder reads rows that are due and not in flight and hands
+them to the stage their state calls for, through bounded queues (a slow classifier slows
+the crawler; it never grows memory). Each stage commits the row's new state before
+handing it on, so a restart resumes from the rows. One TaskGroup, owned by `run`, holds
+every task of the pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from classifier.base import Classifier
+from classifier.decode import DecodeLimits, decode_image
+from classifier.errors import DecodeError
+from crawler.aio import ThreadLimiter, shielded, wait_event
+from crawler.decide import Decision, Policy, decide
+from crawler.errors import FetchError, PermanentFetchError
+from crawler.localcopy import copy_to_spool
+from storage.catalogue import Catalogue
+from storage.errors import PlacementError
+from storage.placement import DataLayout, place
+from storage.records import MediaRow, Placement, State
+
+log = structlog.get_logger("megane.pipeline")
+
+UNFINISHED = (State.PENDING, State.DOWNLOADED, State.DECODED, State.CLASSIFIED)
+RETRY_BASE_S = 30.0
+RETRY_MAX_S = 3600.0
+
+
+class Downloader(Protocol):
+    """The fetch seam (crawler.fetch.Fetcher)."""
+
+    async def download(self, url: str) -> Any: ...
+
+
+@dataclass
+class Work:
+    """One media row moving through the stages (in memory only while in flight)."""
+
+    row: MediaRow
+    sha256: str | None = None
+    extension: str = ""
+    tensor: npt.NDArray[np.float32] | None = None
+    scores: dict[str, float] | None = None
+    held_reason: str | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    download_workers: int = 16
+    decode_workers: int = 2
+    queue_size: int = 64
+    batch_size: int = 16
+    max_batch_delay_s: float = 0.2
+    inference_timeout_s: float = 120.0
+    max_attempts: int = 5
+    max_bytes: int = 50 * 1024 * 1024
+    shutdown_grace_s: float = 10.0
+    limits: DecodeLimits = DecodeLimits()
+    jpeg_draft: bool = True
+
+
+class PipelineObserver(Protocol):
+    """Hooks for metrics and the watchdog; every method must be cheap and never raise."""
+
+    def progress(self, stage: str, count: int = 1) -> None: ...
+
+
+class _NullObserver:
+    def progress(self, stage: str, count: int = 1) -> None:
+        return None
+
+
+def retry_delay_s(attempts: int, retry_after_s: float | None, jitter: float) -> float:
+    """Backoff before the next attempt: exponential from 30 s, capped at an hour."""
+    delay = min(RETRY_BASE_S * (2 ** attempts), RETRY_MAX_S) * (0.75 + 0.5 * jitter)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s)
+    return delay
+
+
+class Pipeline:
+    """Moves rows from pending to a final state. `run()` until cancelled, or until idle."""
+
+    def __init__(
+        self,
+        *,
+        catalogue: Catalogue,
+        layout: DataLayout,
+        fetcher: Downloader,
+        classifier: Classifier | None,
+        classifier_problem: str | None,
+        policy: Policy,
+        settings: PipelineSettings,
+        local_sources: frozenset[str] = frozenset(),
+        clock: Callable[[], float] = time.time,
+        observer: PipelineObserver | None = None,
+    ) -> None:
+        self.catalogue = catalogue
+        self.layout = layout
+        self.fetcher = fetcher
+        self.classifier = classifier
+        self.classifier_problem = classifier_problem or "no_model"
+        self.policy = policy
+        self.settings = settings
+        self.local_sources = local_sources
+        self.clock = clock
+        self.observer: PipelineObserver = observer or _NullObserver()
+        size = settings.queue_size
+        self.download_queue: asyncio.Queue[Work] = asyncio.Queue(size)
+        self.decode_queue: asyncio.Queue[Work] = asyncio.Queue(size)
+        self.batch_queue: asyncio.Queue[Work] = asyncio.Queue(max(size, settings.batch_size * 2))
+        self.place_queue: asyncio.Queue[Work] = asyncio.Queue(size)
+        self.in_flight: set[int] = set()
+        self.wakeup = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.sources_done = asyncio.Event()
+        self._decode_threads = ThreadLimiter(settings.decode_workers, "decode")
+        self._io_threads = ThreadLimiter(4, "place")
+        self._model_thread = ThreadLimiter(1, "inference")
+        self.batches_run = 0
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def swap_classifier(self, classifier: Classifier) -> None:
+        """Use `classifier` from the next batch on (the current batch finishes with the old)."""
+        self.classifier = classifier
+
+    def notify(self) -> None:
+        """New rows may be due (a source added media)."""
+        self.wakeup.set()
+
+    def queue_depths(self) -> dict[str, int]:
+        return {
+            "download": self.download_queue.qsize(), "decode": self.decode_queue.qsize(),
+            "batch": self.batch_queue.qsize(), "place": self.place_queue.qsize(),
+            "in_flight": len(self.in_flight),
+        }
+
+    async def run(self, *, until_idle: bool = False) -> None:
+        """Run every stage. With `until_idle`, return once sources are done and nothing is left."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                feeder = group.create_task(self._feed(until_idle), name="feeder")
+                workers = [
+                    group.create_task(self._download_worker(), name=f"download-{n}")
+                    for n in range(self.settings.download_workers)
+                ]
+                workers += [
+                    group.create_task(self._decode_worker(), name=f"decode-{n}")
+                    for n in range(self.settings.decode_workers)
+                ]
+                workers.append(group.create_task(self._classify_worker(), name="classify"))
+                workers.append(group.create_task(self._place_worker(), name="place"))
+                await feeder
+                for worker in workers:
+                    worker.cancel()
+        finally:
+            self._decode_threads.shutdown()
+            self._io_threads.shutdown()
+            self._model_thread.shutdown()
+
+    # -- feeding -------------------------------------------------------------------
+
+    async def _feed(self, until_idle: bool) -> None:
+        queues = {
+            State.PENDING: self.download_queue,
+            State.DOWNLOADED: self.decode_queue,
+            State.DECODED: self.decode_queue,
+            State.CLASSIFIED: self.place_queue,
+        }
+        while True:
+            self.wakeup.clear()
+            now = self.clock()
+            rows = await self.catalogue.media_in_states(
+                UNFINISHED, limit=self.settings.queue_size, now=now, exclude=self.in_flight
+            )
+            for row in rows:
+                self.in_flight.add(row.id)
+                await queues[row.state].put(Work(row=row, sha256=row.sha256))
+            if rows:
+                continue
+            due = await self.catalogue.next_attempt_at()
+            if until_idle and self.sources_done.is_set() and not self.in_flight:
+                # In `once` mode, rows whose retry is scheduled later stay pending for
+                # the next run; everything else has reached a final state.
+                if due is None or due > now:
+                    self.idle.set()
+                    return
+            timeout = 5.0 if due is None else min(max(due - now, 0.05), 5.0)
+            await wait_event(self.wakeup, timeout)
+
+    def _done(self, work: Work) -> None:
+        self.in_flight.discard(work.row.id)
+        self.wakeup.set()
+
+    # -- download ------------------------------------------------------------------
+
+    async def _download_worker(self) -> None:
+        while True:
+            work = await self.download_queue.get()
+            try:
+                await self._download(work)
+            except FetchError as error:
+                await self._fetch_failed(work, error)
+            except Exception as error:  # noqa: BLE001 - one item, never the daemon
+                log.exception("media_failed", url=work.row.url, stage="download")
+                await self._reject(work, f"internal_error: {type(error).__name__}: {error}")
+
+    async def _download(self, work: Work) -> None:
+        row = work.row
+        if row.url.startswith("file:"):
+            if row.source not in self.local_sources:
+                raise PermanentFetchError(row.url, "bad_scheme", "file:// only from folder sources")
+            copy = await self._io_threads.run(
+                copy_to_spool, row.url, self.layout.spool, self.settings.max_bytes
+            )
+            temp_path, sha256, size = copy.path, copy.sha256, copy.size
+        else:
+            download = await self.fetcher.download(row.url)
+            temp_path, sha256, size = Path(download.path), download.sha256, download.size
+        os.replace(temp_path, self.layout.spool_file(sha256))
+        now = self.clock()
+        known = await self.catalogue.record_download(row.id, sha256, size, now)
+        self.observer.progress("download")
+        if known is not None and known.placement is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.spool_file(sha256).unlink()
+            log.info("media_duplicate", url=row.url, sha256=sha256,
+                     state=known.placement.value, reason="duplicate_content")
+            self._done(work)
+            return
+        if known is not None:  # placement is None but the blob row said rejected
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.spool_file(sha256).unlink()
+            log.info("media_rejected", url=row.url, sha256=sha256, reason=known.reason)
+            self._done(work)
+            return
+        log.info("media_downloaded", url=row.url, sha256=sha256, bytes=size)
+        work.sha256 = sha256
+        await self.decode_queue.put(work)
+
+    async def _fetch_failed(self, work: Work, error: FetchError) -> None:
+        attempts = work.row.attempts + 1
+        if error.retryable and attempts < self.settings.max_attempts:
+            retry_after = getattr(error, "retry_after_s", None)
+            delay = retry_delay_s(work.row.attempts, retry_after, random.random())
+            now = self.clock()
+            await self.catalogue.record_retry(work.row.id, error.reason, now + delay, now)
+            log.warning("media_retry", url=work.row.url, reason=error.reason,
+                        attempts=attempts, retry_in_s=round(delay, 1))
+            self._done(work)
+            return
+        reason = error.reason if not error.retryable else f"gave_up_after_{attempts}: {error.reason}"
+        await self._reject(work, reason)
+
+    async def _reject(self, work: Work, reason: str, sha256: str | None = None) -> None:
+        await self.catalogue.reject(work.row.id, reason, self.clock(), sha256=sha256)
+        if sha256 is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.spool_file(sha256).unlink()
+        log.info("media_rejected", url=work.row.url, sha256=sha256, reason=reason)
+        self._done(work)
+
+    # -- decode --------------------------------------------------------------------
+
+    async def _decode_worker(self) -> None:
+        while True:
+            work = await self.decode_queue.get()
+            try:
+                await self._decode(work)
+            except DecodeError as error:
+                await self._reject(work, error.reason, sha256=work.sha256)
+            except Exception as error:  # noqa: BLE001 - one item, never the daemon
+                log.exception("media_failed", url=work.row.url, stage="decode")
+                await self._reject(work, f"internal_error: {type(error).__name__}: {error}",
+                                   sha256=work.sha256)
+
+    async def _decode(self, work: Work) -> None:
+        sha256 = work.sha256
+        if sha256 is None:
+            raise DecodeError("missing_content", "row has no sha256")
+        blob = await self.catalogue.get_blob(sha256)
+        path = self.layout.content_file(sha256, blob.extension)
+        if path is None:
+            # The file vanished (crash between rename and commit): fetch it again.
+            await self.catalogue.reset_unfinished_without_file(sha256, self.clock())
+            self._done(work)
+            return
+        with_tensor = self.classifier is not None
+        decoded, tensor, phash = await self._decode_threads.run(
+            _decode_and_prepare, path, self.settings.limits,
+            self.settings.jpeg_draft, with_tensor,
+        )
+        work.extension = decoded.extension
+        await self.catalogue.record_decoded(
+            work.row.id, sha256, format=decoded.format, width=decoded.width,
+            height=decoded.height, extension=decoded.extension, phash=phash, now=self.clock(),
+        )
+        self.observer.progress("decode")
+        log.info("media_decoded", url=work.row.url, sha256=sha256, format=decoded.format,
+                 width=decoded.width, height=decoded.height)
+        if tensor is None:
+            work.held_reason = self.classifier_problem
+            await self.place_queue.put(work)
+        else:
+            work.tensor = tensor
+            await self.batch_queue.put(work)
+
+    # -- classify ------------------------------------------------------------------
+
+    async def _collect_batch(self) -> list[Work]:
+        batch = [await self.batch_queue.get()]
+        size = self.classifier.batch_size if self.classifier is not None else 1
+        deadline = asyncio.get_running_loop().time() + self.settings.max_batch_delay_s
+        while len(batch) < size:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.batch_queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _classify_worker(self) -> None:
+        while True:
+            batch = await self._collect_batch()
+            classifier = self.classifier
+            if classifier is None:
+                for work in batch:
+                    work.held_reason = self.classifier_problem
+                    await self.place_queue.put(work)
+                continue
+            tensors = np.stack([work.tensor for work in batch if work.tensor is not None])
+            started = time.monotonic()
+            try:
+                result = await asyncio.wait_for(
+                    self._model_thread.run(classifier.classify, tensors),
+                    self.settings.inference_timeout_s,
+                )
+                if len(result.scores) != len(batch):
+                    raise ValueError(f"{len(result.scores)} results for {len(batch)} images")
+            except Exception as error:  # noqa: BLE001 - fail closed: the batch is held
+                reason = f"inference_failed: {type(error).__name__}: {error}"[:300]
+                log.error("batch_failed", size=len(batch), reason=reason,
+                          model_version=classifier.version)
+                for work in batch:
+                    work.tensor = None
+                    work.held_reason = reason
+                    await self.place_queue.put(work)
+                continue
+            self.batches_run += 1
+            log.debug("batch_classified", size=len(batch), model_version=classifier.version,
+                      seconds=round(time.monotonic() - started, 3))
+            features = result.features.astype(np.float16)
+            items = []
+            for index, work in enumerate(batch):
+                work.tensor = None
+                work.scores = result.scores[index]
+                assert work.sha256 is not None  # noqa: S101 - set by the download stage
+                items.append((work.row.id, work.sha256, work.scores, features[index].tobytes()))
+            await self.catalogue.record_scores(items, classifier.version, "open_nsfw",
+                                               self.clock())
+            self.observer.progress("classify", len(batch))
+            for work in batch:
+                log.info("media_classified", url=work.row.url, sha256=work.sha256,
+                         model_version=classifier.version, scores=work.scores)
+                await self.place_queue.put(work)
+
+    # -- place ---------------------------------------------------------------------
+
+    async def _place_worker(self) -> None:
+        while True:
+            work = await self.place_queue.get()
+            try:
+                await shielded(self._place(work), self.settings.shutdown_grace_s)
+            except PlacementError as error:
+                # Disk full or permissions: the row keeps its committed state and is tried
+                # again later; nothing partial is visible (placement is atomic).
+                log.error("media_place_failed", url=work.row.url, sha256=work.sha256,
+                          reason=str(error))
+                now = self.clock()
+                await self.catalogue.defer(work.row.id, f"place_failed: {error.reason}",
+                                           now + 60.0, now)
+                self._done(work)
+            except Exception as error:  # noqa: BLE001 - one item, never the daemon
+                log.exception("media_failed", url=work.row.url, stage="place")
+                await self._reject(work, f"internal_error: {type(error).__name__}: {error}",
+                                   sha256=None)
+
+    async def _place(self, work: Work) -> None:
+        sha256 = work.sha256
+        assert sha256 is not None  # noqa: S101 - rows reach placement with content
+        blob = await self.catalogue.get_blob(sha256)
+        extension = work.extension or blob.extension
+        labels = await self.catalogue.human_labels_for(sha256)
+        flags = await self.catalogue.flags_for(sha256)
+        if work.held_reason is not None:
+            decision = Decision(Placement.HELD, (), work.held_reason)
+        else:
+            scores = work.scores
+            if scores is None:
+                scores = await self.catalogue.scores_for(sha256) or None
+            decision = decide(scores, flags, self.policy, labels)
+        sidecar = None
+        if decision.placement is Placement.QUARANTINE:
+            sidecar = await self.sidecar(sha256, decision, work.scores)
+        await self._io_threads.run(
+            place, self.layout, sha256, extension, decision.placement, decision.tags, sidecar
+        )
+        await self.catalogue.record_placement(
+            sha256, decision.placement, decision.reason, decision.tags, self.clock(),
+            media_id=work.row.id,
+        )
+        self.observer.progress("place")
+        log.info("media_filed", url=work.row.url, sha256=sha256,
+                 placement=decision.placement.value, tags=list(decision.tags),
+                 reason=decision.reason)
+        self._done(work)
+
+    async def sidecar(self, sha256: str, decision: Decision,
+                      scores: Mapping[str, float] | None) -> dict[str, Any]:
+        return await quarantine_sidecar(self.catalogue, self.policy, sha256, decision, scores)
+
+
+async def quarantine_sidecar(
+    catalogue: Catalogue, policy: Policy, sha256: str, decision: Decision,
+    scores: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The JSON written beside a quarantined image for file-manager reviewers."""
+    blob = await catalogue.get_blob(sha256)
+    rows = await catalogue.media_for_blob(sha256)
+    first = rows[0] if rows else None
+    return {
+        "sha256": sha256,
+        "reason": decision.reason,
+        "scores": dict(scores) if scores is not None else await catalogue.scores_for(sha256),
+        "model_version": blob.model_version,
+        "thresholds": dict(policy.thresholds),
+        "review_band": list(policy.review_band) if policy.review_band else None,
+        "source": first.source if first else None,
+        "url": first.url if first else None,
+        "post_url": first.post_url if first else None,
+        "author": first.author if first else None,
+        "flags": sorted({flag for row in rows for flag in row.flags}),
+        "first_seen": first.created_at if first else None,
+        "format": blob.format, "width": blob.width, "height": blob.height,
+    }
+
+
+def _decode_and_prepare(
+    path: Path, limits: DecodeLimits, jpeg_draft: bool, with_tensor: bool
+) -> tuple[Any, npt.NDArray[np.float32] | None, str | None]:
+    """Decode, validate, hash and preprocess one image (in a worker thread)."""
+    from classifier.phash import dhash, to_hex
+    from classifier.preprocess import preprocess
+
+    decoded = decode_image(path, limits, draft_size=(256, 256) if jpeg_draft else None)
+    phash = to_hex(dhash(decoded.image))
+    tensor = preprocess(decoded.image) if with_tensor else None
+    return decoded, tensor, phash
