@@ -69,3 +69,33 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
         await catalogue.record_placements(pending, now)
     return RescoreReport(changed=len(changes) - failed, unchanged=len(items) - len(changes),
                          failed=failed)
+
+
+async def refile_one(catalogue: Catalogue, layout: DataLayout, policy: Policy, sha256: str,
+                     now: float) -> Decision:
+    """Re-file one stored image now (after a review decision or a label)."""
+    from crawler.pipeline import quarantine_sidecar
+
+    blob = await catalogue.get_blob(sha256)
+    scores = await catalogue.scores_for(sha256)
+    labels = await catalogue.human_labels_for(sha256)
+    flags = await catalogue.flags_for(sha256)
+    decision = decide(scores or None, flags, policy, labels)
+    if blob.placement is None or blob.placement.value == "rejected":
+        return decision
+    if decision.placement is Placement.HELD and labels:
+        # A human decided about an image the model never saw: honour the label.
+        nsfw = any(labels.get(tag) for tag in policy.quarantine_tags)
+        released = all(labels.get(tag) is False for tag in policy.quarantine_tags)
+        if nsfw or released:
+            decision = decide({tag: 0.0 for tag in policy.quarantine_tags}, (), policy, labels)
+    sidecar = None
+    if decision.placement is Placement.QUARANTINE:
+        sidecar = await quarantine_sidecar(catalogue, policy, sha256, decision, scores)
+    await asyncio.to_thread(place, layout, sha256, blob.extension, decision.placement,
+                            decision.tags, sidecar)
+    await catalogue.record_placement(sha256, decision.placement, decision.reason,
+                                     decision.tags, now)
+    log.info("media_refiled", sha256=sha256, placement=decision.placement.value,
+             previous=blob.placement.value, tags=list(decision.tags), reason=decision.reason)
+    return decision

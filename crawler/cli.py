@@ -1,0 +1,395 @@
+"""The `megane` command line (SPEC §3).
+
+Exit codes: 0 success, 1 user error (bad config, unknown SHA), 2 internal failure.
+Commands that report take `--json` and then print one JSON document on stdout only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from crawler.config import Config, SourceConfig, find_config, load_config
+from crawler.errors import ConfigError
+from storage.errors import MeganeError, UnknownMediaError
+
+EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
+log = structlog.get_logger("megane.cli")
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    from crawler.logs import configure_logging
+
+    config = load_config(find_config(args.config))
+    log_format = config.daemon.log_format
+    if getattr(args, "json", False) and log_format == "auto":
+        log_format = "json"
+    configure_logging(log_format, config.daemon.log_level)
+    return config
+
+
+async def _open_catalogue(config: Config) -> Any:
+    from storage.catalogue import Catalogue
+    from storage.placement import DataLayout
+
+    layout = DataLayout(config.data_dir)
+    layout.ensure()
+    return await Catalogue.open(layout.catalogue)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = find_config(args.config)
+    config = load_config(path)
+    kinds = ", ".join(f"{s.name} ({s.kind})" for s in config.sources) or "none"
+    print(f"{path}: ok; data_dir={config.data_dir}; sources: {kinds}")
+    return EXIT_OK
+
+
+def _daemon_main(config: Config, once: bool) -> int:
+    from crawler.daemon import Daemon
+
+    daemon = Daemon(config, environ=os.environ)
+    return asyncio.run(daemon.run(once=once))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _daemon_main(_load(args), once=False)
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    return _daemon_main(_load(args), once=True)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    config = _load(args)
+    folder = Path(args.directory).resolve()
+    if not folder.is_dir():
+        raise ConfigError(str(folder), [f"{folder}: not a directory; give a folder of images"])
+    source = SourceConfig(kind="folder", name="import", interval_s=60.0,
+                          settings={"path": str(folder)})
+    return _daemon_main(dataclasses.replace(config, sources=(source,)), once=True)
+
+
+def cmd_media_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def body() -> list[dict[str, Any]]:
+        catalogue = await _open_catalogue(config)
+        try:
+            return list(await catalogue.media_list(args.state))
+        finally:
+            await catalogue.close()
+
+    items = asyncio.run(body())
+    if args.json:
+        _print_json(items)
+    else:
+        for item in items:
+            sha = (item["sha256"] or "-")[:12]
+            print(f"{item['state']:<10} {sha:<12} {item['source']:<16} {item['url']}"
+                  + (f"  ({item['reason']})" if item["reason"] else ""))
+    return EXIT_OK
+
+
+async def status_document(config: Config) -> dict[str, Any]:
+    """What `megane status --json` prints."""
+    from classifier.models import list_models
+    from storage.placement import DataLayout
+
+    catalogue = await _open_catalogue(config)
+    try:
+        states = await catalogue.counts_by_state()
+        sources = []
+        for state in await catalogue.all_source_states():
+            sources.append({
+                "name": state.name, "kind": state.kind, "last_poll_at": state.last_poll_at,
+                "last_success_at": state.last_success_at, "last_new_at": state.last_new_at,
+                "last_error": state.last_error, "last_error_at": state.last_error_at,
+                "consecutive_errors": state.consecutive_errors,
+                "empty_polls": state.empty_polls, "next_poll_at": state.next_poll_at,
+                "cursor": state.cursor, "notice": state.notice,
+                "items_total": state.items_total,
+                "quiet": state.empty_polls >= 20,
+            })
+        document = {
+            "data_dir": str(config.data_dir),
+            "states": states,
+            "tags": await catalogue.counts_by_tag(),
+            "sources": sources,
+            "by_source": await catalogue.counts_by_source(),
+            "labels": await catalogue.label_counts(),
+            "queue": {state: states.get(state, 0)
+                      for state in ("pending", "downloaded", "decoded", "classified")},
+            "model": {
+                "configured": config.classifier.model,
+                "engine": config.classifier.engine,
+                "available": [info.version for info in list_models(DataLayout(config.data_dir).models)],
+            },
+        }
+    finally:
+        await catalogue.close()
+    return document
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    document = asyncio.run(status_document(config))
+    if args.json:
+        _print_json(document)
+        return EXIT_OK
+    print(f"data_dir: {document['data_dir']}  model: {document['model']['configured']}")
+    print("states: " + ", ".join(f"{k}={v}" for k, v in sorted(document["states"].items())))
+    print("library tags: " + (", ".join(f"{k}={v}" for k, v in sorted(document["tags"].items()))
+                              or "none"))
+    for source in document["sources"]:
+        line = f"source {source['name']} ({source['kind']}): {source['items_total']} items"
+        if source["last_error"]:
+            line += f"; last error: {source['last_error']}"
+        if source["notice"]:
+            line += f"; notice: {source['notice']}"
+        if source["quiet"]:
+            line += f"; nothing new for {source['empty_polls']} polls"
+        print(line)
+    labels = document["labels"]
+    if labels:
+        print("labels: " + ", ".join(f"{t}: {c['yes']} yes/{c['no']} no"
+                                    for t, c in sorted(labels.items())))
+    return EXIT_OK
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from classifier.decode import DecodeLimits, decode_image
+    from classifier.errors import ClassifierError, DecodeError
+    from classifier.models import load_classifier
+    from classifier.preprocess import preprocess
+    from storage.placement import DataLayout
+
+    config = _load(args)
+    layout = DataLayout(config.data_dir)
+    limits = DecodeLimits(config.images.max_width, config.images.max_height,
+                          config.images.max_frames, config.images.formats)
+    try:
+        classifier = load_classifier(
+            config.classifier.model, layout.models, engine=config.classifier.engine,
+            device=config.classifier.device, batch_size=config.classifier.batch_size,
+            threads=config.classifier.threads, cache_dir=None,
+        )
+    except ClassifierError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER
+    results: list[dict[str, Any]] = []
+    status = EXIT_OK
+    for name in args.files:
+        try:
+            decoded = decode_image(Path(name), limits,
+                                   draft_size=(256, 256) if config.images.jpeg_draft else None)
+        except (DecodeError, OSError) as error:
+            print(f"error: {name}: {error}", file=sys.stderr)
+            results.append({"file": name, "error": str(error)})
+            status = EXIT_USER
+            continue
+        tensor = preprocess(decoded.image)[np.newaxis]
+        scores = classifier.classify(tensor).scores[0]
+        results.append({"file": name, "scores": {k: round(float(v), 6) for k, v in scores.items()}})
+    if args.json:
+        _print_json(results)
+    else:
+        for item in results:
+            if "scores" in item:
+                print(item["file"] + ": " + ", ".join(
+                    f"{tag}={score:.4f}" for tag, score in item["scores"].items()))
+    return status
+
+
+def _run_with_catalogue(config: Config,
+                        body: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+    async def wrapper() -> int:
+        catalogue = await _open_catalogue(config)
+        try:
+            return await body(catalogue)
+        finally:
+            await catalogue.close()
+
+    return asyncio.run(wrapper())
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def body(catalogue: Any) -> int:
+        items = []
+        for blob in await catalogue.blobs_in(["quarantine", "held"]):
+            rows = await catalogue.media_for_blob(blob.sha256)
+            items.append({
+                "sha256": blob.sha256, "placement": blob.placement.value if blob.placement else None,
+                "reason": blob.reason, "scores": await catalogue.scores_for(blob.sha256),
+                "model_version": blob.model_version,
+                "sources": sorted({row.source for row in rows}),
+                "urls": [row.url for row in rows],
+                "flags": sorted({flag for row in rows for flag in row.flags}),
+                "labels": await catalogue.human_labels_for(blob.sha256),
+            })
+        if args.json:
+            _print_json(items)
+        else:
+            for item in items:
+                scores = ", ".join(f"{k}={v:.3f}" for k, v in item["scores"].items())
+                print(f"{item['placement']:<10} {item['sha256'][:12]}  {item['reason']}  "
+                      f"[{scores}]  {item['urls'][0] if item['urls'] else ''}")
+        return EXIT_OK
+
+    return _run_with_catalogue(config, body)
+
+
+def _review_decision(args: argparse.Namespace, labels: Sequence[tuple[str, bool]]) -> int:
+    from crawler.daemon import policy_of
+    from crawler.rescore import refile_one
+    from storage.placement import DataLayout
+
+    config = _load(args)
+    who = getattr(args, "who", None) or getpass.getuser()
+
+    async def body(catalogue: Any) -> int:
+        sha256 = await catalogue.resolve_sha(args.sha)
+        now = time.time()
+        for tag, value in labels:
+            await catalogue.add_label(sha256, tag, value, origin="human", who=who, now=now)
+            log.info("label_added", sha256=sha256, tag=tag, value=value, who=who)
+        decision = await refile_one(catalogue, DataLayout(config.data_dir), policy_of(config),
+                                    sha256, now)
+        print(f"{sha256[:12]}: {decision.placement.value} ({decision.reason})")
+        return EXIT_OK
+
+    return _run_with_catalogue(config, body)
+
+
+def cmd_quarantine_release(args: argparse.Namespace) -> int:
+    return _review_decision(args, [("nsfw", False)])
+
+
+def cmd_quarantine_confirm(args: argparse.Namespace) -> int:
+    return _review_decision(args, [("nsfw", True)])
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    labels: list[tuple[str, bool]] = []
+    for item in args.labels:
+        tag, _, value = item.partition("=")
+        if not tag or value.lower() not in ("yes", "no"):
+            print(f"error: {item!r}: labels are TAG=yes or TAG=no", file=sys.stderr)
+            return EXIT_USER
+        labels.append((tag.strip().lower(), value.lower() == "yes"))
+    return _review_decision(args, labels)
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from crawler.daemon import policy_of
+    from crawler.rescore import rescore
+    from storage.placement import DataLayout
+
+    config = _load(args)
+
+    async def body(catalogue: Any) -> int:
+        started = time.monotonic()
+        report = await rescore(catalogue, DataLayout(config.data_dir), policy_of(config),
+                               time.time())
+        document = {"changed": report.changed, "unchanged": report.unchanged,
+                    "failed": report.failed, "seconds": round(time.monotonic() - started, 3)}
+        if args.json:
+            _print_json(document)
+        else:
+            print(f"re-filed {report.changed}, unchanged {report.unchanged}, "
+                  f"failed {report.failed} in {document['seconds']} s")
+        return EXIT_OK if not report.failed else EXIT_INTERNAL
+
+    return _run_with_catalogue(config, body)
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megane", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
+            parent: Any = commands, json_flag: bool = False) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=help_text,
+                                                         description=help_text)
+        sub.add_argument("--config", metavar="PATH",
+                         help="config file (default ./config.toml, then "
+                              "/etc/megane-crawler/config.toml)")
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="print one JSON document")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("run", cmd_run, "run the daemon in the foreground")
+    add("once", cmd_once, "poll every source once, process everything pending, exit")
+    add("check-config", cmd_check_config, "validate the configuration")
+    add("status", cmd_status, "counts per state, tag and source; model; queue", json_flag=True)
+    sub = add("import", cmd_import, "classify and file the images of a local folder")
+    sub.add_argument("directory")
+    media = commands.add_parser("media", help="media URLs").add_subparsers(
+        dest="media_command", required=True, metavar="SUBCOMMAND")
+    sub = add("list", cmd_media_list, "every media URL with its state", media, json_flag=True)
+    sub.add_argument("--state", choices=["pending", "downloaded", "decoded", "classified",
+                                         "library", "quarantine", "held", "rejected"])
+    sub = add("classify", cmd_classify, "print per-tag scores of image files", json_flag=True)
+    sub.add_argument("files", nargs="+", metavar="FILE")
+    quarantine = commands.add_parser("quarantine", help="review quarantined images") \
+        .add_subparsers(dest="quarantine_command", required=True, metavar="SUBCOMMAND")
+    add("list", cmd_quarantine_list, "what is quarantined or held", quarantine, json_flag=True)
+    for name, handler, text in (
+        ("release", cmd_quarantine_release, "not NSFW: move to the library (label nsfw=no)"),
+        ("confirm", cmd_quarantine_confirm, "NSFW: keep in quarantine (label nsfw=yes)"),
+    ):
+        sub = add(name, handler, text, quarantine)
+        sub.add_argument("sha", metavar="SHA")
+    sub = add("label", cmd_label, "record human tag labels, e.g. megane=yes cat=no")
+    sub.add_argument("sha", metavar="SHA")
+    sub.add_argument("labels", nargs="+", metavar="TAG=yes|no")
+    add("rescore", cmd_rescore, "re-file every image from stored scores", json_flag=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER
+    except UnknownMediaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except MeganeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
