@@ -1,0 +1,261 @@
+"""A watched local directory: image files dropped there are yielded as absolute file:// URLs.
+
+Keys: `path` (an existing directory), `move_to` (optional: each file is moved there before it
+is yielded, so the folder works as an inbox), `extensions` (default jpg, jpeg, png, gif,
+webp), `recursive` (default false; sub-directory names become tags) and `settle_s` (default
+2: a file changed less than this long ago may still be being written and waits a poll).
+
+Without `move_to` the cursor is a watermark: the newest change time yielded (the later of
+mtime and ctime, so a file moved in with an old mtime still counts as new) plus the names
+yielded at exactly that time. Hidden files and symbolic links are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from crawler.errors import SourceError
+from crawler.sources.base import PollResult, Source, SourceContext
+from crawler.sources.common import dump_cursor, iso_from_epoch, load_cursor, string_list
+from storage.records import MediaRef
+
+if TYPE_CHECKING:
+    from crawler.config import SourceConfig
+
+log = structlog.get_logger()
+
+KIND = "folder"
+KEYS = frozenset({"path", "move_to", "extensions", "recursive", "settle_s"})
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp")
+DEFAULT_SETTLE_S = 2.0
+MAX_FILES_PER_POLL = 500
+
+
+@dataclass(frozen=True, order=True)
+class FileEntry:
+    """A candidate file: ordered by change time, then relative name."""
+
+    changed_ns: int
+    name: str
+    modified_s: float
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The files to yield now, the next watermark, and whether more are waiting."""
+
+    chosen: tuple[FileEntry, ...]
+    after_ns: int
+    names_at: tuple[str, ...]
+    full: bool
+
+
+def select_new(entries: Sequence[FileEntry], after_ns: int, names_at: Sequence[str],
+               limit: int = MAX_FILES_PER_POLL) -> Selection:
+    """Pick the files past the watermark (`after_ns`, `names_at`), oldest first, up to `limit`."""
+    already = set(names_at)
+    candidates = sorted(
+        entry for entry in entries
+        if entry.changed_ns > after_ns or (entry.changed_ns == after_ns
+                                           and entry.name not in already)
+    )
+    chosen = tuple(candidates[:limit])
+    if not chosen:
+        return Selection((), after_ns, tuple(names_at), False)
+    newest = chosen[-1].changed_ns
+    at_newest = [entry.name for entry in chosen if entry.changed_ns == newest]
+    if newest == after_ns:
+        at_newest = list(names_at) + at_newest
+    return Selection(chosen, newest, tuple(sorted(at_newest)), len(candidates) > limit)
+
+
+def scan(root: Path, *, extensions: frozenset[str], recursive: bool,
+         settled_before_s: float) -> list[FileEntry]:
+    """The image files under `root` that have not changed since `settled_before_s`."""
+    entries: list[FileEntry] = []
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            listing = list(os.scandir(directory))
+        except OSError as error:
+            log.warning("folder_unreadable", path=str(directory), error=str(error))
+            continue
+        for item in listing:
+            if item.name.startswith("."):
+                continue
+            try:
+                if item.is_symlink():
+                    continue
+                if item.is_dir(follow_symlinks=False):
+                    if recursive:
+                        pending.append(Path(item.path))
+                    continue
+                if not item.is_file(follow_symlinks=False):
+                    continue
+                if item.name.rsplit(".", 1)[-1].lower() not in extensions or "." not in item.name:
+                    continue
+                stat = item.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished while listing
+            if stat.st_mtime > settled_before_s:
+                continue
+            name = Path(item.path).relative_to(root).as_posix()
+            entries.append(FileEntry(max(stat.st_mtime_ns, stat.st_ctime_ns), name,
+                                     stat.st_mtime))
+    return entries
+
+
+def move_into(source: Path, destination_dir: Path, name: str) -> Path:
+    """Move `source` to `destination_dir/name`, never overwriting: add -1, -2... on collision."""
+    target = destination_dir / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stem, suffix = target.stem, target.suffix
+    counter = 0
+    while True:
+        try:
+            # Hard link + unlink: atomic "move unless the name is taken" on one filesystem.
+            os.link(source, target)
+        except FileExistsError:
+            counter += 1
+            target = target.with_name(f"{stem}-{counter}{suffix}")
+            continue
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            if target.exists():
+                counter += 1
+                target = target.with_name(f"{stem}-{counter}{suffix}")
+                continue
+            return Path(shutil.move(str(source), str(target)))
+        try:
+            os.unlink(source)
+        except OSError:
+            target.unlink(missing_ok=True)  # leave exactly one copy, in the folder
+            raise
+        return target
+
+
+def file_ref(source: str, path: Path, name: str, modified_s: float) -> MediaRef:
+    """The MediaRef for a file: its absolute file:// URL; sub-directories become tags."""
+    tags = tuple(part.lower() for part in Path(name).parent.parts if part not in ("", "."))
+    return MediaRef(url=path.resolve().as_uri(), source=source, tags=tags,
+                    posted_at=iso_from_epoch(modified_s))
+
+
+class FolderSource:
+    """A directory polled for new image files."""
+
+    kind = KIND
+
+    def __init__(self, name: str, path: Path, *, move_to: Path | None,
+                 extensions: frozenset[str], recursive: bool, settle_s: float) -> None:
+        self.name = name
+        self.path = path
+        self.move_to = move_to
+        self.extensions = extensions
+        self.recursive = recursive
+        self.settle_s = settle_s
+
+    def query_key(self) -> str:
+        return dump_cursor({"kind": KIND, "path": str(self.path),
+                            "move_to": str(self.move_to) if self.move_to else None,
+                            "extensions": sorted(self.extensions),
+                            "recursive": self.recursive})
+
+    async def poll(self, cursor: str | None, now: float) -> PollResult:
+        """List the folder (in a thread) and yield the files that are new since the cursor."""
+        return await asyncio.to_thread(self._poll, cursor, now)
+
+    def _poll(self, cursor: str | None, now: float) -> PollResult:
+        if not self.path.is_dir():
+            raise SourceError(self.name, f"folder {self.path} does not exist or is not a folder")
+        entries = scan(self.path, extensions=self.extensions, recursive=self.recursive,
+                       settled_before_s=now - self.settle_s)
+        if self.move_to is not None:
+            return self._move_all(entries, self.move_to)
+        state = load_cursor(cursor)
+        after_ns = state.get("after_ns") if isinstance(state.get("after_ns"), int) else -1
+        names_at = string_list(state.get("names")) or []
+        selection = select_new(entries, after_ns, names_at)
+        refs = tuple(file_ref(self.name, self.path / entry.name, entry.name, entry.modified_s)
+                     for entry in selection.chosen)
+        new_cursor = dump_cursor({"after_ns": selection.after_ns,
+                                  "names": list(selection.names_at)})
+        return PollResult(refs=refs, cursor=new_cursor, full=selection.full)
+
+    def _move_all(self, entries: list[FileEntry], move_to: Path) -> PollResult:
+        chosen = sorted(entries)[:MAX_FILES_PER_POLL]
+        refs: list[MediaRef] = []
+        for entry in chosen:
+            try:
+                moved = move_into(self.path / entry.name, move_to, entry.name)
+            except OSError as error:
+                log.warning("folder_move_failed", source=self.name,
+                            path=str(self.path / entry.name), error=str(error))
+                continue
+            refs.append(file_ref(self.name, moved, entry.name, entry.modified_s))
+        return PollResult(refs=tuple(refs), cursor=None, full=len(entries) > len(chosen))
+
+
+def _folder(value: object) -> Path | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return Path(value).expanduser()
+
+
+def validate(settings: Mapping[str, Any]) -> list[str]:
+    """Problems with a folder source's keys (the folder must exist)."""
+    problems = [f"{key}: unknown key for a folder source (known: {', '.join(sorted(KEYS))})"
+                for key in settings if key not in KEYS]
+    path = _folder(settings.get("path"))
+    if path is None:
+        problems.append("path: required; an absolute path to an existing folder")
+    elif not path.is_absolute():
+        problems.append(f"path: must be an absolute path, got {settings['path']!r}")
+    elif not path.is_dir():
+        problems.append(f"path: folder {str(path)!r} does not exist; create it or fix the path")
+    if "move_to" in settings:
+        move_to = _folder(settings["move_to"])
+        if move_to is None or not move_to.is_absolute():
+            problems.append("move_to: must be an absolute path to a folder (created if missing)")
+        elif path is not None and path.is_absolute():
+            resolved, target = path.resolve(), move_to.resolve()
+            if target == resolved or (settings.get("recursive") and target.is_relative_to(resolved)):
+                problems.append("move_to: must be outside `path`, or files would be seen again")
+            elif move_to.exists() and not move_to.is_dir():
+                problems.append(f"move_to: {str(move_to)!r} exists and is not a folder")
+    if "extensions" in settings:
+        extensions = settings["extensions"]
+        if not isinstance(extensions, list) or not extensions or not all(
+                isinstance(item, str) for item in extensions) or not all(item.strip(". ") for item in extensions):
+            problems.append("extensions: must be a list of file extensions, e.g. [\"jpg\", \"png\"]")
+    if "recursive" in settings and not isinstance(settings["recursive"], bool):
+        problems.append("recursive: must be true or false")
+    if "settle_s" in settings:
+        settle = settings["settle_s"]
+        if isinstance(settle, bool) or not isinstance(settle, int | float) or settle < 0:
+            problems.append("settle_s: must be a number of seconds >= 0")
+    return problems
+
+
+def create(config: SourceConfig, context: SourceContext) -> Source:
+    """Build a FolderSource from a validated `[[sources]]` table."""
+    settings = config.settings
+    path = Path(str(settings["path"])).expanduser()
+    move_to = _folder(settings.get("move_to"))
+    extensions = frozenset(item.strip(". ").lower()
+                           for item in string_list(settings.get("extensions"))
+                           or list(DEFAULT_EXTENSIONS))
+    return FolderSource(config.name, path, move_to=move_to, extensions=extensions,
+                        recursive=bool(settings.get("recursive", False)),
+                        settle_s=float(settings.get("settle_s", DEFAULT_SETTLE_S)))
