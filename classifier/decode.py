@@ -318,7 +318,8 @@ def _extension(image_format: str) -> str:
     if image_format in EXTENSIONS:
         return EXTENSIONS[image_format]
     registered = [ext for ext, name in Image.registered_extensions().items() if name == image_format]
-    return registered[0] if registered else f".{image_format.lower()}"
+    natural = f".{image_format.lower()}"
+    return natural if natural in registered or not registered else registered[0]
 
 
 def _is_complete(data: mmap.mmap, image_format: str) -> bool:
