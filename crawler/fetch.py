@@ -1,0 +1,527 @@
+"""HTTP fetching: the one guarded aiohttp session and the `Fetcher` that uses it.
+
+`make_session` builds the process's single `aiohttp.ClientSession` around a
+`GuardedConnector`, which refuses forbidden addresses (see `crawler.netguard`) on the
+address a socket actually connects to: every resolved or literal address is checked after
+resolution (covering DNS answers, the DNS cache and IP literals, which bypass resolvers),
+and again in the socket factory right before `connect()`.
+
+`Fetcher.download` streams a media file to the spool directory; `Fetcher.get_document`
+implements the sources' `HttpClient` seam. Both follow redirects themselves, re-validating
+each target, rate-limit per host, cap bytes (after decompression) and enforce one overall
+deadline. aiohttp exceptions are translated here, once, into `crawler.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import os
+import random
+import socket
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import aiohttp
+import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
+from asyncio_throttle import Throttler
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from crawler.config import HttpConfig
+from crawler.errors import (
+    BlockedAddressError,
+    FetchError,
+    PermanentFetchError,
+    RetryableFetchError,
+)
+from crawler.netguard import (
+    check_url,
+    host_port_key,
+    is_forbidden_address,
+    normalize_allowed_hosts,
+    redact_url,
+)
+from crawler.sources.base import Document
+
+log = structlog.get_logger("crawler.fetch")
+
+T = TypeVar("T")
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CHUNK_BYTES = 64 * 1024
+WRITE_BATCH_BYTES = 512 * 1024
+MAX_THROTTLED_HOSTS = 4096
+MAX_DETAIL_CHARS = 300
+# Headers that must not follow a redirect to another origin.
+_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
+
+
+@dataclass(frozen=True)
+class Download:
+    """A completed download: `path` is a file in the spool directory the caller renames."""
+
+    url: str
+    final_url: str
+    path: Path
+    sha256: str
+    size: int
+    content_type: str | None
+
+
+class _BlockedSocketError(OSError):
+    """Raised by the socket factory for a forbidden address (an OSError, as aiohttp expects)."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"blocked_address:{reason} ({address})")
+        self.reason = reason
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that never connects to a forbidden address.
+
+    Two layers, both on resolved addresses (never on the URL's text):
+    `_resolve_host` (aiohttp's one path from a host, literal or name, cached or not, to the
+    addresses it connects to) refuses the whole answer when any address is forbidden; the
+    socket factory (a public aiohttp hook called with the exact socket address right before
+    `connect()`) refuses again, so an aiohttp change that bypasses `_resolve_host` still
+    cannot reach a forbidden address. `allowed_hosts` (`host_port_key` strings) exempts
+    exactly those host:port pairs, and the addresses they resolved to on that port.
+    """
+
+    def __init__(self, *, allowed_hosts: frozenset[str] = frozenset(), **kwargs: Any) -> None:
+        super().__init__(socket_factory=self._guarded_socket, **kwargs)
+        self._allowed_hosts = allowed_hosts
+        # (address, port) pairs resolved for an allowed host; bounded by clearing.
+        self._exempt_addresses: set[tuple[str, int]] = set()
+
+    async def _resolve_host(
+        self, host: str, port: int, traces: Sequence[Any] | None = None
+    ) -> list[ResolveResult]:
+        results = await super()._resolve_host(host, port, traces=traces)
+        key = host_port_key(host, port)
+        if key in self._allowed_hosts:
+            if len(self._exempt_addresses) > 1024:
+                self._exempt_addresses.clear()
+            self._exempt_addresses.update((result["host"], port) for result in results)
+            return results
+        for result in results:
+            reason = is_forbidden_address(result["host"])
+            if reason is not None:
+                raise BlockedAddressError(
+                    key, f"blocked_address:{reason}", f"{host} resolved to {result['host']}"
+                )
+        return results
+
+    def _guarded_socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        family, type_, proto, _, address = addr_info
+        host, port = str(address[0]), int(address[1])
+        reason = is_forbidden_address(host)
+        if reason is not None and (host, port) not in self._exempt_addresses:
+            raise _BlockedSocketError(host, reason)
+        return socket.socket(family=family, type=type_, proto=proto)
+
+
+def make_session(
+    config: HttpConfig, *, resolver: AbstractResolver | None = None
+) -> aiohttp.ClientSession:
+    """The process's one ClientSession: guarded connector, limits and timeouts from config.
+
+    Cookies are not kept (a crawler has no session to keep, and a shared jar would leak
+    cookies across sources); proxies from the environment are ignored. Each read waits at
+    most `timeout_s`; the Fetcher bounds a whole download by `timeout_s` as well.
+    `resolver` replaces the system resolver (tests use it to answer with private addresses).
+    """
+    connector = GuardedConnector(
+        allowed_hosts=normalize_allowed_hosts(config.allowed_private_hosts),
+        limit=config.max_connections,
+        limit_per_host=config.per_host_connections,
+        resolver=resolver,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": config.user_agent},
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout_s, sock_read=config.timeout_s
+        ),
+        # Decompressed bytes are what the Fetcher counts, so a gzip bomb meets the cap;
+        # aiohttp inflates in bounded steps as the body is read.
+        auto_decompress=True,
+        raise_for_status=False,
+    )
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or an HTTP-date), or None.
+
+    `now` is the current Unix time. A date in the past means 0; garbage means None.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def retry_delay_s(
+    attempt: int,
+    *,
+    backoff_s: float,
+    retry_after_s: float | None,
+    max_retry_after_s: float,
+    jitter: float,
+) -> float:
+    """How long to wait before retry number `attempt` (0-based).
+
+    Exponential backoff (`backoff_s * 2**attempt`) scaled by `jitter` in [0.5, 1], and at
+    least the server's Retry-After, which is capped by `max_retry_after_s`.
+    """
+    delay = backoff_s * (2 ** attempt) * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, max_retry_after_s))
+    return delay
+
+
+def throttler_for_rate(rate_per_s: float) -> Throttler:
+    """A Throttler allowing `rate_per_s` requests a second (also below one a second)."""
+    count = max(1, math.floor(rate_per_s))
+    return Throttler(rate_limit=count, period=count / rate_per_s)
+
+
+class Fetcher:
+    """Downloads media and fetches documents through the guarded session; safe to share.
+
+    Every request (each redirect hop and retry included) waits for its host's rate limit.
+    A download never takes longer than `config.timeout_s`, retries and waits included.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: HttpConfig,
+        spool_dir: Path,
+        *,
+        random_fraction: Callable[[], float] = random.random,
+    ) -> None:
+        self._session = session
+        self._config = config
+        self._spool_dir = Path(spool_dir)
+        self._allowed_hosts = normalize_allowed_hosts(config.allowed_private_hosts)
+        self._throttlers: OrderedDict[str, Throttler] = OrderedDict()
+        self._random_fraction = random_fraction
+
+    async def download(self, url: str) -> Download:
+        """Stream `url` to a new file in the spool directory; raise FetchError on failure.
+
+        The partial file is removed on every failure, cancellation included.
+        """
+        return await self._with_deadline(url, lambda: self._download_once(url))
+
+    async def get_document(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> Document:
+        """GET `url` (after redirects) with any final status; FetchError when none came.
+
+        Only failures without a response (connection errors, timeouts) are retried; a 304,
+        4xx or 5xx is returned so the source can read its headers. The body is capped at
+        `max_bytes` (default `max_feed_bytes`), decompressed.
+        """
+        cap = max_bytes if max_bytes is not None else self._config.max_feed_bytes
+        return await self._with_deadline(
+            url, lambda: self._get_document_once(url, headers or {}, cap)
+        )
+
+    async def _with_deadline(self, url: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        shown = redact_url(url)
+        check_url(url, allowed_hosts=self._allowed_hosts)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._with_retries(shown, attempt, deadline)
+        except TimeoutError:
+            raise RetryableFetchError(
+                shown, "timeout", f"no complete response within {self._config.timeout_s}s"
+            ) from None
+
+    async def _with_retries(
+        self, shown: str, attempt: Callable[[], Awaitable[T]], deadline: float
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        for number in range(self._config.max_retries + 1):
+            try:
+                return await attempt()
+            except RetryableFetchError as error:
+                if number >= self._config.max_retries:
+                    raise
+                delay = retry_delay_s(
+                    number,
+                    backoff_s=self._config.retry_backoff_s,
+                    retry_after_s=error.retry_after_s,
+                    max_retry_after_s=self._config.max_retry_after_s,
+                    jitter=self._random_fraction(),
+                )
+                if loop.time() + delay >= deadline:
+                    raise  # the caller (the catalogue) retries later, honouring retry_after_s
+                log.info("fetch_retry", url=shown, reason=error.reason, attempt=number + 1,
+                         delay_s=round(delay, 3))
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _download_once(self, url: str) -> Download:
+        async with self._follow(url, {}, for_document=False) as response:
+            max_bytes = self._config.max_bytes
+            declared = response.content_length
+            if declared is not None and declared > max_bytes:
+                raise PermanentFetchError(
+                    redact_url(url), "too_large", f"Content-Length {declared} > {max_bytes}"
+                )
+            return await self._stream_to_spool(url, response, max_bytes)
+
+    async def _get_document_once(
+        self, url: str, headers: Mapping[str, str], max_bytes: int
+    ) -> Document:
+        async with self._follow(url, headers, for_document=True) as response:
+            declared = response.content_length
+            if declared is not None and declared > max_bytes:
+                raise PermanentFetchError(
+                    redact_url(url), "too_large", f"Content-Length {declared} > {max_bytes}"
+                )
+            body = bytearray()
+            async for chunk in self._capped_chunks(url, response, max_bytes):
+                body += chunk
+            return Document(
+                url=redact_url(response.url),
+                status=response.status,
+                headers=CIMultiDictProxy(CIMultiDict(response.headers)),
+                body=bytes(body),
+            )
+
+    @asynccontextmanager
+    async def _follow(
+        self, url: str, headers: Mapping[str, str], *, for_document: bool
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The final response for `url`, redirects followed and each target re-validated.
+
+        For a download, a status other than 2xx raises; for a document it is yielded.
+        """
+        current = URL(url)
+        request_headers = CIMultiDict(headers)
+        seen = {str(current)}
+        for hop in range(self._config.max_redirects + 1):
+            self._check(url, current)
+            await self._throttle(current)
+            async with self._request(url, current, request_headers) as response:
+                location = response.headers.get("Location")
+                if response.status in REDIRECT_STATUSES and location is not None:
+                    target = self._redirect_target(url, current, location)
+                    self._check(url, target)
+                    if str(target) in seen:
+                        raise PermanentFetchError(
+                            redact_url(url), "redirect_loop", f"back to {redact_url(target)}"
+                        )
+                    if hop >= self._config.max_redirects:
+                        raise PermanentFetchError(
+                            redact_url(url), "too_many_redirects",
+                            f"more than {self._config.max_redirects}",
+                        )
+                    seen.add(str(target))
+                    if target.origin() != current.origin():
+                        for name in _CREDENTIAL_HEADERS:
+                            request_headers.popall(name, None)
+                    log.debug("fetch_redirect", url=redact_url(url), status=response.status,
+                              target=redact_url(target))
+                    current = target
+                    continue
+                if not for_document:
+                    _raise_for_status(url, response)
+                yield response
+                return
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check(self, url: str, target: URL) -> None:
+        """check_url on a request target; errors name the URL asked for and the target."""
+        try:
+            check_url(target, allowed_hosts=self._allowed_hosts)
+        except FetchError as error:
+            if target == URL(url):
+                raise
+            detail = f"redirected to {redact_url(target)}: {error.detail}"
+            raise type(error)(redact_url(url), error.reason, detail) from None
+
+    @staticmethod
+    def _redirect_target(url: str, current: URL, location: str) -> URL:
+        try:
+            target = current.join(URL(location))
+        except (ValueError, TypeError) as error:
+            raise PermanentFetchError(redact_url(url), "bad_redirect", str(error)) from None
+        return target.with_fragment(None)
+
+    @asynccontextmanager
+    async def _request(
+        self, url: str, current: URL, headers: CIMultiDict[str]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One GET without redirects; aiohttp errors become FetchErrors naming `url`."""
+        try:
+            response = await self._session.get(current, headers=headers, allow_redirects=False)
+        except BlockedAddressError as error:
+            # The connector only knows host:port; name the URL asked for.
+            raise BlockedAddressError(redact_url(url), error.reason, error.detail) from None
+        except (aiohttp.ClientError, OSError, ValueError) as error:
+            raise _translate(url, error) from None
+        try:
+            yield response
+        except aiohttp.ClientError as error:
+            response.close()
+            raise _translate(url, error) from None
+        except BaseException:
+            response.close()  # never hand a half-read connection back to the pool
+            raise
+        else:
+            response.release()
+
+    async def _throttle(self, url: URL) -> None:
+        key = host_port_key(url.raw_host or "", url.port)
+        throttler = self._throttlers.get(key)
+        if throttler is None:
+            throttler = throttler_for_rate(self._config.per_host_rate)
+            self._throttlers[key] = throttler
+            if len(self._throttlers) > MAX_THROTTLED_HOSTS:
+                # The least recently used host has waited longest; its history is stale.
+                self._throttlers.popitem(last=False)
+        else:
+            self._throttlers.move_to_end(key)
+        await throttler.acquire()
+
+    async def _capped_chunks(
+        self, url: str, response: aiohttp.ClientResponse, max_bytes: int
+    ) -> AsyncIterator[bytes]:
+        """The body, decompressed, in chunks; raise once more than `max_bytes` arrived."""
+        size = 0
+        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+            size += len(chunk)
+            if size > max_bytes:
+                encoding = response.headers.get("Content-Encoding", "identity").lower()
+                reason = "too_large" if encoding in ("", "identity") else "decompression_bomb"
+                raise PermanentFetchError(
+                    redact_url(url), reason, f"body over {max_bytes} bytes ({encoding})"
+                )
+            yield chunk
+
+    async def _stream_to_spool(
+        self, url: str, response: aiohttp.ClientResponse, max_bytes: int
+    ) -> Download:
+        descriptor, name = tempfile.mkstemp(dir=self._spool_dir, prefix=".fetch-",
+                                            suffix=".part")
+        path = Path(name)
+        try:
+            hasher = hashlib.sha256()
+            size = 0
+            with os.fdopen(descriptor, "wb") as file:
+                pending = bytearray()
+                async for chunk in self._capped_chunks(url, response, max_bytes):
+                    pending += chunk
+                    size += len(chunk)
+                    if len(pending) >= WRITE_BATCH_BYTES:
+                        await _write_in_thread(file, hasher, bytes(pending))
+                        pending.clear()
+                if pending:
+                    await _write_in_thread(file, hasher, bytes(pending))
+            return Download(
+                url=redact_url(url),
+                final_url=redact_url(response.url),
+                path=path,
+                sha256=hasher.hexdigest(),
+                size=size,
+                content_type=response.headers.get("Content-Type"),
+            )
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+
+async def _write_in_thread(file: IO[bytes], hasher: Any, data: bytes) -> None:
+    """Hash and write `data` off the event loop; on cancellation, let the write finish first.
+
+    Waiting keeps the thread from writing to a file the caller is closing and deleting.
+    """
+    def write() -> None:
+        hasher.update(data)
+        file.write(data)
+
+    future = asyncio.get_running_loop().run_in_executor(None, write)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+def _raise_for_status(url: str, response: aiohttp.ClientResponse) -> None:
+    status = response.status
+    if 200 <= status < 300:
+        return
+    shown = redact_url(url)
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+        raise RetryableFetchError(shown, f"http_{status}", response.reason or "",
+                                  retry_after_s=retry_after)
+    if status in REDIRECT_STATUSES:
+        raise PermanentFetchError(shown, "bad_redirect", f"{status} without Location")
+    raise PermanentFetchError(shown, f"http_{status}", response.reason or "")
+
+
+def _translate(url: str, error: BaseException) -> FetchError:
+    """One aiohttp (or socket) error as a FetchError with a constant reason.
+
+    The detail is shortened: aiohttp quotes the offending bytes, which a hostile server
+    makes as long as it likes.
+    """
+    shown = redact_url(url)
+    text = str(error)
+    if len(text) > MAX_DETAIL_CHARS:
+        text = text[:MAX_DETAIL_CHARS] + "..."
+    if isinstance(error, aiohttp.ClientConnectorError):
+        os_error = error.os_error
+        if isinstance(os_error, _BlockedSocketError):
+            return BlockedAddressError(shown, f"blocked_address:{os_error.reason}")
+        if "blocked_address:" in text:  # several addresses, combined by happy eyeballs
+            reason = text.split("blocked_address:", 1)[1].split(" ", 1)[0].rstrip("]),")
+            return BlockedAddressError(shown, f"blocked_address:{reason}")
+    if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return PermanentFetchError(shown, "tls_error", text)
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return RetryableFetchError(shown, "dns_error", text)
+    if isinstance(error, aiohttp.InvalidURL | ValueError):
+        return PermanentFetchError(shown, "bad_url", text)
+    if isinstance(error, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        return RetryableFetchError(shown, "timeout", text)
+    if isinstance(error, aiohttp.ClientPayloadError):
+        if "encoding" in text.lower():
+            return PermanentFetchError(shown, "bad_content_encoding", text)
+        return RetryableFetchError(shown, "truncated_body", text)
+    if isinstance(error, aiohttp.ClientResponseError):
+        return PermanentFetchError(shown, "bad_response", text)
+    return RetryableFetchError(shown, "connection_error", text)
