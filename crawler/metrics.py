@@ -131,7 +131,9 @@ class MetricsServer:
     def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
         self._server = server
         self._thread = thread
-        self.host, self.port = server.server_address[:2]
+        host, port = server.socket.getsockname()[:2]
+        self.host: str = host
+        self.port: int = port
 
     @property
     def url(self) -> str:

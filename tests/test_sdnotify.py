@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -66,7 +66,9 @@ class TestNotifier:
             (lambda n: n.extend_timeout(90), "EXTEND_TIMEOUT_USEC=90000000"),
         ],
     )
-    def test_message_received_exactly(self, manager: FakeManager, send, expected: str) -> None:
+    def test_message_received_exactly(
+        self, manager: FakeManager, send: Callable[[Notifier], bool], expected: str
+    ) -> None:
         """Each call sends exactly one datagram with exactly the documented fields."""
         notifier = Notifier.from_environment({"NOTIFY_SOCKET": manager.notify_socket})
         assert send(notifier) is True
