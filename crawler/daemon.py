@@ -23,7 +23,7 @@ from classifier.base import Classifier
 from classifier.decode import DecodeLimits
 from classifier.errors import ClassifierError
 from crawler.aio import wait_event
-from crawler.config import Config, load_config
+from crawler.config import Config, SourceConfig, load_config
 from crawler.decide import Policy, policy_from_config
 from crawler.errors import ConfigError, FetchError, SourceError
 from crawler.pipeline import Pipeline, PipelineSettings
@@ -240,8 +240,6 @@ class Daemon:
         return True
 
     async def _poll_loop(self, catalogue: Catalogue, poller: PollerState, once: bool) -> None:
-        from crawler.schedule import next_poll_delay_s
-
         source = poller.source
         config = next(item for item in self.config.sources if item.name == source.name)
         state = await catalogue.ensure_source(source.name, source.kind, source.query_key())
@@ -299,6 +297,18 @@ class Daemon:
             refreshed = await catalogue.source_state(source.name)
             if refreshed is not None:
                 state = refreshed
+
+
+def next_poll_delay_s(config: SourceConfig, *, empty_polls: int, full: bool, errors: int,
+                      retry_after_s: float | None) -> float:
+    """Seconds until the next poll (temporary; crawler.schedule replaces it)."""
+    if errors:
+        delay = min(config.interval_s * (2 ** min(errors, 10)), 6 * 3600.0)
+    elif full:
+        delay = config.min_interval_s
+    else:
+        delay = min(config.interval_s * (1.5 ** min(empty_polls // 3, 10)), config.max_interval_s)
+    return max(delay, retry_after_s or 0.0)
 
 
 def stats_for_status(counts: Mapping[str, Any]) -> str:

@@ -8,12 +8,15 @@ resumes from.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -22,6 +25,19 @@ from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 15_000
+
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _serialized(method: _Method) -> _Method:
+    """Run a multi-statement change as one transaction, under the connection's lock."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Catalogue, *args: Any, **kwargs: Any) -> Any:
+        async with self._transaction():
+            return await method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,19 @@ class Catalogue:
     def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
         self._db = connection
         self.path = path
+        # One connection is shared by every task: a lock keeps each multi-statement
+        # change one transaction (no task commits another's half-done work).
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        async with self._lock:
+            try:
+                yield
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -164,12 +193,13 @@ class Catalogue:
             return row
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cursor = await self._db.execute(sql, params)
-        await self._db.commit()
+        async with self._transaction():
+            cursor = await self._db.execute(sql, params)
         return cursor.rowcount
 
     # -- the queue ---------------------------------------------------------------
 
+    @_serialized
     async def add_media(self, refs: Iterable[MediaRef], now: float) -> list[MediaRow]:
         """Record new media URLs; returns the rows created (known URLs/keys are skipped).
 
@@ -263,6 +293,7 @@ class Catalogue:
             raise UnknownMediaError(f"no media row with id {media_id}")
         return _media_row(row)
 
+    @_serialized
     async def record_download(
         self, media_id: int, sha256: str, size: int, now: float
     ) -> BlobRow | None:
@@ -272,9 +303,11 @@ class Catalogue:
         final state and the caller drops its spool file.
         """
         existing = await self._fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if existing is not None and existing["placement"] is None:
+            existing = None  # another row is processing the same bytes: go on as new
         if existing is None:
             await self._db.execute(
-                """INSERT INTO blobs (sha256, size, created_at, updated_at)
+                """INSERT OR IGNORE INTO blobs (sha256, size, created_at, updated_at)
                    VALUES (?, ?, ?, ?)""",
                 (sha256, size, now, now),
             )
@@ -320,6 +353,7 @@ class Catalogue:
             (reason, next_attempt_at, now, media_id),
         )
 
+    @_serialized
     async def reject(self, media_id: int, reason: str, now: float,
                      sha256: str | None = None) -> None:
         """A permanent failure: the row is final as rejected; its content, if any, too."""
@@ -334,12 +368,13 @@ class Catalogue:
                    WHERE sha256 = ? AND state IN ('downloaded', 'decoded', 'classified')""",
                 (reason, now, sha256),
             )
-        await self._write(
+        await self._db.execute(
             """UPDATE media SET state = 'rejected', reason = ?, attempts = attempts + 1,
                updated_at = ? WHERE id = ?""",
             (reason, now, media_id),
         )
 
+    @_serialized
     async def record_decoded(
         self, media_id: int, sha256: str, *, format: str, width: int, height: int,
         extension: str, phash: str | None, now: float,
@@ -349,10 +384,11 @@ class Catalogue:
                updated_at = ? WHERE sha256 = ?""",
             (format, width, height, extension, phash, now, sha256),
         )
-        await self._write(
+        await self._db.execute(
             "UPDATE media SET state = 'decoded', updated_at = ? WHERE id = ?", (now, media_id)
         )
 
+    @_serialized
     async def record_scores(
         self,
         items: Sequence[tuple[int, str, Mapping[str, float], bytes | None]],
@@ -403,6 +439,7 @@ class Catalogue:
             flags.update(_loads_tuple(row["flags"]))
         return tuple(sorted(flags))
 
+    @_serialized
     async def record_placement(
         self, sha256: str, placement: Placement, reason: str, tags: Sequence[str],
         now: float, media_id: int | None = None,
@@ -475,6 +512,7 @@ class Catalogue:
             for row in blobs
         ]
 
+    @_serialized
     async def record_placements(
         self, changes: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float
     ) -> None:
@@ -519,6 +557,7 @@ class Catalogue:
         )
         return {row["tag"]: bool(row["value"]) for row in rows}
 
+    @_serialized
     async def requeue_unclassified_held(self, now: float) -> int:
         """Held images that were never classified go back to the decode stage."""
         cursor = await self._db.execute(
