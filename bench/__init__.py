@@ -1,0 +1,1 @@
+"""Benchmarks of megane-crawler; each module runs with `python -m bench.<name>`."""
