@@ -10,13 +10,13 @@ round of each is kept. Prints images/s and the ratio to the naive way.
 
 from __future__ import annotations
 
+import importlib.resources
 import argparse
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import skimage
 from PIL import Image
 
 from classifier.decode import DecodeLimits, decode_image
@@ -27,7 +27,7 @@ LIMITS = DecodeLimits()
 
 def make_inputs(directory: Path) -> dict[str, Path]:
     """Write the benchmark's JPEG and PNG under `directory`."""
-    photo = Image.open(Path(skimage.data_dir) / "astronaut.png").convert("RGB")
+    photo = Image.open(Path(str(importlib.resources.files("skimage.data"))) / "astronaut.png").convert("RGB")
     jpeg = directory / "large.jpg"
     photo.resize((4000, 3000), Image.Resampling.BICUBIC).save(jpeg, "JPEG", quality=90)
     png = directory / "large.png"
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="time per way and input")
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds, best kept")
     arguments = parser.parse_args()
-    ways = {
+    ways: dict[str, Callable[[Path], Image.Image]] = {
         "naive full decode + resize": naive,
         "decode_image, no draft + resize": without_draft,
         "decode_image, draft 256 + resize": with_draft,

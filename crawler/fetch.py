@@ -33,7 +33,7 @@ from typing import IO, Any, TypeVar
 import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
-from asyncio_throttle import Throttler
+from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -194,7 +194,7 @@ def retry_delay_s(
     Exponential backoff (`backoff_s * 2**attempt`) scaled by `jitter` in [0.5, 1], and at
     least the server's Retry-After, which is capped by `max_retry_after_s`.
     """
-    delay = backoff_s * (2 ** attempt) * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
+    delay = backoff_s * (2.0 ** attempt) * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, max_retry_after_s))
     return delay
@@ -413,7 +413,7 @@ class Fetcher:
                 self._throttlers.popitem(last=False)
         else:
             self._throttlers.move_to_end(key)
-        await throttler.acquire()
+        await throttler.acquire()  # type: ignore[no-untyped-call]
 
     async def _capped_chunks(
         self, url: str, response: aiohttp.ClientResponse, max_bytes: int

@@ -103,7 +103,7 @@ class Metrics:
         )
 
     def refresh(self, counts: CatalogueCounts) -> None:
-        """Replace the catalogue counts shown to scrapes; tags and sources absent from `counts` disappear."""
+        """Replace the counts scrapes see; tags and sources absent from `counts` disappear."""
         self._catalogue.counts = counts
 
     def observe_download(self, size_bytes: int, duration_s: float) -> None:

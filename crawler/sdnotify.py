@@ -86,7 +86,7 @@ class Notifier:
         return self.send((f"EXTEND_TIMEOUT_USEC={round(seconds * 1_000_000)}",))
 
     def send(self, fields: tuple[str, ...]) -> bool:
-        """Send one message made of `fields`; True when it was sent, False when disabled or failed."""
+        """Send one message of `fields`; True when sent, False when disabled or failed."""
         if self.address is None:
             return False
         message = "\n".join(fields).encode()
@@ -155,7 +155,7 @@ class ProgressWatchdog:
             self.last_progress_at = now
 
     def should_ping(self, now: float, pending: int) -> bool:
-        """Whether to ping at `now`, with `pending` items ready for work (not waiting on a retry)."""
+        """Whether to ping at `now`, with `pending` items ready for work (not awaiting a retry)."""
         if pending < 0:
             raise ValueError(f"pending must not be negative, got {pending!r}")
         if pending == 0 or self.last_progress_at is None:

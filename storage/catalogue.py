@@ -192,6 +192,21 @@ class Catalogue:
             row: sqlite3.Row | None = await cursor.fetchone()
             return row
 
+    # Public query seams for modules that keep their own SQL beside the catalogue
+    # (review, training). Writes go through `transaction()` so they stay atomic.
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return await self._fetchall(sql, params)
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        return await self._fetchone(sql, params)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the connection's lock for one transaction; commit on success."""
+        async with self._transaction():
+            yield self._db
+
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         async with self._transaction():
             cursor = await self._db.execute(sql, params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import io
 import struct
 import zlib
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage
 from PIL import Image, ImageFile
 
 from classifier.decode import (
@@ -23,7 +23,7 @@ from classifier.decode import (
 )
 from classifier.errors import DecodeError
 
-SKIMAGE_DATA = Path(skimage.data_dir)
+SKIMAGE_DATA = Path(str(importlib.resources.files("skimage.data")))
 LIMITS = DecodeLimits()
 
 

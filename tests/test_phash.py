@@ -8,6 +8,7 @@ leave a margin on both sides.
 
 from __future__ import annotations
 
+import importlib.resources
 import io
 import itertools
 from collections.abc import Callable
@@ -15,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage
 from PIL import Image, ImageEnhance
 
 from classifier.phash import dhash, from_hex, hamming, to_hex
 
-SKIMAGE_DATA = Path(skimage.data_dir)
+SKIMAGE_DATA = Path(str(importlib.resources.files("skimage.data")))
 PHOTOS = [
     "astronaut.png",
     "chelsea.png",
