@@ -10,8 +10,8 @@ round of each is kept. Prints images/s and the ratio to the naive way.
 
 from __future__ import annotations
 
-import importlib.resources
 import argparse
+import importlib.resources
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,7 +27,8 @@ LIMITS = DecodeLimits()
 
 def make_inputs(directory: Path) -> dict[str, Path]:
     """Write the benchmark's JPEG and PNG under `directory`."""
-    photo = Image.open(Path(str(importlib.resources.files("skimage.data"))) / "astronaut.png").convert("RGB")
+    skimage_data = Path(str(importlib.resources.files("skimage.data")))
+    photo = Image.open(skimage_data / "astronaut.png").convert("RGB")
     jpeg = directory / "large.jpg"
     photo.resize((4000, 3000), Image.Resampling.BICUBIC).save(jpeg, "JPEG", quality=90)
     png = directory / "large.png"

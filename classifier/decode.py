@@ -235,13 +235,9 @@ def _decode(
         _check_pixels(width, height, limits, where)
         frames = gif_frames if gif_frames is not None else int(getattr(image, "n_frames", 1))
         if frames > limits.max_frames:
-            raise DecodeError(
-                "too_many_frames", f"{frames} frames over {limits.max_frames}", where
-            )
+            raise DecodeError("too_many_frames", f"{frames} frames over {limits.max_frames}", where)
         if not complete:
-            raise DecodeError(
-                "truncated", f"{image_format} data ends before its end marker", where
-            )
+            raise DecodeError("truncated", f"{image_format} data ends before its end marker", where)
         with _translate_pillow_errors(complete, where):
             if draft_size is not None and image_format == "JPEG":
                 image.draft("RGB", draft_size)
@@ -288,8 +284,7 @@ def _check_pixels(width: int, height: int, limits: DecodeLimits, where: str) -> 
     if width > limits.max_width or height > limits.max_height or width * height > pixel_cap:
         raise DecodeError(
             "too_many_pixels",
-            f"{width}x{height} over {limits.max_width}x{limits.max_height}"
-            f" or {pixel_cap} pixels",
+            f"{width}x{height} over {limits.max_width}x{limits.max_height} or {pixel_cap} pixels",
             where,
         )
 
@@ -317,7 +312,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def _extension(image_format: str) -> str:
     if image_format in EXTENSIONS:
         return EXTENSIONS[image_format]
-    registered = [ext for ext, name in Image.registered_extensions().items() if name == image_format]
+    registered = [
+        ext for ext, name in Image.registered_extensions().items() if name == image_format
+    ]
     natural = f".{image_format.lower()}"
     return natural if natural in registered or not registered else registered[0]
 
@@ -393,9 +390,7 @@ def _check_gif(data: mmap.mmap, limits: DecodeLimits, where: str) -> _GifWalk:
     walk = _gif_walk(data, max_frames=limits.max_frames)
     _check_pixels(*walk.first_frame_extent, limits, where)
     if walk.frames > limits.max_frames:
-        raise DecodeError(
-            "too_many_frames", f"more than {limits.max_frames} frames", where
-        )
+        raise DecodeError("too_many_frames", f"more than {limits.max_frames} frames", where)
     return walk
 
 
