@@ -23,8 +23,8 @@ import socket
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -206,11 +206,39 @@ def throttler_for_rate(rate_per_s: float) -> Throttler:
     return Throttler(rate_limit=count, period=count / rate_per_s)
 
 
+class _HostSlots:
+    """At most `size` operations at a time per host; entries exist only while in use.
+
+    Waiting for a slot happens before a download's deadline starts, so downloads queued
+    behind a busy host wait their turn instead of timing out in aiohttp's pool.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        semaphore, users = self._slots.setdefault(key, (asyncio.Semaphore(self._size), [0]))
+        users[0] += 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._slots[key]
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+
 class Fetcher:
     """Downloads media and fetches documents through the guarded session; safe to share.
 
-    Every request (each redirect hop and retry included) waits for its host's rate limit.
-    A download never takes longer than `config.timeout_s`, retries and waits included.
+    Each call first waits for one of its host's `per_host_connections` slots; from then on
+    it is bounded by `config.timeout_s`, redirects, retries and their waits included. Every
+    request (each redirect hop and retry) also waits for its host's rate limit.
     """
 
     def __init__(
@@ -226,7 +254,9 @@ class Fetcher:
         self._spool_dir = Path(spool_dir)
         self._allowed_hosts = normalize_allowed_hosts(config.allowed_private_hosts)
         self._throttlers: OrderedDict[str, Throttler] = OrderedDict()
+        self._host_slots = _HostSlots(config.per_host_connections)
         self._random_fraction = random_fraction
+        self._spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def download(self, url: str) -> Download:
         """Stream `url` to a new file in the spool directory; raise FetchError on failure.
@@ -255,16 +285,16 @@ class Fetcher:
 
     async def _with_deadline(self, url: str, attempt: Callable[[], Awaitable[T]]) -> T:
         shown = redact_url(url)
-        check_url(url, allowed_hosts=self._allowed_hosts)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.timeout_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await self._with_retries(shown, attempt, deadline)
-        except TimeoutError:
-            raise RetryableFetchError(
-                shown, "timeout", f"no complete response within {self._config.timeout_s}s"
-            ) from None
+        parsed = check_url(url, allowed_hosts=self._allowed_hosts)
+        async with self._host_slots.hold(host_port_key(parsed.raw_host or "", parsed.port)):
+            deadline = asyncio.get_running_loop().time() + self._config.timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await self._with_retries(shown, attempt, deadline)
+            except TimeoutError:
+                raise RetryableFetchError(
+                    shown, "timeout", f"no complete response within {self._config.timeout_s}s"
+                ) from None
 
     async def _with_retries(
         self, shown: str, attempt: Callable[[], Awaitable[T]], deadline: float
@@ -310,8 +340,10 @@ class Fetcher:
                     redact_url(url), "too_large", f"Content-Length {declared} > {max_bytes}"
                 )
             body = bytearray()
-            async for chunk in self._capped_chunks(url, response, max_bytes):
-                body += chunk
+            chunks = self._capped_chunks(url, response, max_bytes)
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    body += chunk
             return Document(
                 url=redact_url(response.url),
                 status=response.status,
@@ -417,7 +449,7 @@ class Fetcher:
 
     async def _capped_chunks(
         self, url: str, response: aiohttp.ClientResponse, max_bytes: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The body, decompressed, in chunks; raise once more than `max_bytes` arrived."""
         size = 0
         async for chunk in response.content.iter_chunked(CHUNK_BYTES):
@@ -441,12 +473,14 @@ class Fetcher:
             size = 0
             with os.fdopen(descriptor, "wb") as file:
                 pending = bytearray()
-                async for chunk in self._capped_chunks(url, response, max_bytes):
-                    pending += chunk
-                    size += len(chunk)
-                    if len(pending) >= WRITE_BATCH_BYTES:
-                        await _write_in_thread(file, hasher, bytes(pending))
-                        pending.clear()
+                chunks = self._capped_chunks(url, response, max_bytes)
+                async with aclosing(chunks):
+                    async for chunk in chunks:
+                        pending += chunk
+                        size += len(chunk)
+                        if len(pending) >= WRITE_BATCH_BYTES:
+                            await _write_in_thread(file, hasher, bytes(pending))
+                            pending.clear()
                 if pending:
                     await _write_in_thread(file, hasher, bytes(pending))
             return Download(

@@ -141,6 +141,11 @@ def make_app(hits: Hits, bomb: bytes) -> web.Application:
             pass
         return response
 
+    @routes.get("/slow")
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.4)
+        return web.Response(body=PNG, content_type="image/png")
+
     @routes.get("/redirect/{n}")
     async def redirect_chain(request: web.Request) -> web.Response:
         remaining = int(request.match_info["n"])
@@ -564,6 +569,19 @@ class TestDownload:
         )
         assert len({download.path for download in downloads}) == 20
         assert all(download.path.read_bytes() == PNG for download in downloads)
+
+    async def test_queued_downloads_do_not_time_out(
+        self, server: Server, make_fetcher: FetcherFactory
+    ) -> None:
+        """Downloads queued behind a busy host's slots start their deadline when they start."""
+        fetcher = await make_fetcher(
+            http_config(server.host_port, per_host_connections=1, timeout_s=0.8)
+        )
+        downloads = await asyncio.gather(
+            *(fetcher.download(f"{server.base}/slow") for _ in range(3))
+        )
+        assert [download.size for download in downloads] == [len(PNG)] * 3
+        assert len(fetcher._host_slots) == 0  # no per-host state is kept once idle
 
     async def test_per_host_rate(self, server: Server, make_fetcher: FetcherFactory) -> None:
         """With per_host_rate=10, eleven requests to one host take at least a second."""
