@@ -408,7 +408,9 @@ class Fetcher:
         try:
             target = current.join(URL(location))
         except (ValueError, TypeError) as error:
-            raise PermanentFetchError(redact_url(url), "bad_redirect", str(error)) from None
+            raise PermanentFetchError(
+                redact_url(url), "bad_redirect", _scrub(str(error), url)[:MAX_DETAIL_CHARS]
+            ) from None
         return target.with_fragment(None)
 
     @asynccontextmanager
@@ -527,6 +529,15 @@ def _raise_for_status(url: str, response: aiohttp.ClientResponse) -> None:
     raise PermanentFetchError(shown, f"http_{status}", response.reason or "")
 
 
+def _scrub(text: str, url: str) -> str:
+    """`text` with the URL's userinfo password masked (aiohttp quotes URLs in errors)."""
+    try:
+        password = URL(url).password
+    except (ValueError, TypeError):
+        return text
+    return text.replace(password, "***") if password else text
+
+
 def _translate(url: str, error: BaseException) -> FetchError:
     """One aiohttp (or socket) error as a FetchError with a constant reason.
 
@@ -534,7 +545,7 @@ def _translate(url: str, error: BaseException) -> FetchError:
     makes as long as it likes.
     """
     shown = redact_url(url)
-    text = str(error)
+    text = _scrub(str(error), url)
     if len(text) > MAX_DETAIL_CHARS:
         text = text[:MAX_DETAIL_CHARS] + "..."
     if isinstance(error, aiohttp.ClientConnectorError):
