@@ -217,33 +217,35 @@ def _decode(
     draft_size: tuple[int, int] | None,
     where: str,
 ) -> DecodedImage:
+    gif_frames: int | None = None
     if image_format == "GIF":
         gif = _check_gif(data, limits, where)
-        gif_frames: int | None = gif.frames
-        complete = gif.complete
+        gif_frames, complete = gif.frames, gif.complete
     else:
-        gif_frames = None
         complete = _is_complete(data, image_format)
+    if image_format == "WEBP" and (canvas := _webp_canvas(data)) is not None:
+        # libwebp allocates the whole canvas when Pillow opens the file: check first.
+        _check_pixels(*canvas, limits, where)
     file.seek(0)
     with _translate_pillow_errors(complete, where):
         # The plugin factory parses the header only. Image.open would also run Pillow's
         # global bomb check, whose warning band (MAX_IMAGE_PIXELS .. 2x) would leak a
         # process-wide DecompressionBombWarning; `_check_pixels` is the policy here.
         image = Image.OPEN[image_format][0](file, where)
-    with image:
+    with image, _translate_pillow_errors(complete, where):
         width, height = image.size
         _check_pixels(width, height, limits, where)
+        # n_frames is free for PNG/WebP (a header field); plugins may count by seeking.
         frames = gif_frames if gif_frames is not None else int(getattr(image, "n_frames", 1))
         if frames > limits.max_frames:
             raise DecodeError("too_many_frames", f"{frames} frames over {limits.max_frames}", where)
         if not complete:
             raise DecodeError("truncated", f"{image_format} data ends before its end marker", where)
-        with _translate_pillow_errors(complete, where):
-            if draft_size is not None and image_format == "JPEG":
-                image.draft("RGB", draft_size)
-            stored_size = image.size
-            oriented = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(oriented)
+        if draft_size is not None and image_format == "JPEG":
+            image.draft("RGB", draft_size)
+        stored_size = image.size
+        oriented = ImageOps.exif_transpose(image)
+        rgb = _to_rgb(oriented)
     if oriented.size != stored_size and oriented.size == stored_size[::-1]:
         width, height = height, width
     return DecodedImage(
@@ -302,7 +304,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(white, rgba).convert("RGB")
     if mode.startswith("I;16") or mode == "I":
         # Pillow's own conversion clips at 255, which turns a 16-bit photo white.
-        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) // 257
+        values = np.clip(np.asarray(image, dtype=np.int32), 0, 65535) // 257
         return Image.fromarray(values.astype(np.uint8)).convert("RGB")
     if mode == "F":
         return image.convert("L").convert("RGB")
@@ -328,6 +330,28 @@ def _is_complete(data: mmap.mmap, image_format: str) -> bool:
     if image_format == "WEBP":
         return len(data) >= 8 + int.from_bytes(data[4:8], "little")
     return True
+
+
+def _webp_canvas(data: mmap.mmap) -> tuple[int, int] | None:
+    """The canvas size a WebP file declares in its first chunk, or None if unreadable."""
+    header = data[12:30]
+    if len(header) < 18:
+        return None
+    chunk = header[:4]
+    if chunk == b"VP8X":
+        return (
+            int.from_bytes(header[12:15], "little") + 1,
+            int.from_bytes(header[15:18], "little") + 1,
+        )
+    if chunk == b"VP8 " and header[11:14] == b"\x9d\x01\x2a":
+        return (
+            int.from_bytes(header[14:16], "little") & 0x3FFF,
+            int.from_bytes(header[16:18], "little") & 0x3FFF,
+        )
+    if chunk == b"VP8L" and header[8] == 0x2F:
+        bits = int.from_bytes(header[9:13], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
 
 
 def _jpeg_complete(data: mmap.mmap) -> bool:

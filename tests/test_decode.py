@@ -73,6 +73,29 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def webp_declaring(width: int, height: int) -> bytes:
+    """A two-frame 16x16 animated WebP whose VP8X chunk is patched to a `width` x `height` canvas.
+
+    libwebp allocates the whole canvas as soon as Pillow opens the file.
+    """
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    data = bytearray(encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]))
+    assert data[12:16] == b"VP8X"
+    data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
+def png_with_broken_pixels() -> bytes:
+    """A structurally whole PNG whose IDAT is not a zlib stream."""
+    header = struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", b"this is not deflate data" * 4)
+        + png_chunk(b"IEND", b"")
+    )
+
+
 # A one-pixel GIF image block: descriptor, LZW minimum code size 2, codes clear/0/end.
 GIF_ONE_PIXEL_FRAME = b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00"
 
@@ -229,6 +252,9 @@ class TestRejections:
                 "too_many_pixels",
             ),
             ("JPEG declaring 65535x4000", lambda: jpeg_declaring(65_535, 4_000), "too_many_pixels"),
+            ("WebP canvas 16383x16383", lambda: webp_declaring(16_383, 16_383), "too_many_pixels"),
+            ("WebP canvas 10000x10000", lambda: webp_declaring(10_000, 10_000), "too_many_pixels"),
+            ("PNG with broken IDAT", png_with_broken_pixels, "corrupt"),
             ("GIF with 5000 frames", lambda: gif_with_frames(5_000), "too_many_frames"),
             (
                 "GIF frame beyond screen",
@@ -246,6 +272,11 @@ class TestRejections:
     ) -> None:
         """Each hostile input is refused with its constant reason code, and nothing leaks."""
         assert reason_of(write_file, build()) == reason
+
+    def test_small_webp_canvas_is_fine(self, write_file: Callable[[bytes, str], Path]) -> None:
+        """The hand-made WebP decodes when its canvas is small, so the big ones fail on size."""
+        decoded = decode_bytes(write_file, webp_declaring(64, 32))
+        assert (decoded.format, decoded.width, decoded.height) == ("WEBP", 64, 32)
 
     def test_pillow_itself_calls_the_png_a_bomb(
         self, write_file: Callable[[bytes, str], Path]
@@ -349,7 +380,7 @@ class TestRejections:
             assert reason_of(write_file, data) == "too_many_pixels", image_format
 
     def test_pillow_globals_are_left_alone(self, write_file: Callable[[bytes, str], Path]) -> None:
-        """Decoding leaves the Pillow globals MAX_IMAGE_PIXELS and LOAD_TRUNCATED_IMAGES as they were."""
+        """Decoding never changes Pillow's MAX_IMAGE_PIXELS or LOAD_TRUNCATED_IMAGES."""
         before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
         for data in (
             png_declaring(100_000, 100_000),
