@@ -70,8 +70,9 @@ class Notifier:
     def reloading(self, monotonic_usec: int | None = None) -> bool:
         """A reload has begun; follow with `ready()` when the new config is live.
 
-        `MONOTONIC_USEC` is CLOCK_MONOTONIC at the start of the reload (systemd ≥ 253
-        requires it to match reloads up; older versions ignore it).
+        `MONOTONIC_USEC` is CLOCK_MONOTONIC at the start of the reload; systemd ≥ 253 uses
+        it to tell this reload from an earlier one, older versions ignore it. Send `ready()`
+        afterwards even when the reload failed, or systemd shows the unit as reloading.
         """
         if monotonic_usec is None:
             monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
