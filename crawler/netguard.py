@@ -284,7 +284,7 @@ def _host_reason(raw_host: str) -> str | None:
         if "%" in host:
             return "link_local"  # a zone id only makes sense for link-local addresses
         return is_forbidden_address(ip)
-    name = host[:-1] if host.endswith(".") else host
+    name = host.removesuffix(".")
     ip = parse_address(name)
     if ip is not None:
         return is_forbidden_address(ip)

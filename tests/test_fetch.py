@@ -646,7 +646,7 @@ class TestLyingServers:
         self, raw_server: Any, make_fetcher: FetcherFactory, spool: Path
     ) -> None:
         """Bytes past a short Content-Length never reach the file: 10 bytes or bad_response."""
-        port, served = await raw_server(
+        port, _served = await raw_server(
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789" + bytes(4 * MIB)
         )
         fetcher = await make_fetcher(http_config(f"127.0.0.1:{port}"))
@@ -685,7 +685,7 @@ class TestLyingServers:
         self, raw_server: Any, make_fetcher: FetcherFactory, reply: bytes, reason: str
     ) -> None:
         """A malformed status line or header is a permanent bad_response."""
-        port, served = await raw_server(reply)
+        port, _served = await raw_server(reply)
         fetcher = await make_fetcher(http_config(f"127.0.0.1:{port}"))
         error = await fetch_error(fetcher.download(f"http://127.0.0.1:{port}/a.png"))
         assert error.reason == reason
