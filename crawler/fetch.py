@@ -395,7 +395,7 @@ class Fetcher:
                     current = target
                     continue
                 if not for_document:
-                    _raise_for_status(url, response)
+                    _raise_for_status(url, response, self._config.max_retry_after_s)
                 yield response
                 return
         raise AssertionError("unreachable")  # pragma: no cover
@@ -522,13 +522,17 @@ async def _write_in_thread(file: IO[bytes], hasher: Any, data: bytes) -> None:
         raise
 
 
-def _raise_for_status(url: str, response: aiohttp.ClientResponse) -> None:
+def _raise_for_status(
+    url: str, response: aiohttp.ClientResponse, max_retry_after_s: float
+) -> None:
     status = response.status
     if 200 <= status < 300:
         return
     shown = redact_url(url)
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+        if retry_after is not None:
+            retry_after = min(retry_after, max_retry_after_s)
         raise RetryableFetchError(shown, f"http_{status}", response.reason or "",
                                   retry_after_s=retry_after)
     if status in REDIRECT_STATUSES:

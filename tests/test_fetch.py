@@ -515,6 +515,17 @@ class TestDownload:
         assert error.retry_after_s == 120.0
         assert server.hits.paths["/status/429"] == 1
 
+    async def test_retry_after_passed_on_capped(
+        self, server: Server, make_fetcher: FetcherFactory
+    ) -> None:
+        """A Retry-After passed on to the caller is capped by max_retry_after_s."""
+        fetcher = await make_fetcher(
+            http_config(server.host_port, timeout_s=1.0, max_retry_after_s=60.0)
+        )
+        error = await fetch_error(fetcher.download(f"{server.base}/status/503?retry_after=9999999"))
+        assert isinstance(error, RetryableFetchError)
+        assert error.retry_after_s == 60.0
+
     async def test_retry_after_capped(self, server: Server, make_fetcher: FetcherFactory) -> None:
         """A huge Retry-After is capped by max_retry_after_s."""
         fetcher = await make_fetcher(
