@@ -7,6 +7,7 @@ review band or the human label.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -55,13 +56,18 @@ def decide(
     if scores is None:
         return Decision(Placement.HELD, (), "not_classified")
     for tag, score in scores.items():
-        if not isinstance(score, float | int) or not math.isfinite(score) or not 0 <= score <= 1:
+        # numbers.Real, not float | int: numpy scalars (np.float32) are valid scores too.
+        if (isinstance(score, bool) or not isinstance(score, numbers.Real)
+                or not math.isfinite(score) or not 0 <= score <= 1):
             return Decision(Placement.HELD, (), f"invalid_score: {tag}={score!r}")
 
     confirmed = [tag for tag in policy.quarantine_tags if labels.get(tag) is True]
     if confirmed:
         return Decision(Placement.QUARANTINE, (), f"human_label: {confirmed[0]}=yes")
-    released = all(labels.get(tag) is False for tag in policy.quarantine_tags)
+    # With no quarantine tags nothing can be released: `all(())` would claim a label.
+    released = bool(policy.quarantine_tags) and all(
+        labels.get(tag) is False for tag in policy.quarantine_tags
+    )
 
     if not released:
         if policy.trust_source_flags and flags:
@@ -96,7 +102,7 @@ def decide(
             f"{tag}={scores[tag]:.3f} < {policy.threshold(tag):.2f}"
             for tag in policy.quarantine_tags
         )
-        why = f"clean: {why}"
+        why = f"clean: {why or 'no quarantine tags'}"
     if tags:
         why += "; tags: " + ", ".join(
             f"{tag}={scores[tag]:.3f}" if tag in scores else f"{tag}=label" for tag in sorted(tags)
