@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from crawler.errors import SourceError
 from crawler.sources.base import Document
@@ -100,6 +100,37 @@ def iso_from_epoch(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+SECRET_PARAMETERS = frozenset({"api_key", "password_hash", "access_token", "token", "user_id",
+                               "login", "password"})
+
+
+def redact_query(url: str) -> str:
+    """`url` with the values of credential parameters replaced, fit for logs and errors."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.query:
+        return url
+    pairs = [(key, "***" if key.lower() in SECRET_PARAMETERS else value)
+             for key, value in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(pairs, safe=":*")))
+
+
+def error_message(body: bytes) -> str:
+    """A short error text from an API's JSON error body (``message``/``error``), else ''."""
+    try:
+        value = json.loads(body[:4096])
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if isinstance(value, dict):
+        for key in ("message", "error", "reason", "error_description"):
+            text = value.get(key)
+            if isinstance(text, str) and text.strip():
+                return text.strip()[:200]
+    return ""
+
+
 def raise_for_status(source: str, document: Document, now: float,
                      throttled: frozenset[int] = frozenset({429})) -> None:
     """Raise SourceError for any status but 200, with the server's Retry-After if it sent one.
@@ -110,11 +141,13 @@ def raise_for_status(source: str, document: Document, now: float,
     if document.status == 200:
         return
     retry_after_s = parse_retry_after_s(header(document, "Retry-After"), now)
+    shown = redact_query(document.url)
     if document.status in throttled:
-        raise SourceError(source, f"rate limited (HTTP {document.status}) at {document.url}",
+        raise SourceError(source, f"rate limited (HTTP {document.status}) at {shown}",
                           retry_after_s=retry_after_s if retry_after_s is not None else 60.0)
-    raise SourceError(source, f"HTTP {document.status} from {document.url}",
-                      retry_after_s=retry_after_s)
+    message = error_message(document.body)
+    raise SourceError(source, f"HTTP {document.status} from {shown}"
+                      + (f": {message}" if message else ""), retry_after_s=retry_after_s)
 
 
 def parse_json(source: str, body: bytes, url: str = "") -> Any:
@@ -122,7 +155,7 @@ def parse_json(source: str, body: bytes, url: str = "") -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
-        where = f" from {url}" if url else ""
+        where = f" from {redact_query(url)}" if url else ""
         raise SourceError(source, f"not JSON{where}: {error}") from None
 
 
