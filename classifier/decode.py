@@ -283,7 +283,11 @@ def _check_pixels(width: int, height: int, limits: DecodeLimits, where: str) -> 
     pixel_cap = limits.max_width * limits.max_height
     if Image.MAX_IMAGE_PIXELS is not None:
         pixel_cap = min(pixel_cap, int(Image.MAX_IMAGE_PIXELS))
-    if width > limits.max_width or height > limits.max_height or width * height > pixel_cap:
+    # Orientation-agnostic: a portrait 4320x7680 is as acceptable as a landscape 7680x4320.
+    long_cap, short_cap = max(limits.max_width, limits.max_height), min(
+        limits.max_width, limits.max_height)
+    long_side, short_side = max(width, height), min(width, height)
+    if long_side > long_cap or short_side > short_cap or width * height > pixel_cap:
         raise DecodeError(
             "too_many_pixels",
             f"{width}x{height} over {limits.max_width}x{limits.max_height} or {pixel_cap} pixels",

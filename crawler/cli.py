@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import faulthandler
 import getpass
 import json
 import os
@@ -374,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A watchdog abort (SIGABRT) then leaves every thread's stack in the journal.
+    faulthandler.enable()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -27,7 +27,9 @@ from crawler.config import Config, SourceConfig, load_config
 from crawler.decide import Policy, policy_from_config
 from crawler.errors import ConfigError, FetchError, SourceError
 from crawler.pipeline import Pipeline, PipelineSettings
+from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
 from crawler.rescore import rescore
+from crawler.sdnotify import Notifier, ProgressWatchdog, watchdog_interval_s
 from crawler.sources import Source, SourceContext, create_source
 from storage.catalogue import Catalogue
 from storage.placement import DataLayout, sweep
@@ -81,6 +83,24 @@ def load_model(config: Config, layout: DataLayout) -> tuple[Classifier | None, s
     return classifier, None
 
 
+class DaemonObserver:
+    """Feeds pipeline progress to the watchdog and the metrics."""
+
+    def __init__(self, watchdog: ProgressWatchdog | None, metrics: Metrics) -> None:
+        self.watchdog = watchdog
+        self.metrics = metrics
+
+    def progress(self, stage: str, count: int = 1) -> None:
+        if self.watchdog is not None:
+            self.watchdog.record_progress(time.monotonic())
+
+    def downloaded(self, size_bytes: int, duration_s: float) -> None:
+        self.metrics.observe_download(size_bytes, duration_s)
+
+    def batch(self, size: int, duration_s: float) -> None:
+        self.metrics.observe_batch(size, duration_s)
+
+
 @dataclass
 class PollerState:
     """In-memory schedule state of one source, mirrored from the catalogue."""
@@ -115,6 +135,17 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.reloads = 0
+        self.notifier = Notifier.from_environment(self.environ)
+        self.metrics = Metrics()
+        try:
+            self.watchdog_interval_s = watchdog_interval_s(self.environ)
+        except ValueError as error:
+            log.warning("watchdog_ignored", reason=str(error))
+            self.watchdog_interval_s = None
+        self.watchdog = (
+            ProgressWatchdog(self.watchdog_interval_s * 2)
+            if self.watchdog_interval_s and config.daemon.watchdog else None
+        )
 
     async def run(self, *, once: bool = False) -> int:
         """Run until stopped (or, with `once`, until every polled item is final). Returns 0."""
@@ -148,8 +179,17 @@ class Daemon:
                         item.name for item in self.config.sources if item.kind == "folder"
                     ),
                     clock=self.clock,
+                    observer=DaemonObserver(self.watchdog, self.metrics),
                 )
-                await self._run_tasks(catalogue, sources, once)
+                if self.classifier is not None:
+                    self.metrics.set_model_version(self.classifier.version)
+                server = start_metrics_server(self.config.daemon.metrics_port,
+                                              self.metrics.registry)
+                try:
+                    await self._run_tasks(catalogue, sources, once)
+                finally:
+                    if server is not None:
+                        server.close()
             finally:
                 await session.close()
         finally:
@@ -179,7 +219,9 @@ class Daemon:
                 group.create_task(self._sources_done(pollers), name="sources-done")
                 pipeline_task = group.create_task(pipeline.run(until_idle=once), name="pipeline")
                 group.create_task(self._watch_signals(), name="signals")
+                group.create_task(self._report(catalogue), name="report")
                 self.ready.set()
+                self.notifier.ready(stats_for_status(await catalogue.counts_by_state()))
                 if once:
                     group.create_task(self._stop_when(pipeline_task), name="once")
         except* Shutdown:
@@ -212,9 +254,34 @@ class Daemon:
                 reload.cancel()
             if self.stop_requested.is_set():
                 log.info("shutdown_requested")
+                self.notifier.stopping()
                 raise Shutdown
             self.reload_requested.clear()
+            self.notifier.reloading()
             await self.reload()
+            self.notifier.ready()
+
+    async def _report(self, catalogue: Catalogue) -> None:
+        """Watchdog pings that depend on progress, STATUS= lines and metrics snapshots."""
+        assert self.pipeline is not None  # noqa: S101
+        period_s = min(self.watchdog_interval_s or 15.0, 15.0)
+        while True:
+            states = await catalogue.counts_by_state()
+            pending = await catalogue.count_due(self.clock())
+            if self.watchdog_interval_s:
+                if self.watchdog is None or self.watchdog.should_ping(time.monotonic(), pending):
+                    self.notifier.watchdog()
+                else:
+                    log.error("pipeline_stalled", pending=pending,
+                              queues=self.pipeline.queue_depths())
+            self.notifier.status(stats_for_status(states))
+            by_source = {name: sum(counts.values())
+                         for name, counts in (await catalogue.counts_by_source()).items()}
+            self.metrics.refresh(CatalogueCounts(
+                by_state=states, by_tag=await catalogue.counts_by_tag(), by_source=by_source))
+            for queue, depth in self.pipeline.queue_depths().items():
+                self.metrics.set_queue_depth(queue, depth)
+            await asyncio.sleep(period_s)
 
     async def reload(self) -> bool:
         """Re-read config.toml; apply thresholds and quarantine rules and re-file everything."""

@@ -81,9 +81,19 @@ class PipelineObserver(Protocol):
 
     def progress(self, stage: str, count: int = 1) -> None: ...
 
+    def downloaded(self, size_bytes: int, duration_s: float) -> None: ...
+
+    def batch(self, size: int, duration_s: float) -> None: ...
+
 
 class _NullObserver:
     def progress(self, stage: str, count: int = 1) -> None:
+        return None
+
+    def downloaded(self, size_bytes: int, duration_s: float) -> None:
+        return None
+
+    def batch(self, size: int, duration_s: float) -> None:
         return None
 
 
@@ -226,6 +236,7 @@ class Pipeline:
 
     async def _download(self, work: Work) -> None:
         row = work.row
+        started = time.monotonic()
         if row.url.startswith("file:"):
             if row.source not in self.local_sources:
                 raise PermanentFetchError(row.url, "bad_scheme", "file:// only from folder sources")
@@ -240,6 +251,7 @@ class Pipeline:
         now = self.clock()
         known = await self.catalogue.record_download(row.id, sha256, size, now)
         self.observer.progress("download")
+        self.observer.downloaded(size, time.monotonic() - started)
         if known is not None and known.placement is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.layout.spool_file(sha256).unlink()
@@ -368,6 +380,7 @@ class Pipeline:
                     await self.place_queue.put(work)
                 continue
             self.batches_run += 1
+            self.observer.batch(len(batch), time.monotonic() - started)
             log.debug("batch_classified", size=len(batch), model_version=classifier.version,
                       seconds=round(time.monotonic() - started, 3))
             features = result.features.astype(np.float16)

@@ -294,6 +294,15 @@ class Catalogue:
         )
         return int(row[0]) if row else 0
 
+    async def count_due(self, now: float) -> int:
+        """Unfinished rows that can be worked on now (not waiting out a retry backoff)."""
+        row = await self._fetchone(
+            "SELECT count(*) FROM media WHERE state IN "
+            "('pending', 'downloaded', 'decoded', 'classified') AND next_attempt_at <= ?",
+            (now,),
+        )
+        return int(row[0]) if row else 0
+
     async def next_attempt_at(self) -> float | None:
         """The earliest time a pending row becomes due, if any."""
         row = await self._fetchone(

@@ -245,7 +245,8 @@ class TestRejections:
                 "too_many_pixels",
             ),
             ("PNG one column too wide", lambda: png_declaring(7_681, 16), "too_many_pixels"),
-            ("PNG one row too tall", lambda: png_declaring(16, 4_321), "too_many_pixels"),
+            ("PNG one row too long", lambda: png_declaring(16, 7_681), "too_many_pixels"),
+            ("PNG too wide on both sides", lambda: png_declaring(4_321, 4_321), "too_many_pixels"),
             (
                 "JPEG declaring 60000x60000",
                 lambda: jpeg_declaring(60_000, 60_000),
@@ -305,8 +306,10 @@ class TestRejections:
         [
             (DecodeLimits(max_width=64, max_height=48), (64, 48), None),
             (DecodeLimits(max_width=64, max_height=48), (65, 10), "too_many_pixels"),
-            (DecodeLimits(max_width=64, max_height=48), (10, 49), "too_many_pixels"),
+            (DecodeLimits(max_width=64, max_height=48), (10, 65), "too_many_pixels"),
+            (DecodeLimits(max_width=64, max_height=48), (49, 49), "too_many_pixels"),
             (DecodeLimits(max_width=64, max_height=48), (48, 48), None),
+            (DecodeLimits(max_width=64, max_height=48), (48, 64), None),
         ],
     )
     def test_pixel_cap_boundaries(
