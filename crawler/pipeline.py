@@ -14,7 +14,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from classifier.base import Classifier
+from classifier.base import Classifier, ClassifyResult
 from classifier.decode import DecodeLimits, decode_image
 from classifier.errors import DecodeError
 from crawler.aio import ThreadLimiter, shielded, wait_event
@@ -145,6 +145,11 @@ class Pipeline:
         self._io_threads = ThreadLimiter(4, "place")
         self._model_thread = ThreadLimiter(1, "inference")
         self.batches_run = 0
+        # Called after each classified batch with (tensors, result, sha256s), e.g. to run a
+        # candidate model in shadow. A listener's failure is logged and never costs the batch.
+        self.batch_listeners: list[
+            Callable[[npt.NDArray[np.float32], ClassifyResult, list[str]], Awaitable[None]]
+        ] = []
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
@@ -392,6 +397,11 @@ class Pipeline:
                 items.append((work.row.id, work.sha256, work.scores, features[index].tobytes()))
             await self.catalogue.record_scores(items, classifier.version, "open_nsfw",
                                                self.clock())
+            for listener in list(self.batch_listeners):
+                try:
+                    await listener(tensors, result, [item[1] for item in items])
+                except Exception:  # noqa: BLE001 - a listener never costs the batch
+                    log.exception("batch_listener_failed")
             self.observer.progress("classify", len(batch))
             for work in batch:
                 log.info("media_classified", url=work.row.url, sha256=work.sha256,
