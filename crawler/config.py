@@ -162,7 +162,8 @@ class _Problems:
         header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
         key_line = re.compile(r"^\s*[\"']?" + re.escape(key or "") + r"[\"']?\s*=")
         occurrence = -1
-        matching = False
+        # Section "" is the top level: the keys before the first [header].
+        matching = section == ""
         section_line: int | None = None
         for number, line in enumerate(self.lines, start=1):
             found = header.match(line)
@@ -225,6 +226,10 @@ def _get(
         return default
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        # TOML has nan and inf; neither is a usable timeout, rate or size.
+        problems.add(section, key, f"must be a finite number, got {value!r}")
+        return default
     if not isinstance(value, kinds):
         problems.add(section, key, f"expected {_kind_name(kinds)}, got {value!r}")
         return default
@@ -499,10 +504,16 @@ def load_config(path: Path) -> Config:
 def config_from_mapping(raw: Mapping[str, Any], path: Path, text: str = "") -> Config:
     """Validate an already-parsed TOML document (used by load_config and tests)."""
     problems = _Problems(path, text)
-    for section in raw:
-        if section not in _KNOWN_SECTIONS:
-            problems.add(section, None,
-                         f"unknown section; known sections are: {', '.join(sorted(_KNOWN_SECTIONS))}")
+    known = ", ".join(sorted(_KNOWN_SECTIONS))
+    for section, value in raw.items():
+        if section in _KNOWN_SECTIONS:
+            continue
+        if isinstance(value, dict | list):
+            problems.add(section, None, f"unknown section; known sections are: {known}")
+        else:
+            # A key above every [header], e.g. a forgotten `[daemon]` line.
+            problems.add("", section,
+                         f"unknown top-level key; keys belong in a section ({known})")
     base = path.parent.resolve() if path.parent else Path.cwd()
     config = Config(
         path=path,
