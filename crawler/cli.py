@@ -85,7 +85,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise ConfigError(str(folder), [f"{folder}: not a directory; give a folder of images"])
     source = SourceConfig(kind="folder", name="import", interval_s=60.0,
-                          settings={"path": str(folder)})
+                          settings={"path": str(folder), "settle_s": 0})
     return _daemon_main(dataclasses.replace(config, sources=(source,)), once=True)
 
 

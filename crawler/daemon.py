@@ -35,6 +35,8 @@ from storage.catalogue import Catalogue
 from storage.placement import DataLayout, sweep
 
 log = structlog.get_logger("megane.daemon")
+ONCE_MAX_EXTRA_POLLS = 100
+MAX_BACKOFF_S = 6 * 3600.0
 
 
 class Shutdown(Exception):
@@ -312,15 +314,20 @@ class Daemon:
         state = await catalogue.ensure_source(source.name, source.kind, source.query_key())
         poller.consecutive_errors = state.consecutive_errors
         poller.empty_polls = state.empty_polls
+        result_full = False
+        extra_polls = 0
         while True:
             if not once and state.next_poll_at is not None:
-                wait_s = state.next_poll_at - self.clock()
+                # Bounded, so a wall clock that jumped back cannot park the source for long.
+                wait_s = min(state.next_poll_at - self.clock(),
+                             max(config.max_interval_s, MAX_BACKOFF_S))
                 if wait_s > 0:
-                    await wait_event(asyncio.Event(), wait_s)
+                    await asyncio.sleep(wait_s)
             now = self.clock()
             try:
                 result = await source.poll(state.cursor, now)
             except (SourceError, FetchError) as error:
+                result_full = False
                 poller.consecutive_errors += 1
                 retry_after = getattr(error, "retry_after_s", None)
                 delay = next_poll_delay_s(
@@ -332,6 +339,7 @@ class Daemon:
                 log.warning("source_failed", source=source.name, reason=str(error),
                             retry_in_s=round(delay, 1), errors=poller.consecutive_errors)
             except Exception as error:  # noqa: BLE001 - a broken source never stops others
+                result_full = False
                 poller.consecutive_errors += 1
                 delay = next_poll_delay_s(config, empty_polls=poller.empty_polls, full=False,
                                           errors=poller.consecutive_errors, retry_after_s=None)
@@ -340,6 +348,7 @@ class Daemon:
                     next_poll_at=now + delay, now=now)
                 log.exception("source_failed", source=source.name)
             else:
+                result_full = result.full
                 rows = await catalogue.add_media(result.refs, now)
                 poller.consecutive_errors = 0
                 poller.empty_polls = 0 if rows else poller.empty_polls + 1
@@ -358,19 +367,23 @@ class Daemon:
                          new=len(rows), next_poll_in_s=round(delay, 1), notice=result.notice)
                 if self.pipeline is not None and rows:
                     self.pipeline.notify()
-            poller.polled_once.set()
-            if once:
-                return
             refreshed = await catalogue.source_state(source.name)
             if refreshed is not None:
                 state = refreshed
+            if once and result_full and extra_polls < ONCE_MAX_EXTRA_POLLS:
+                # `once` drains a source that had more than a page, from the new cursor.
+                extra_polls += 1
+                continue
+            poller.polled_once.set()
+            if once:
+                return
 
 
 def next_poll_delay_s(config: SourceConfig, *, empty_polls: int, full: bool, errors: int,
                       retry_after_s: float | None) -> float:
     """Seconds until the next poll (temporary; crawler.schedule replaces it)."""
     if errors:
-        delay = min(config.interval_s * (2 ** min(errors, 10)), 6 * 3600.0)
+        delay = min(config.interval_s * (2 ** min(errors, 10)), MAX_BACKOFF_S)
     elif full:
         delay = config.min_interval_s
     else:
