@@ -265,6 +265,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 def _review_decision(args: argparse.Namespace, labels: Sequence[tuple[str, bool]]) -> int:
     from crawler.daemon import policy_of
     from crawler.rescore import refile_one
+    from crawler.review.actions import after_decision
     from storage.placement import DataLayout
 
     config = _load(args)
@@ -278,6 +279,7 @@ def _review_decision(args: argparse.Namespace, labels: Sequence[tuple[str, bool]
             log.info("label_added", sha256=sha256, tag=tag, value=value, who=who)
         decision = await refile_one(catalogue, DataLayout(config.data_dir), policy_of(config),
                                     sha256, now)
+        await after_decision(catalogue, config, sha256, labels, now)
         print(f"{sha256[:12]}: {decision.placement.value} ({decision.reason})")
         return EXIT_OK
 
@@ -322,6 +324,26 @@ def cmd_rescore(args: argparse.Namespace) -> int:
             print(f"re-filed {report.changed}, unchanged {report.unchanged}, "
                   f"failed {report.failed} in {document['seconds']} s")
         return EXIT_OK if not report.failed else EXIT_INTERNAL
+
+    return _run_with_catalogue(config, body)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from crawler.review.server import run_review
+
+    return run_review(_load(args), args.port, args.token)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from crawler.review.actions import delete_by_user
+
+    config = _load(args)
+
+    async def body(catalogue: Any) -> int:
+        sha256 = await catalogue.resolve_sha(args.sha)
+        await delete_by_user(catalogue, config, sha256, time.time())
+        print(f"{sha256[:12]}: deleted; near-copies of it will be rejected on arrival")
+        return EXIT_OK
 
     return _run_with_catalogue(config, body)
 
@@ -371,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("sha", metavar="SHA")
     sub.add_argument("labels", nargs="+", metavar="TAG=yes|no")
     add("rescore", cmd_rescore, "re-file every image from stored scores", json_flag=True)
+    sub = add("review", cmd_review, "the local review web UI (127.0.0.1, token-protected)")
+    sub.add_argument("--port", type=int, default=8421, help="port on 127.0.0.1 (default 8421)")
+    sub.add_argument("--token", help="access token (default: a new random one, printed)")
+    sub = add("delete", cmd_delete, "delete an image for good and block its near-copies")
+    sub.add_argument("sha", metavar="SHA")
     return parser
 
 
