@@ -1,0 +1,218 @@
+"""The quarantine contact sheet: `quarantine/index.html` with blurred thumbnails.
+
+A reviewer who works with a file manager opens `quarantine/index.html`: one card per
+quarantined image, its thumbnail heavily blurred (so nothing explicit is shown by
+surprise), linking to the full image and to its sidecar JSON. Thumbnails live in
+`quarantine/.thumbs/<sha256>.jpg`, mode 0600 like every file in quarantine/, and are
+written atomically under `.tmp-` names that `placement.sweep` knows how to clean.
+
+`refresh_quarantine_index` rebuilds both from the catalogue (the daemon runs it through
+`crawler.review.refresher.IndexRefresher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import io
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageFilter
+
+from storage.catalogue import Catalogue
+from storage.placement import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
+    TEMP_PREFIX,
+    DataLayout,
+    write_file_atomic,
+)
+
+THUMBS_FOLDER = ".thumbs"
+INDEX_NAME = "index.html"
+DEFAULT_BLUR_RADIUS = 12.0
+DEFAULT_THUMBNAIL_SIZE = 256
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """What one card of the contact sheet shows."""
+
+    sha256: str
+    extension: str
+    reason: str | None
+    scores: Mapping[str, float] = field(default_factory=dict)
+    source: str | None = None
+    post_url: str | None = None
+    first_seen: float | None = None
+
+
+def thumbs_folder(layout: DataLayout) -> Path:
+    return layout.quarantine / THUMBS_FOLDER
+
+
+def thumbnail_path(layout: DataLayout, sha256: str) -> Path:
+    return thumbs_folder(layout) / f"{sha256}.jpg"
+
+
+def cached_thumbnail_path(layout: DataLayout, sha256: str) -> Path:
+    """Where the review UI keeps the blurred thumbnail of any stored image."""
+    return layout.cache / "thumbs" / f"{sha256}.jpg"
+
+
+def remove_thumbnails(layout: DataLayout, sha256: str) -> None:
+    """Remove every thumbnail of `sha256` (after deleting the image). Blocking."""
+    for path in (thumbnail_path(layout, sha256), cached_thumbnail_path(layout, sha256)):
+        path.unlink(missing_ok=True)
+
+
+def blurred_thumbnail(source: Path, radius: float = DEFAULT_BLUR_RADIUS,
+                      size: int = DEFAULT_THUMBNAIL_SIZE) -> bytes:
+    """A small JPEG of `source`, downscaled then blurred until only colours and shapes remain.
+
+    The blur is applied at the thumbnail's size, so `radius` is in thumbnail pixels; the
+    default (12 of 256) leaves nothing recognisable. Blocking: call it in a thread.
+    """
+    with Image.open(source) as image:
+        image.draft("RGB", (size, size))
+        frame = image.convert("RGB")
+    frame.thumbnail((size, size), Image.Resampling.BILINEAR)
+    if radius > 0:
+        frame = frame.filter(ImageFilter.GaussianBlur(radius))
+    buffer = io.BytesIO()
+    frame.save(buffer, "JPEG", quality=70)
+    return buffer.getvalue()
+
+
+def write_thumbnail(target: Path, source: Path, radius: float = DEFAULT_BLUR_RADIUS) -> Path:
+    """Write the blurred thumbnail of `source` at `target` (0600, atomic). Blocking."""
+    if not target.parent.is_dir():
+        target.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    write_file_atomic(target, blurred_thumbnail(source, radius), PRIVATE_FILE_MODE)
+    return target
+
+
+def _format_time(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def _card(entry: QuarantineEntry) -> str:
+    esc = html.escape
+    name = f"{entry.sha256}{entry.extension}"
+    scores = ", ".join(f"{tag} {score:.2f}" for tag, score in sorted(entry.scores.items()))
+    post = ""
+    if entry.post_url and entry.post_url.startswith(("https://", "http://")):
+        post = f' · <a href="{esc(entry.post_url)}" rel="noreferrer noopener">post</a>'
+    return (
+        '<figure class="card">'
+        f'<a href="{esc(name)}"><img src="{THUMBS_FOLDER}/{esc(entry.sha256)}.jpg" '
+        f'alt="blurred thumbnail of {esc(entry.sha256[:12])}" width="200" height="200"></a>'
+        f"<figcaption><code>{esc(entry.sha256[:12])}</code> · "
+        f'<a href="{esc(entry.sha256)}.json">sidecar</a>{post}<br>'
+        f"{esc(entry.reason or '')}<br>{esc(scores)}<br>"
+        f"{esc(entry.source or '')} {esc(_format_time(entry.first_seen))}</figcaption>"
+        "</figure>"
+    )
+
+
+_STYLE = (
+    "body{font:14px sans-serif;margin:1em;background:#222;color:#ddd}"
+    "a{color:#9cf}.grid{display:flex;flex-wrap:wrap;gap:12px}"
+    ".card{width:200px;margin:0;padding:6px;background:#333;border-radius:4px}"
+    ".card img{width:200px;height:200px;object-fit:cover;display:block}"
+    "figcaption{font-size:12px;word-break:break-word}"
+)
+
+
+def render_quarantine_index(entries: Sequence[QuarantineEntry]) -> str:
+    """The contact sheet's HTML: plain, self-contained, every value escaped."""
+    cards = "\n".join(_card(entry) for entry in entries)
+    empty = "" if entries else "<p>Nothing is quarantined.</p>"
+    return (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>megane quarantine ({len(entries)})</title><style>{_STYLE}</style></head>"
+        f"<body><h1>Quarantine: {len(entries)} image(s)</h1>"
+        "<p>Thumbnails are blurred; a click opens the full image.</p>"
+        f'{empty}<div class="grid">\n{cards}\n</div></body></html>\n'
+    )
+
+
+def write_quarantine_index(layout: DataLayout, entries: Sequence[QuarantineEntry],
+                           blur_radius: float = DEFAULT_BLUR_RADIUS) -> Path:
+    """Write blurred thumbnails (missing ones only) and `quarantine/index.html`. Blocking.
+
+    Thumbnails of images no longer quarantined, and temp files left by a crash, are
+    removed. An entry whose stored file is gone gets no thumbnail but keeps its card.
+    """
+    folder = thumbs_folder(layout)
+    folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    wanted = {f"{entry.sha256}.jpg" for entry in entries}
+    for path in folder.iterdir():
+        if path.name not in wanted or path.name.startswith(TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    for entry in entries:
+        target = thumbnail_path(layout, entry.sha256)
+        source = layout.store_file(entry.sha256, entry.extension)
+        if not target.exists() and source.exists():
+            write_thumbnail(target, source, blur_radius)
+    index = layout.quarantine / INDEX_NAME
+    write_file_atomic(index, render_quarantine_index(entries).encode(), PRIVATE_FILE_MODE)
+    return index
+
+
+async def quarantine_entries(catalogue: Catalogue) -> list[QuarantineEntry]:
+    """The quarantined images as the contact sheet shows them, newest first."""
+    rows = await catalogue.fetch_all(
+        """SELECT b.sha256, b.extension, b.reason,
+                  (SELECT m.source FROM media m WHERE m.sha256 = b.sha256
+                   ORDER BY m.id LIMIT 1) AS source,
+                  (SELECT m.post_url FROM media m WHERE m.sha256 = b.sha256
+                   ORDER BY m.id LIMIT 1) AS post_url,
+                  (SELECT min(m.created_at) FROM media m WHERE m.sha256 = b.sha256)
+                   AS first_seen
+           FROM blobs b WHERE b.placement = 'quarantine' ORDER BY b.updated_at DESC"""
+    )
+    scores: dict[str, dict[str, float]] = {}
+    for row in await catalogue.fetch_all(
+        """SELECT s.sha256, s.tag, s.score FROM scores s JOIN blobs b
+           ON b.sha256 = s.sha256 AND b.model_version = s.model_version
+           WHERE b.placement = 'quarantine'"""
+    ):
+        scores.setdefault(row["sha256"], {})[row["tag"]] = row["score"]
+    return [
+        QuarantineEntry(
+            sha256=row["sha256"], extension=row["extension"], reason=row["reason"],
+            scores=scores.get(row["sha256"], {}), source=row["source"],
+            post_url=row["post_url"], first_seen=row["first_seen"],
+        )
+        for row in rows
+    ]
+
+
+async def refresh_quarantine_index(catalogue: Catalogue, layout: DataLayout,
+                                   blur_radius: float = DEFAULT_BLUR_RADIUS) -> Path:
+    """Rewrite `quarantine/index.html` and its thumbnails from the catalogue."""
+    entries = await quarantine_entries(catalogue)
+    return await asyncio.to_thread(write_quarantine_index, layout, entries, blur_radius)
+
+
+__all__ = [
+    "QuarantineEntry",
+    "blurred_thumbnail",
+    "cached_thumbnail_path",
+    "quarantine_entries",
+    "refresh_quarantine_index",
+    "remove_thumbnails",
+    "render_quarantine_index",
+    "thumbnail_path",
+    "write_quarantine_index",
+    "write_thumbnail",
+]
