@@ -15,7 +15,7 @@ from crawler.errors import SourceError
 from crawler.sources import bluesky
 from crawler.sources.base import SourceContext
 from crawler.sources.bluesky import active_labels, parse_feed
-from sourcehttp import SessionHttpClient, http_client, serve
+from sourcehttp import RecordingClient, http_client, serve
 
 NOW = 1_750_000_000.0  # 2025-06-15T15:06:40Z
 DID = "did:plc:abcdefghijklmnopqrstuvwx"
@@ -217,7 +217,7 @@ class FakeAppView:
         return web.json_response(body, headers=headers)
 
 
-def make_source(base: str, http: SessionHttpClient, **settings: Any) -> bluesky.BlueskySource:
+def make_source(base: str, http: RecordingClient, **settings: Any) -> bluesky.BlueskySource:
     table = {"service": base, **settings}
     if not any(key in table for key in bluesky.SELECTORS):
         table["actor"] = "megane.example.com"
@@ -238,7 +238,7 @@ class TestBlueskySource:
         """The first poll takes `backfill` newest posts; later polls exactly what was added."""
         view = FakeAppView()
         view.add(250)
-        async with serve(view.app()) as base, http_client() as http:
+        async with serve(view.app()) as base, http_client(base) as http:
             source = make_source(base, http, backfill=120)
             first = await source.poll(None, now=NOW)
             assert numbers(first) == list(range(131, 251))
@@ -259,7 +259,7 @@ class TestBlueskySource:
         """A repost lifting a seen post to the top does not hide the new posts beneath it."""
         view = FakeAppView()
         view.add(5)
-        async with serve(view.app()) as base, http_client() as http:
+        async with serve(view.app()) as base, http_client(base) as http:
             source = make_source(base, http)
             first = await source.poll(None, now=NOW)
             view.add(3)
@@ -273,7 +273,7 @@ class TestBlueskySource:
         monkeypatch.setattr(bluesky, "MAX_PAGES_PER_POLL", 2)
         view = FakeAppView()
         view.add(3)
-        async with serve(view.app()) as base, http_client() as http:
+        async with serve(view.app()) as base, http_client(base) as http:
             source = make_source(base, http)
             first = await source.poll(None, now=NOW)
             burst = view.add(260)
@@ -290,7 +290,7 @@ class TestBlueskySource:
         """backfill = 0 yields nothing at first, then only newer posts."""
         view = FakeAppView()
         view.add(10)
-        async with serve(view.app()) as base, http_client() as http:
+        async with serve(view.app()) as base, http_client(base) as http:
             source = make_source(base, http, backfill=0)
             first = await source.poll(None, now=NOW)
             view.add(2)
@@ -303,7 +303,7 @@ class TestBlueskySource:
         view.add(2)
         feed_uri = f"at://{DID}/app.bsky.feed.generator/megane"
         list_uri = f"at://{DID}/app.bsky.graph.list/3kabc"
-        async with serve(view.app()) as base, http_client() as http:
+        async with serve(view.app()) as base, http_client(base) as http:
             await make_source(base, http, feed=feed_uri).poll(None, now=NOW)
             await make_source(base, http, list=list_uri).poll(None, now=NOW)
         assert view.requests[0].path.endswith("getFeed")
@@ -316,14 +316,14 @@ class TestBlueskySource:
         """RateLimit-Remaining 0 asks to wait until RateLimit-Reset (epoch seconds)."""
         view = FakeAppView(rate_remaining=0)
         view.add(3)
-        async with serve(view.app()) as base, http_client() as http:
+        async with serve(view.app()) as base, http_client(base) as http:
             result = await make_source(base, http).poll(None, now=NOW)
         assert len(result.refs) == 3 and result.retry_after_s == pytest.approx(60.0)
 
     async def test_429(self) -> None:
         """A 429 is a SourceError waiting until RateLimit-Reset."""
         view = FakeAppView(throttled=True)
-        async with serve(view.app()) as base, http_client() as http:
+        async with serve(view.app()) as base, http_client(base) as http:
             with pytest.raises(SourceError) as caught:
                 await make_source(base, http).poll(None, now=NOW)
         assert caught.value.retry_after_s == pytest.approx(120.0)
@@ -331,7 +331,7 @@ class TestBlueskySource:
     async def test_unknown_actor(self) -> None:
         """An XRPC error is a SourceError carrying the server's message."""
         view = FakeAppView()
-        async with serve(view.app()) as base, http_client() as http:
+        async with serve(view.app()) as base, http_client(base) as http:
             with pytest.raises(SourceError, match="Profile not found"):
                 await make_source(base, http, actor="nobody.example.com").poll(None, now=NOW)
 

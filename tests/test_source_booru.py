@@ -18,7 +18,7 @@ from crawler.errors import SourceError
 from crawler.sources import booru
 from crawler.sources.base import SourceContext
 from crawler.sources.booru import normalize_rating, parse_booru
-from sourcehttp import SessionHttpClient, http_client, serve
+from sourcehttp import RecordingClient, http_client, serve
 
 BASE = "https://board.example"
 NSFW = frozenset({"q", "e"})
@@ -278,7 +278,7 @@ class FakeBoard:
         return web.json_response([moebooru_post(i) for i in ids[(page - 1) * limit:][:limit]])
 
 
-def make_source(base: str, http: SessionHttpClient, **settings: Any) -> booru.BooruSource:
+def make_source(base: str, http: RecordingClient, **settings: Any) -> booru.BooruSource:
     table = {"base_url": base, "tags": "glasses", **settings}
     assert booru.validate(table) == []
     config = SourceConfig(kind="booru", name="board", interval_s=60,
@@ -304,7 +304,7 @@ class TestBooruSource:
         board = FakeBoard(gelbooru_style=style)
         board.add(30)                  # ids 95..124 (crosses 100)
         board.add(5, tags="cats")      # other tags never appear
-        async with serve(board.app()) as base, http_client() as http:
+        async with serve(board.app()) as base, http_client(base) as http:
             source = make_source(base, http, api=api, limit=10, backfill=25)
             first = await source.poll(None, now=0.0)
             assert ids_of(first) == list(range(100, 125))
@@ -323,7 +323,7 @@ class TestBooruSource:
         """A backlog over the per-poll page cap is `full` and finished by the next poll."""
         board = FakeBoard(gelbooru_style=style)
         board.add(1)
-        async with serve(board.app()) as base, http_client() as http:
+        async with serve(board.app()) as base, http_client(base) as http:
             source = make_source(base, http, api=api, limit=5)
             first = await source.poll(None, now=0.0)
             added = board.add(5 * booru.MAX_PAGES_PER_POLL + 7)
@@ -341,7 +341,7 @@ class TestBooruSource:
         """backfill = 0 yields nothing on the first poll and everything after it."""
         board = FakeBoard()
         board.add(8)
-        async with serve(board.app()) as base, http_client() as http:
+        async with serve(board.app()) as base, http_client(base) as http:
             source = make_source(base, http, api=api, backfill=0)
             first = await source.poll(None, now=0.0)
             assert first.refs == ()
@@ -353,7 +353,7 @@ class TestBooruSource:
     async def test_throttled(self, api: str, status: int) -> None:
         """429 (or Moebooru's 421) is a SourceError asking to wait."""
         board = FakeBoard(throttle=status)
-        async with serve(board.app()) as base, http_client() as http:
+        async with serve(board.app()) as base, http_client(base) as http:
             with pytest.raises(SourceError, match="rate limited") as caught:
                 await make_source(base, http, api=api).poll(None, now=0.0)
         assert caught.value.retry_after_s == 30.0 or (api == "moebooru"
@@ -363,7 +363,7 @@ class TestBooruSource:
         """Danbooru gets Basic auth, Gelbooru api_key and user_id; errors never show them."""
         board = FakeBoard()
         board.add(2)
-        async with serve(board.app()) as base, http_client() as http:
+        async with serve(board.app()) as base, http_client(base) as http:
             await make_source(base, http, login="me", api_key="dan-key").poll(None, now=0.0)
             auth = board.requests[-1].headers["Authorization"]
             assert base64.b64decode(auth.split()[1]) == b"me:dan-key"
@@ -386,7 +386,7 @@ class TestBooruSource:
             return web.Response(body=b'<?xml version="1.0"?><posts><post id="1"',
                                 content_type="text/xml")
         app.router.add_get("/index.php", broken)
-        async with serve(app) as base, http_client() as http:
+        async with serve(app) as base, http_client(base) as http:
             with pytest.raises(SourceError, match="malformed booru XML"):
                 await make_source(base, http, api="gelbooru").poll(None, now=0.0)
 

@@ -16,7 +16,7 @@ from crawler.errors import SourceError
 from crawler.sources import mastodon
 from crawler.sources.base import SourceContext
 from crawler.sources.mastodon import id_key, parse_statuses
-from sourcehttp import SessionHttpClient, http_client, serve
+from sourcehttp import RecordingClient, http_client, serve
 
 NOW = 1_750_000_000.0  # 2025-06-15T15:06:40Z
 INSTANCE = "https://mastodon.example"
@@ -221,7 +221,7 @@ class FakeMastodon:
                                   "configuration": configuration})
 
 
-def make_source(base: str, http: SessionHttpClient, **settings: Any) -> mastodon.MastodonSource:
+def make_source(base: str, http: RecordingClient, **settings: Any) -> mastodon.MastodonSource:
     table = {"instance": base, **settings}
     assert mastodon.validate(table) == []
     config = SourceConfig(kind="mastodon", name="masto", interval_s=60,
@@ -244,7 +244,7 @@ class TestMastodonSource:
     async def test_backfill_then_catch_up(self, server: FakeMastodon) -> None:
         """The first poll backfills the newest `backfill`; later polls miss and repeat nothing."""
         server.add(100)  # ids 990..1089: crosses a digit boundary
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             source = make_source(base, http, hashtag="#Megane", backfill=50)
             first = await source.poll(None, now=NOW)
             assert post_numbers(first) == list(range(1040, 1090))
@@ -267,7 +267,7 @@ class TestMastodonSource:
     async def test_big_backlog_is_full(self, server: FakeMastodon) -> None:
         """A backlog over the per-poll page cap returns `full` and continues where it stopped."""
         server.add(1)
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             source = make_source(base, http, timeline="public")
             first = await source.poll(None, now=NOW)
             server.add(450)
@@ -282,7 +282,7 @@ class TestMastodonSource:
     async def test_backfill_zero_starts_now(self, server: FakeMastodon) -> None:
         """With backfill = 0 the first poll yields nothing but remembers where "now" is."""
         server.add(10)
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             source = make_source(base, http, hashtag="megane", backfill=0)
             first = await source.poll(None, now=NOW)
             assert first.refs == ()
@@ -292,7 +292,7 @@ class TestMastodonSource:
     async def test_deleted_and_reblogged(self, server: FakeMastodon) -> None:
         """Deleted statuses vanish harmlessly; a reblog yields its original once."""
         server.add(3)
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             source = make_source(base, http, hashtag="megane")
             first = await source.poll(None, now=NOW)
             original = server.statuses[0]
@@ -308,7 +308,7 @@ class TestMastodonSource:
     async def test_pending_media_holds_cursor(self, server: FakeMastodon) -> None:
         """A status whose image is still processing is retried until it has a URL."""
         server.add(1)
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             source = make_source(base, http, hashtag="megane")
             first = await source.poll(None, now=NOW)
             server.add(1, media=[attachment(1, url=None)])
@@ -325,7 +325,7 @@ class TestMastodonSource:
         """X-RateLimit-Remaining 0 stops paging and asks to wait until X-RateLimit-Reset."""
         server.add(5)
         server.rate_remaining = 0
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             result = await make_source(base, http, hashtag="megane").poll(None, now=NOW)
         assert len(result.refs) == 5
         assert result.retry_after_s == pytest.approx(300.0)
@@ -333,7 +333,7 @@ class TestMastodonSource:
     async def test_429(self, server: FakeMastodon) -> None:
         """A 429 (which Mastodon sends without Retry-After) waits until X-RateLimit-Reset."""
         server.rate_remaining = -1
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             with pytest.raises(SourceError) as caught:
                 await make_source(base, http, hashtag="megane").poll(None, now=NOW)
         assert caught.value.retry_after_s == pytest.approx(300.0)
@@ -343,7 +343,7 @@ class TestMastodonSource:
         server.refuse = 422
         server.timelines_access = {"live_feeds": {"local": "public", "remote": "authenticated"},
                                    "hashtag_feeds": {"local": "public", "remote": "public"}}
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             source = make_source(base, http, timeline="public")
             first = await source.poll(None, now=NOW)
             second = await source.poll(None, now=NOW)
@@ -355,7 +355,7 @@ class TestMastodonSource:
         """An empty first page is checked against the instance's timeline access."""
         server.timelines_access = {"live_feeds": {"local": "disabled", "remote": "disabled"},
                                    "hashtag_feeds": {"local": "public", "remote": "public"}}
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             local = await make_source(base, http, timeline="local").poll(None, now=NOW)
             tag = await make_source(base, http, hashtag="megane").poll(None, now=NOW)
         assert local.notice and "disabled" in local.notice
@@ -365,7 +365,7 @@ class TestMastodonSource:
     async def test_account_resolved_once(self, server: FakeMastodon) -> None:
         """An account is looked up once; its id is kept in the cursor."""
         server.add(2)
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             source = make_source(base, http, account="@alice@remote.example")
             first = await source.poll(None, now=NOW)
             server.add(1)
@@ -377,14 +377,14 @@ class TestMastodonSource:
 
     async def test_unknown_account(self, server: FakeMastodon) -> None:
         """An account the server does not know is a SourceError naming it."""
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             with pytest.raises(SourceError, match="nobody"):
                 await make_source(base, http, account="nobody").poll(None, now=NOW)
 
     async def test_list_sends_token_never_logs_it(self, server: FakeMastodon) -> None:
         """A list timeline sends the Bearer token, and the token appears in no log or repr."""
         server.add(2)
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             source = make_source(base, http, list="17", access_token=server.token)
             with capture_logs() as logs:
                 result = await source.poll(None, now=NOW)

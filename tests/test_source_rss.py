@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
 from crawler.config import SourceConfig
-from crawler.errors import SourceError
+from crawler.errors import FetchError, SourceError
 from crawler.sources import rss
 from crawler.sources.base import SourceContext
 from sourcehttp import http_client, serve
@@ -240,10 +241,12 @@ class FeedServer:
                             headers={"ETag": self.etag, "Last-Modified": self.last_modified})
 
 
-def make_source(base: str, http: object, name: str = "feed") -> rss.RssSource:
+def make_source(base: str, http: object, name: str = "feed",
+                **context_settings: Any) -> rss.RssSource:
     config = SourceConfig(kind="rss", name=name, interval_s=60,
                           settings=MappingProxyType({"url": f"{base}/feed.xml"}))
-    context = SourceContext(http=http, user_agent="megane-test/1")  # type: ignore[arg-type]
+    context = SourceContext(http=http, user_agent="megane-test/1",  # type: ignore[arg-type]
+                            settings=context_settings)
     source = rss.create(config, context)
     assert isinstance(source, rss.RssSource)
     return source
@@ -255,7 +258,7 @@ class TestRssSource:
         server = FeedServer()
         server.add(1)
         server.add(2)
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             source = make_source(base, http)
             first = await source.poll(None, now=1000.0)
             assert [ref.url for ref in first.refs] == [f"{base}/img/2.jpg", f"{base}/img/1.jpg"]
@@ -279,7 +282,7 @@ class TestRssSource:
         """A 429 is a SourceError carrying the server's Retry-After."""
         server = FeedServer()
         server.status_override = (429, {"Retry-After": "120"})
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             with pytest.raises(SourceError) as caught:
                 await make_source(base, http).poll(None, now=0.0)
         assert caught.value.retry_after_s == 120.0
@@ -288,7 +291,7 @@ class TestRssSource:
         """A 500 is a SourceError naming the status."""
         server = FeedServer()
         server.status_override = (500, {})
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             with pytest.raises(SourceError, match="HTTP 500"):
                 await make_source(base, http).poll(None, now=0.0)
 
@@ -296,7 +299,7 @@ class TestRssSource:
         """A malformed feed logs one warning and still yields the items that parsed."""
         server = FeedServer()
         server.body_override = truncated_feed("/img/1.jpg")
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             with capture_logs() as logs:
                 result = await make_source(base, http).poll(None, now=0.0)
         assert [ref.url for ref in result.refs] == [f"{base}/img/1.jpg"]
@@ -307,15 +310,25 @@ class TestRssSource:
         """An entity-expansion bomb served as a feed fails the poll quickly and clearly."""
         server = FeedServer()
         server.body_override = BOMB
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             with pytest.raises(SourceError, match="declares XML entities"):
                 await make_source(base, http).poll(None, now=0.0)
+
+    async def test_body_capped(self) -> None:
+        """A feed over the byte cap fails the poll through the fetcher's cap, unparsed."""
+        server = FeedServer()
+        huge = item("/p/1", "<description>" + "x" * (2 * 1024 * 1024) + "</description>")
+        server.body_override = rss_feed(huge)
+        async with serve(server.app) as base, http_client(base) as http:
+            with pytest.raises(FetchError) as caught:
+                await make_source(base, http, max_feed_bytes=1024 * 1024).poll(None, now=0.0)
+        assert caught.value.reason == "too_large"
 
     async def test_html_page(self) -> None:
         """An HTML page where the feed should be is a SourceError."""
         server = FeedServer()
         server.body_override = b"<!doctype html><html><body><h1>Moved</h1></body></html>"
-        async with serve(server.app) as base, http_client() as http:
+        async with serve(server.app) as base, http_client(base) as http:
             with pytest.raises(SourceError, match="not an RSS or Atom feed"):
                 await make_source(base, http).poll(None, now=0.0)
 

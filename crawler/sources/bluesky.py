@@ -30,7 +30,7 @@ import structlog
 from crawler.errors import SourceError
 from crawler.sources.base import Document, HttpClient, PollResult, Source, SourceContext
 from crawler.sources.common import (
-    DEFAULT_MAX_DOCUMENT_BYTES,
+    document_cap,
     dump_cursor,
     header,
     is_http_url,
@@ -221,7 +221,7 @@ class BlueskySource:
     def __init__(self, name: str, *, selector: str, value: str, http: HttpClient,
                  user_agent: str, service: str = DEFAULT_SERVICE,
                  backfill: int = DEFAULT_BACKFILL,
-                 max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> None:
+                 max_bytes: int | None = None) -> None:
         self.name = name
         self.selector = selector
         self.value = value
@@ -389,5 +389,5 @@ def create(config: SourceConfig, context: SourceContext) -> Source:
         config.name, selector=selector, value=value, http=context.http,
         user_agent=context.user_agent, service=str(settings.get("service", DEFAULT_SERVICE)),
         backfill=int(settings.get("backfill", DEFAULT_BACKFILL)),
-        max_bytes=int(context.settings.get("max_feed_bytes", DEFAULT_MAX_DOCUMENT_BYTES)),
+        max_bytes=document_cap(context),
     )

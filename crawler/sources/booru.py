@@ -36,7 +36,7 @@ from urllib.parse import urlencode, urlsplit
 from crawler.errors import SourceError
 from crawler.sources.base import Document, HttpClient, PollResult, Source, SourceContext
 from crawler.sources.common import (
-    DEFAULT_MAX_DOCUMENT_BYTES,
+    document_cap,
     dump_cursor,
     is_http_url,
     iso_from_epoch,
@@ -302,7 +302,7 @@ class BooruSource:
                  user_id: str | None = None, limit: int = DEFAULT_LIMIT,
                  backfill: int = DEFAULT_BACKFILL,
                  nsfw_ratings: frozenset[str] = frozenset(DEFAULT_NSFW_RATINGS),
-                 max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> None:
+                 max_bytes: int | None = None) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.tags = tags
@@ -507,5 +507,5 @@ def create(config: SourceConfig, context: SourceContext) -> Source:
         limit=int(settings.get("limit", DEFAULT_LIMIT)),
         backfill=int(settings.get("backfill", DEFAULT_BACKFILL)),
         nsfw_ratings=frozenset(ratings),
-        max_bytes=int(context.settings.get("max_feed_bytes", DEFAULT_MAX_DOCUMENT_BYTES)),
+        max_bytes=document_cap(context),
     )

@@ -14,10 +14,19 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from crawler.errors import SourceError
-from crawler.sources.base import Document
+from crawler.sources.base import Document, SourceContext
 
-# A page of API JSON or a feed is small; this is only the fallback when the context has no cap.
-DEFAULT_MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
+
+
+def document_cap(context: SourceContext) -> int | None:
+    """The byte cap for feeds and API pages: the context's `max_feed_bytes`, else None.
+
+    None lets the HttpClient apply its own cap (the Fetcher's `http.max_feed_bytes`).
+    """
+    value = context.settings.get("max_feed_bytes")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def load_cursor(cursor: str | None) -> dict[str, Any]:

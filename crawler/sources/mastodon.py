@@ -29,7 +29,7 @@ import structlog
 from crawler.errors import SourceError
 from crawler.sources.base import Document, HttpClient, PollResult, Source, SourceContext
 from crawler.sources.common import (
-    DEFAULT_MAX_DOCUMENT_BYTES,
+    document_cap,
     dump_cursor,
     header,
     is_http_url,
@@ -221,7 +221,7 @@ class MastodonSource:
     def __init__(self, name: str, *, instance: str, selector: str, value: str,
                  http: HttpClient, user_agent: str, access_token: str | None = None,
                  only_media: bool = True, backfill: int = DEFAULT_BACKFILL,
-                 max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> None:
+                 max_bytes: int | None = None) -> None:
         self.name = name
         self.instance = instance.rstrip("/")
         self.selector = selector
@@ -470,5 +470,5 @@ def create(config: SourceConfig, context: SourceContext) -> Source:
         access_token=settings.get("access_token"),
         only_media=bool(settings.get("only_media", True)),
         backfill=int(settings.get("backfill", DEFAULT_BACKFILL)),
-        max_bytes=int(context.settings.get("max_feed_bytes", DEFAULT_MAX_DOCUMENT_BYTES)),
+        max_bytes=document_cap(context),
     )

@@ -27,7 +27,7 @@ import structlog
 from crawler.errors import SourceError
 from crawler.sources.base import HttpClient, PollResult, Source, SourceContext
 from crawler.sources.common import (
-    DEFAULT_MAX_DOCUMENT_BYTES,
+    document_cap,
     dump_cursor,
     header,
     is_http_url,
@@ -215,7 +215,7 @@ class RssSource:
     kind = KIND
 
     def __init__(self, name: str, url: str, http: HttpClient, user_agent: str,
-                 max_bytes: int) -> None:
+                 max_bytes: int | None = None) -> None:
         self.name = name
         self.url = url
         self._http = http
@@ -265,6 +265,6 @@ def validate(settings: Mapping[str, Any]) -> list[str]:
 
 def create(config: SourceConfig, context: SourceContext) -> Source:
     """Build an RssSource from a validated `[[sources]]` table."""
-    max_bytes = int(context.settings.get("max_feed_bytes", DEFAULT_MAX_DOCUMENT_BYTES))
+    max_bytes = document_cap(context)
     return RssSource(config.name, str(config.settings["url"]), context.http,
                      context.user_agent, max_bytes)
