@@ -12,13 +12,13 @@ from xml.sax.saxutils import quoteattr
 
 import pytest
 from aiohttp import web
+from sourcehttp import RecordingClient, http_client, serve
 
 from crawler.config import SourceConfig
 from crawler.errors import SourceError
 from crawler.sources import booru
 from crawler.sources.base import SourceContext
 from crawler.sources.booru import normalize_rating, parse_booru
-from sourcehttp import RecordingClient, http_client, serve
 
 BASE = "https://board.example"
 NSFW = frozenset({"q", "e"})
@@ -165,8 +165,8 @@ class TestParse:
     @pytest.mark.parametrize(("body", "match"), [
         (b'<?xml version="1.0"?><posts><post id="1" ', "malformed booru XML"),
         (b"<posts><post id='1'></posts>", "malformed booru XML"),
-        (b'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;">]>'
-         b'<posts><post id="1" tags="&b;"/></posts>', "DOCTYPE"),
+        ((b'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;">]>'
+          b'<posts><post id="1" tags="&b;"/></posts>'), "DOCTYPE"),
         (b'<!DOCTYPE posts SYSTEM "http://evil.example/x.dtd"><posts/>', "DOCTYPE"),
         ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "b">]><posts/>'
          .encode("utf-16"), "DOCTYPE"),

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from sourcehttp import RecordingClient, http_client, serve
 from structlog.testing import capture_logs
 
 from crawler.config import SourceConfig
@@ -16,7 +17,6 @@ from crawler.errors import SourceError
 from crawler.sources import mastodon
 from crawler.sources.base import SourceContext
 from crawler.sources.mastodon import id_key, parse_statuses
-from sourcehttp import RecordingClient, http_client, serve
 
 NOW = 1_750_000_000.0  # 2025-06-15T15:06:40Z
 INSTANCE = "https://mastodon.example"
@@ -187,7 +187,7 @@ class FakeMastodon:
         items = list(self.statuses)
         if query.get("only_media") == "true":
             items = [item for item in items if item["media_attachments"] or item["reblog"]]
-        key = lambda item: id_key(item["id"])  # noqa: E731
+        key = lambda item: id_key(item["id"])
         if "min_id" in query:
             floor = id_key(query["min_id"])
             page = sorted((item for item in items if key(item) > floor), key=key)[:limit]

@@ -20,6 +20,7 @@ is ignored. Hashtags (facets and the record's `tags`) become tags.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ import structlog
 from crawler.errors import SourceError
 from crawler.sources.base import Document, HttpClient, PollResult, Source, SourceContext
 from crawler.sources.common import (
+    as_mapping,
     document_cap,
     dump_cursor,
     header,
@@ -109,8 +111,8 @@ def read_page(body: bytes, *, source: str, now: float) -> FeedPage:
 def post_media(post: Mapping[str, Any], *, source: str, now: float) -> list[MediaRef]:
     """The media of one post view, with its labels as flags and its hashtags as tags."""
     uri = str(post.get("uri"))
-    author = post.get("author") if isinstance(post.get("author"), Mapping) else {}
-    record = post.get("record") if isinstance(post.get("record"), Mapping) else {}
+    author = as_mapping(post.get("author"))
+    record = as_mapping(post.get("record"))
     handle = author.get("handle") if isinstance(author.get("handle"), str) else None
     did = author.get("did") if isinstance(author.get("did"), str) else None
     rkey = uri.rsplit("/", 1)[-1]
@@ -186,14 +188,15 @@ def _embed_media(embed: object) -> list[tuple[str, str, str | None]]:
         items = _list(embed.get("items"))
     elif kind.startswith("app.bsky.embed.video"):
         playlist = embed.get("playlist")
-        return [(playlist, "", "bluesky: video")] if is_http_url(playlist) else []
+        return [(str(playlist), "", "bluesky: video")] if is_http_url(playlist) else []
     else:
         return []
-    media = []
+    media: list[tuple[str, str, str | None]] = []
     for image in items:
         if isinstance(image, Mapping) and is_http_url(image.get("fullsize")):
-            alt = image.get("alt") if isinstance(image.get("alt"), str) else ""
-            media.append((str(image["fullsize"]), alt.strip(), None))
+            alt = image.get("alt")
+            media.append((str(image["fullsize"]), alt.strip() if isinstance(alt, str) else "",
+                          None))
     return media
 
 
@@ -208,7 +211,7 @@ def rate_limit_wait_s(document: Document, now: float) -> float | None:
         reset_s = float(header(document, "RateLimit-Reset") or "nan")
     except ValueError:
         return DEFAULT_RATE_LIMIT_WAIT_S
-    if reset_s != reset_s:  # NaN: no reset given
+    if not math.isfinite(reset_s):
         return DEFAULT_RATE_LIMIT_WAIT_S
     return max(1.0, reset_s - now)
 

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import base64
 import html
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
+from xml.etree import ElementTree
 
 from crawler.errors import SourceError
 from crawler.sources.base import Document, HttpClient, PollResult, Source, SourceContext
@@ -120,14 +120,14 @@ def parse_posts(body: bytes, *, api: str, base_url: str, source: str = KIND) -> 
     probe = body[:1024].replace(b"\x00", b"").lstrip(b"\xef\xbb\xbf\xfe\xff \t\r\n")
     if not body.strip():
         return []  # Gelbooru 0.2 answers an empty body when nothing matches
+    items: list[Any]
     if probe.startswith(b"<"):
-        items = _gelbooru_xml(body, source)
+        items = list(_gelbooru_xml(body, source))
     else:
         data = parse_json(source, body)
         if isinstance(data, Mapping):  # Gelbooru 0.2.5: {"@attributes": ..., "post": [...]}
-            items = data.get("post") or []
-            if isinstance(items, Mapping):
-                items = [items]
+            posts = data.get("post") or []
+            items = [posts] if isinstance(posts, Mapping) else list(posts)
         elif isinstance(data, list):  # Gelbooru 0.2 JSON (safebooru): a bare array
             items = data
         else:

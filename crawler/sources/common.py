@@ -9,13 +9,12 @@ import email.utils
 import json
 import math
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from crawler.errors import SourceError
 from crawler.sources.base import Document, SourceContext
-
 
 
 def document_cap(context: SourceContext) -> int | None:
@@ -81,7 +80,7 @@ def parse_retry_after_s(value: str | None, now: float) -> float | None:
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - now
     if not math.isfinite(seconds):
         return None
@@ -100,13 +99,13 @@ def parse_iso_timestamp(value: object) -> float | None:
     except ValueError:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when.timestamp()
 
 
 def iso_from_epoch(seconds: float) -> str:
     """An ISO-8601 UTC time for epoch seconds."""
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 SECRET_PARAMETERS = frozenset({"api_key", "password_hash", "access_token", "token", "user_id",
@@ -166,6 +165,11 @@ def parse_json(source: str, body: bytes, url: str = "") -> Any:
     except (ValueError, UnicodeDecodeError) as error:
         where = f" from {redact_query(url)}" if url else ""
         raise SourceError(source, f"not JSON{where}: {error}") from None
+
+
+def as_mapping(value: object) -> Mapping[str, Any]:
+    """`value` when it is a JSON object, else an empty mapping."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def string_list(value: object) -> list[str] | None:

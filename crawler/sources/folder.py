@@ -184,7 +184,8 @@ class FolderSource:
         if self.move_to is not None:
             return self._move_all(entries, self.move_to)
         state = load_cursor(cursor)
-        after_ns = state.get("after_ns") if isinstance(state.get("after_ns"), int) else -1
+        stored = state.get("after_ns")
+        after_ns = stored if isinstance(stored, int) else -1
         names_at = string_list(state.get("names")) or []
         selection = select_new(entries, after_ns, names_at)
         refs = tuple(file_ref(self.name, self.path / entry.name, entry.name, entry.modified_s)
@@ -236,9 +237,10 @@ def validate(settings: Mapping[str, Any]) -> list[str]:
                 problems.append(f"move_to: {str(move_to)!r} exists and is not a folder")
     if "extensions" in settings:
         extensions = settings["extensions"]
-        if not isinstance(extensions, list) or not extensions or not all(
-                isinstance(item, str) for item in extensions) or not all(item.strip(". ") for item in extensions):
-            problems.append("extensions: must be a list of file extensions, e.g. [\"jpg\", \"png\"]")
+        if not (isinstance(extensions, list) and extensions
+                and all(isinstance(item, str) and item.strip(". ") for item in extensions)):
+            problems.append("extensions: must be a list of file extensions, "
+                            "e.g. [\"jpg\", \"png\"]")
     if "recursive" in settings and not isinstance(settings["recursive"], bool):
         problems.append("recursive: must be true or false")
     if "settle_s" in settings:

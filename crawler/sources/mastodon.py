@@ -29,6 +29,7 @@ import structlog
 from crawler.errors import SourceError
 from crawler.sources.base import Document, HttpClient, PollResult, Source, SourceContext
 from crawler.sources.common import (
+    as_mapping,
     document_cap,
     dump_cursor,
     header,
@@ -105,7 +106,8 @@ def status_media(statuses: list[Any], *, source: str, instance: str,
         if not isinstance(status, Mapping) or not isinstance(status.get("id"), str):
             continue
         ids.append(status["id"])
-        original = status.get("reblog") if isinstance(status.get("reblog"), Mapping) else status
+        reblog = status.get("reblog")
+        original: Mapping[str, Any] = reblog if isinstance(reblog, Mapping) else status
         status_refs, waiting = _original_media(original, source=source, host=host, now=now)
         refs.extend(status_refs)
         if waiting:
@@ -118,7 +120,7 @@ def _original_media(status: Mapping[str, Any], *, source: str, host: str,
     uri = status.get("uri") if isinstance(status.get("uri"), str) else None
     post_url = status.get("url") if is_http_url(status.get("url")) else (
         uri if is_http_url(uri) else None)
-    account = status.get("account") if isinstance(status.get("account"), Mapping) else {}
+    account = as_mapping(status.get("account"))
     acct = account.get("acct") if isinstance(account.get("acct"), str) else None
     if acct and "@" not in acct and host:
         acct = f"{acct}@{host}"

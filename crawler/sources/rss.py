@@ -169,7 +169,7 @@ def _is_image(mime: Any, medium: Any, url: Any) -> bool:
 def _posted_at(entry: Mapping[str, Any]) -> str | None:
     # dict.get: feedparser's own get() maps updated_parsed to published_parsed with a warning.
     for key in ("published_parsed", "updated_parsed"):
-        value = dict.get(entry, key)  # type: ignore[arg-type]
+        value = dict.get(entry, key) if isinstance(entry, dict) else entry.get(key)
         if isinstance(value, time.struct_time):
             return iso_from_epoch(calendar.timegm(value))
     return None
