@@ -348,6 +348,31 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return _run_with_catalogue(config, body)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from classifier.training.cli import run_train
+
+    return run_train(_load(args), tags=args.tags, architecture=args.architecture,
+                     version=args.version, as_json=args.json)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from crawler.promotion import print_models
+
+    return print_models(_load(args), as_json=args.json)
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    from crawler.promotion import promote_command
+
+    return promote_command(_load(args), args.version, shadow_images=args.shadow)
+
+
+def cmd_models_export_tflite(args: argparse.Namespace) -> int:
+    from classifier.training.export import export_command
+
+    return export_command(_load(args), args.version, as_json=args.json)
+
+
 # -- parser -----------------------------------------------------------------------------
 
 
@@ -398,6 +423,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--token", help="access token (default: a new random one, printed)")
     sub = add("delete", cmd_delete, "delete an image for good and block its near-copies")
     sub.add_argument("sha", metavar="SHA")
+    sub = add("train", cmd_train, "train a new model version from labels; print its evaluation",
+              json_flag=True)
+    sub.add_argument("--tags", type=lambda text: [t.strip().lower() for t in text.split(",")
+                                                  if t.strip()],
+                     help="comma-separated tags to train (default: every labelled tag)")
+    sub.add_argument("--architecture", choices=["heads", "seed2017"], default="heads",
+                     help="heads: logistic heads on frozen open_nsfw features (default); "
+                          "seed2017: the 2017 CNN end to end (wants a GPU)")
+    sub.add_argument("--version", help="name of the new version (default: a UTC timestamp)")
+    models = commands.add_parser("models", help="the model registry").add_subparsers(
+        dest="models_command", required=True, metavar="SUBCOMMAND")
+    add("list", cmd_models_list, "every model version, its metrics and which one is active",
+        models, json_flag=True)
+    sub = add("promote", cmd_models_promote,
+              "make VERSION the active model (a running daemon swaps it in and re-files)", models)
+    sub.add_argument("version", metavar="VERSION")
+    sub.add_argument("--shadow", type=int, metavar="N", default=None,
+                     help="first run VERSION beside the active model on the next N images")
+    sub = add("export-tflite", cmd_models_export_tflite,
+              "write models/VERSION/model.tflite and check it against TensorFlow", models,
+              json_flag=True)
+    sub.add_argument("version", metavar="VERSION")
     return parser
 
 
