@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from sourcehttp import RecordingClient, http_client, serve
 
 from crawler.config import SourceConfig
 from crawler.errors import SourceError
 from crawler.sources import bluesky
 from crawler.sources.base import SourceContext
 from crawler.sources.bluesky import active_labels, parse_feed
+from tests.sourcehttp import RecordingClient, http_client, serve
 
 NOW = 1_750_000_000.0  # 2025-06-15T15:06:40Z
 DID = "did:plc:abcdefghijklmnopqrstuvwx"

@@ -12,13 +12,13 @@ from xml.sax.saxutils import quoteattr
 
 import pytest
 from aiohttp import web
-from sourcehttp import RecordingClient, http_client, serve
 
 from crawler.config import SourceConfig
 from crawler.errors import SourceError
 from crawler.sources import booru
 from crawler.sources.base import SourceContext
 from crawler.sources.booru import normalize_rating, parse_booru
+from tests.sourcehttp import RecordingClient, http_client, serve
 
 BASE = "https://board.example"
 NSFW = frozenset({"q", "e"})
@@ -202,6 +202,7 @@ class FakeBoard:
     next_id: int = 95
     gelbooru_style: str = "json25"
     throttle: int | None = None
+    ignore_id_terms: bool = False
     requests: list[web.Request] = field(default_factory=list)
 
     def add(self, count: int, tags: str = "glasses") -> list[int]:
@@ -224,12 +225,22 @@ class FakeBoard:
         if "megane-test" not in request.headers.get("User-Agent", ""):
             raise web.HTTPForbidden(text="generic user agents are blocked")
         ids = sorted(self.posts, reverse=True)
-        for term in request.query.get("tags", "").split():
+        terms = request.query.get("tags", "").split()
+        id_terms = [term for term in terms if term.startswith("id:")]
+        if request.path == "/post.json":
+            id_terms = id_terms[-1:]  # Moebooru keeps only the last id: term
+        if self.ignore_id_terms:
+            id_terms = []
+        for term in id_terms:
             if term.startswith("id:>"):
                 ids = [i for i in ids if i > int(term[4:])]
             elif term.startswith("id:<"):
                 ids = [i for i in ids if i < int(term[4:])]
             else:
+                low, _, high = term[3:].partition("..")
+                ids = [i for i in ids if int(low) <= i <= int(high)]
+        for term in terms:
+            if not term.startswith("id:"):
                 ids = [i for i in ids if term in self.posts[i]]
         return ids, int(request.query.get("limit", "20"))
 
@@ -359,6 +370,32 @@ class TestBooruSource:
         assert caught.value.retry_after_s == 30.0 or (api == "moebooru"
                                                       and caught.value.retry_after_s)
 
+    @pytest.mark.parametrize("api", ["gelbooru", "moebooru"])
+    async def test_board_ignoring_id_bounds(self, api: str) -> None:
+        """A board that ignores id bounds fails loudly instead of skipping posts."""
+        board = FakeBoard()
+        board.add(3)
+        async with serve(board.app()) as base, http_client(base) as http:
+            source = make_source(base, http, api=api, limit=5)
+            first = await source.poll(None, now=0.0)
+            board.ignore_id_terms = True
+            board.add(12)
+            with pytest.raises(SourceError, match="ignores id"):
+                await source.poll(first.cursor, now=0.0)
+
+    @pytest.mark.parametrize(("api", "after", "below", "terms"), [
+        ("gelbooru", None, None, []),
+        ("gelbooru", 5, None, ["id:>5"]),
+        ("gelbooru", None, 9, ["id:<9"]),
+        ("gelbooru", 5, 9, ["id:>5", "id:<9"]),
+        ("moebooru", 5, 9, ["id:6..8"]),
+        ("moebooru", 5, None, ["id:>5"]),
+    ])
+    def test_id_bounds(self, api: str, after: int | None, below: int | None,
+                       terms: list[str]) -> None:
+        """Id bounds are spelled the way each board's search understands them."""
+        assert booru.id_bounds(api, after, below) == terms
+
     async def test_credentials(self) -> None:
         """Danbooru gets Basic auth, Gelbooru api_key and user_id; errors never show them."""
         board = FakeBoard()
@@ -410,6 +447,8 @@ class TestValidate:
         ({"base_url": "board.example", "tags": "x"}, "base_url: must be"),
         ({"base_url": BASE}, "tags: required"),
         ({"base_url": BASE, "tags": 3}, "tags: must be"),
+        ({"base_url": BASE, "tags": "glasses order:score"}, "tags: leave out order:"),
+        ({"base_url": BASE, "tags": ["sort:id:asc"], "api": "gelbooru"}, "tags: leave out"),
         ({"base_url": BASE, "tags": "x", "api": "e621"}, "api: must be one of"),
         ({"base_url": BASE, "tags": "x", "api": "gelbooru", "api_key": "k"}, "user_id: "),
         ({"base_url": BASE, "tags": "x", "login": "me"}, "api_key: give both"),

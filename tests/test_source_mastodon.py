@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from sourcehttp import RecordingClient, http_client, serve
 from structlog.testing import capture_logs
 
 from crawler.config import SourceConfig
@@ -17,6 +16,7 @@ from crawler.errors import SourceError
 from crawler.sources import mastodon
 from crawler.sources.base import SourceContext
 from crawler.sources.mastodon import id_key, parse_statuses
+from tests.sourcehttp import RecordingClient, http_client, serve
 
 NOW = 1_750_000_000.0  # 2025-06-15T15:06:40Z
 INSTANCE = "https://mastodon.example"

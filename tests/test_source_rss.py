@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from sourcehttp import http_client, serve
 from structlog.testing import capture_logs
 
 from crawler.config import SourceConfig
 from crawler.errors import FetchError, SourceError
 from crawler.sources import rss
 from crawler.sources.base import SourceContext
+from tests.sourcehttp import http_client, serve
 
 BASE = "https://example.org/feed.xml"
 MEDIA_NS = 'xmlns:media="http://search.yahoo.com/mrss/"'

@@ -11,8 +11,9 @@ Paging is by post id so that nothing is missed or repeated:
 - Danbooru: `page=a<highest id seen>` returns the posts just after that id; it is repeated
   while pages come back full. The first poll pages down from the top with `page=b<id>`.
 - Gelbooru and Moebooru have no "after" page, so a sweep reads newest-first with the id
-  bounds in the search itself (`id:>after id:<lowest read so far`): keyset paging, which new
-  posts arriving mid-sweep cannot shift. A sweep cut short by the per-poll page cap goes on
+  bounds in the search itself (`id:>after id:<lowest read so far`; one `id:A..B` range on
+  Moebooru): keyset paging, which new posts arriving mid-sweep cannot shift. A board that
+  ignores the bounds is reported rather than silently skipped past. A sweep cut short by the per-poll page cap goes on
   at the next poll from where it stopped.
 
 Ratings are normalised to g/s/q/e: Danbooru's letters as they are; Gelbooru's words
@@ -292,6 +293,23 @@ def _gelbooru_xml(body: bytes, source: str) -> list[dict[str, str]]:
     return [dict(element.attrib) for element in root if element.tag == "post"]
 
 
+def id_bounds(api: str, after: int | None, below: int | None) -> list[str]:
+    """Search terms keeping ids strictly between `after` and `below` (either may be open).
+
+    Moebooru keeps only the last `id:` term of a search, so both bounds go in one range
+    (`id:A..B`, inclusive); Gelbooru combines separate `id:>` and `id:<` terms.
+    """
+    if after is not None and below is not None:
+        if api == "moebooru":
+            return [f"id:{after + 1}..{below - 1}"]
+        return [f"id:>{after}", f"id:<{below}"]
+    if after is not None:
+        return [f"id:>{after}"]
+    if below is not None:
+        return [f"id:<{below}"]
+    return []
+
+
 class BooruSource:
     """A tag search on one booru, polled by post id."""
 
@@ -377,11 +395,16 @@ class BooruSource:
         for _ in range(MAX_PAGES_PER_POLL):
             wanted = self.limit if not backfilling else max(1, min(self.limit,
                                                                    self.backfill - taken))
-            bounds = ([f"id:>{after}"] if after is not None else []) + (
-                [f"id:<{below}"] if below is not None else [])
-            page = await self._page(now, bounds=bounds, limit=wanted)
+            page = await self._page(now, bounds=id_bounds(self.api, after, below),
+                                    limit=wanted)
             fresh = [post for post in page if (after is None or post.id > after)
                      and (below is None or post.id < below)]
+            if page and not fresh and len(page) >= wanted:
+                # A full page with nothing inside the bounds: the board ignored them, and
+                # going on would silently skip posts.
+                raise SourceError(self.name, f"{self.base_url} ignores id:<N / id:>N in "
+                                             f"searches; this board cannot be polled as "
+                                             f"api = {self.api!r}")
             if backfilling and not self.backfill:
                 fresh_top = max((post.id for post in page), default=None)
                 return [], ({"after": fresh_top} if fresh_top is not None else {}), False
@@ -460,8 +483,11 @@ def validate(settings: Mapping[str, Any]) -> list[str]:
         problems.append(f"base_url: must be an http(s) URL, got {base_url!r}")
     if "tags" not in settings:
         problems.append("tags: required; a search such as \"glasses\" (or \"\" for every post)")
-    elif _tags(settings["tags"]) is None:
+    elif (search := _tags(settings["tags"])) is None:
         problems.append("tags: must be a string of tags or a list of tags")
+    elif any(term.lower().startswith(("order:", "sort:", "id:")) for term in search.split()):
+        problems.append("tags: leave out order:, sort: and id: terms; the source pages by "
+                        "post id itself")
     api = settings.get("api", "danbooru")
     if api not in APIS:
         problems.append(f"api: must be one of {', '.join(APIS)}, got {api!r}")
