@@ -324,6 +324,24 @@ class TestRssSource:
                 await make_source(base, http, max_feed_bytes=1024 * 1024).poll(None, now=0.0)
         assert caught.value.reason == "too_large"
 
+    async def test_external_dtd_never_fetched(self) -> None:
+        """A DOCTYPE naming an external DTD is parsed without fetching the DTD."""
+        server = FeedServer()
+        dtd_requests: list[str] = []
+
+        async def dtd(request: web.Request) -> web.Response:
+            dtd_requests.append(request.path)
+            return web.Response(text='<!ENTITY leak "leaked">')
+        server.app.router.add_get("/evil.dtd", dtd)
+        async with serve(server.app) as base, http_client(base) as http:
+            server.body_override = (
+                f'<?xml version="1.0"?><!DOCTYPE rss SYSTEM "{base}/evil.dtd">'.encode()
+                + rss_feed(item("/p/1", '<enclosure url="/1.jpg" type="image/jpeg"/>'))
+                .split(b"?>", 1)[1])
+            result = await make_source(base, http).poll(None, now=0.0)
+        assert [ref.url for ref in result.refs] == [f"{base}/1.jpg"]
+        assert dtd_requests == []
+
     async def test_html_page(self) -> None:
         """An HTML page where the feed should be is a SourceError."""
         server = FeedServer()
