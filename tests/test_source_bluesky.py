@@ -297,6 +297,23 @@ class TestBlueskySource:
             second = await source.poll(first.cursor, now=NOW)
         assert first.refs == () and numbers(second) == [11, 12]
 
+    async def test_ranked_feed_read_whole_page(self) -> None:
+        """In a feed generator's ranked page, new posts below a seen one are still taken."""
+        view = FakeAppView()
+        view.add(3)
+        feed_uri = f"at://{DID}/app.bsky.feed.generator/hot"
+        async with serve(view.app()) as base, http_client(base) as http:
+            source = make_source(base, http, feed=feed_uri)
+            first = await source.poll(None, now=NOW)
+            view.add(2)
+            hot = view.items.pop(-1)  # post 1, still "hot", ranked first
+            view.items.insert(0, hot)
+            second = await source.poll(first.cursor, now=NOW)
+            assert numbers(second) == [4, 5]
+            author = make_source(base, http)  # time-ordered: stops at the first seen post
+            third = await author.poll(first.cursor, now=NOW)
+            assert numbers(third) == []
+
     async def test_feed_and_list_endpoints(self) -> None:
         """Feed generators and lists use getFeed and getListFeed with their URIs."""
         view = FakeAppView()

@@ -6,7 +6,8 @@ generator's at:// URI) or `list` (a list's at:// URI); `service` (default
 takes).
 
 There is no "since" in these endpoints: each poll pages from the top (the API's own `cursor`
-parameter) until it meets a post it has already seen. The cursor keeps the URIs of the most
+parameter) until it meets a post it has already seen. (A feed generator need not be in time
+order: its pages are read whole, and paging stops after a page holding a seen post.) The cursor keeps the URIs of the most
 recent posts seen, and, when a burst was bigger than one poll's page budget, the API cursor
 where that sweep stopped, which the next poll finishes.
 
@@ -309,10 +310,13 @@ class BlueskySource:
             for uri, repost in zip(page.uris, page.reposts, strict=True):
                 if uri in seen:
                     # A repost can lift an old post to the top; only an original post
-                    # already seen marks where the previous poll stopped: all below is old.
+                    # already seen marks where the previous poll stopped. In a time-ordered
+                    # feed all below it is old; a feed generator ranks posts as it likes,
+                    # so its page is read to the end.
                     if not repost:
                         met_seen = True
-                        break
+                        if self.selector != "feed":
+                            break
                     continue
                 seen.add(uri)
                 new_uris.append(uri)
