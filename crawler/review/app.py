@@ -48,8 +48,8 @@ def _context(request: web.Request) -> ReviewContext:
 
 
 def _csrf(request: web.Request) -> str:
-    session = request.get("session")
-    return session.csrf_token if isinstance(session, security.Session) else ""
+    session = request.get(security.SESSION)
+    return session.csrf_token if session is not None else ""
 
 
 def _here(request: web.Request) -> str:

@@ -55,6 +55,11 @@ class Session:
     csrf_token: str
 
 
+AUTH = web.RequestKey("review_auth", str)
+"""How the request authenticated: "bearer" or "session"."""
+SESSION = web.RequestKey("review_session", Session)
+
+
 class Sessions:
     """Browser sessions in memory (a restart of `megane review` signs everyone out).
 
@@ -141,7 +146,7 @@ def auth_guard(token: str, sessions: Sessions) -> Middleware:
             if scheme.lower() != "bearer" or not _equal(given.strip(), token):
                 raise web.HTTPUnauthorized(text=UNAUTHORIZED_TEXT,
                                            headers={"WWW-Authenticate": "Bearer"})
-            request["auth"] = "bearer"
+            request[AUTH] = "bearer"
             return await handler(request)
         if TOKEN_PARAMETER in request.query:
             if request.method not in SAFE_METHODS or not _equal(
@@ -157,8 +162,8 @@ def auth_guard(token: str, sessions: Sessions) -> Middleware:
         session = sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None:
             raise web.HTTPUnauthorized(text=UNAUTHORIZED_TEXT)
-        request["auth"] = "session"
-        request["session"] = session
+        request[AUTH] = "session"
+        request[SESSION] = session
         return await handler(request)
 
     return middleware
@@ -174,9 +179,9 @@ def _same_origin(request: web.Request) -> bool:
 @web.middleware
 async def csrf_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A cookie session's changes need its CSRF token and must come from our origin."""
-    if request.method in SAFE_METHODS or request.get("auth") == "bearer":
+    if request.method in SAFE_METHODS or request.get(AUTH) == "bearer":
         return await handler(request)
-    session: Session = request["session"]
+    session = request[SESSION]
     given = request.headers.get(CSRF_HEADER)
     if given is None and request.content_type in (
             "application/x-www-form-urlencoded", "multipart/form-data"):

@@ -7,6 +7,7 @@ import contextlib
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -27,9 +28,12 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-async def serve(config: Config, port: int, token: str,
-                stop: asyncio.Event | None = None) -> int:
-    """Serve until `stop` is set (or SIGINT/SIGTERM); prints the URL with the token."""
+async def serve(config: Config, port: int, token: str, stop: asyncio.Event | None = None,
+                ready: Callable[[str], None] | None = None) -> int:
+    """Serve until `stop` is set (or SIGINT/SIGTERM); prints the URL with the token.
+
+    `ready` is called with that URL once the server listens (tests wait on it).
+    """
     layout = DataLayout(config.data_dir)
     layout.ensure()
     settings = ReviewSettings.from_mapping(config.review, str(config.path))
@@ -50,6 +54,8 @@ async def serve(config: Config, port: int, token: str,
             url = f"http://{BIND_ADDRESS}:{bound_port}/quarantine?token={token}"
             print(f"megane review: open {url}", flush=True)
             log.info("review_started", address=BIND_ADDRESS, port=bound_port)
+            if ready is not None:
+                ready(url)
             stop = stop or asyncio.Event()
             loop = asyncio.get_running_loop()
             for number in (signal.SIGINT, signal.SIGTERM):
