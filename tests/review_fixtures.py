@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -154,8 +153,8 @@ async def filed_photos(catalogue: Catalogue, layout: DataLayout, config: Config,
     }
 
 
-@pytest.fixture
-async def review_state(write_config: Callable[..., Config]) -> AsyncIterator[ReviewState]:
+@pytest.fixture(name="review_state")
+async def review_state_fixture(write_config: Callable[..., Config]) -> AsyncIterator[ReviewState]:
     """The review app on a real server (127.0.0.1) over a catalogue with filed photos."""
     from tests.conftest import photo
 

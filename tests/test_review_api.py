@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from crawler.review.security import SECURITY_HEADERS, SESSION_COOKIE
-from tests.review_fixtures import TOKEN, ReviewState, csrf_of, review_state  # noqa: F401
+from tests.review_fixtures import TOKEN, ReviewState, review_state_fixture  # noqa: F401
 
 GET_ROUTES = ["/", "/quarantine", "/held", "/library", "/library?tag=untagged",
               "/static/review.js", "/static/review.css"]
@@ -261,8 +262,6 @@ class TestImages:
         sha = review_state.shas["astronaut"]
         response = await review_state.client.get(f"/thumb/{sha}", headers=review_state.bearer)
         assert response.status == 200 and response.content_type == "image/jpeg"
-        import io
-
         with Image.open(io.BytesIO(await response.read())) as image:
             assert image.format == "JPEG" and max(image.size) <= 256
         cached = review_state.layout.cache / "thumbs" / f"{sha}.jpg"
