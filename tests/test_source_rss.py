@@ -99,9 +99,24 @@ class TestParseFeed:
          + item("https://example.org/p/2",
                 '<enclosure url="https://cdn.example.org/1.jpg" type="image/jpeg"/>'),
          ["https://cdn.example.org/1.jpg"]),
+        (item("https://example.org/p/1",
+              '<media:group>'
+              '<media:content url="https://c.example/s.jpg?a=1&amp;b=2" medium="image" '
+              'width="320" height="240"/>'
+              '<media:content url="https://c.example/l.jpg" medium="image" width="2048" '
+              'height="1536"/>'
+              "<media:content url='https://c.example/m.jpg' medium='image' width='1024' "
+              "height='768' isDefault='true'/>"
+              '</media:group>'
+              '<media:group><media:content url="https://c.example/other-a.jpg" fileSize="10"/>'
+              '<media:content url="https://c.example/other-b.jpg" fileSize="99"/></media:group>'
+              '<media:content url="https://c.example/loose-1.jpg" medium="image"/>'
+              '<media:content url="https://c.example/loose-2.jpg" medium="image"/>'),
+         ["https://c.example/l.jpg", "https://c.example/other-b.jpg",
+          "https://c.example/loose-1.jpg", "https://c.example/loose-2.jpg"]),
     ], ids=["enclosure", "video-enclosure", "relative-enclosure", "group-not-thumbnail",
             "thumbnail-when-nothing-larger", "typed-media-content", "html-images",
-            "non-http", "same-url-once"])
+            "non-http", "same-url-once", "largest-rendition-per-group"])
     def test_media_found(self, items: str, expected: list[str]) -> None:
         """Each kind of media reference yields exactly the http(s) image URLs it names."""
         assert urls(rss_feed(items)) == expected
@@ -175,6 +190,17 @@ class TestParseFeed:
     def test_empty_feed(self) -> None:
         """A valid feed with no items yields nothing and no error."""
         assert urls(rss_feed("")) == []
+
+    @pytest.mark.parametrize("body", [
+        b"<media:group " * 400_000,
+        b"<media:group><media:content url='x' " * 200_000,
+        b"<m:group>" + b"<m:content url='a'" * 300_000 + b"</m:group>",
+    ], ids=["unclosed-groups", "unclosed-contents", "unclosed-content-in-group"])
+    def test_group_scan_is_linear(self, body: bytes) -> None:
+        """The media:group scan of hostile bytes finishes in bounded time."""
+        started = time.monotonic()
+        rss.smaller_renditions(body)
+        assert time.monotonic() - started < 2.0
 
     @pytest.mark.parametrize("body", [BOMB, QUADRATIC, BOMB.decode().encode("utf-16")],
                              ids=["billion-laughs", "quadratic", "utf-16-bomb"])

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import html
 import io
+import re
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -52,6 +54,52 @@ ACCEPT = ("application/rss+xml, application/atom+xml, application/xml;q=0.9, "
 ADULT_RATINGS = frozenset({"adult", "nc-17", "x", "xxx", "tv-ma", "r18", "r-18"})
 # Problems feedparser reports for perfectly readable feeds served with a vague content type.
 _BENIGN_BOZO = (feedparser.CharacterEncodingOverride, feedparser.NonXMLContentType)
+
+
+# feedparser flattens <media:group>, losing which media:content are renditions of one
+# thing; these find the groups in the raw bytes so that only the largest rendition is kept.
+# Every repetition is bounded so that hostile bytes cannot make the scan quadratic.
+_GROUP_TAG = re.compile(rb"<(/?)[A-Za-z_][\w.-]{0,64}:group\b[^<>]{0,2000}>")
+_CONTENT = re.compile(rb"<[A-Za-z_][\w.-]{0,64}:content\b([^<>]{0,4000})>")
+_ATTRIBUTE = re.compile(rb"""([A-Za-z_][\w.-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+
+
+def smaller_renditions(body: bytes) -> set[str]:
+    """URLs of media:content that a larger rendition in the same media:group supersedes."""
+    losers: set[str] = set()
+    for group in _groups(body):
+        renditions = []
+        for content in _CONTENT.finditer(group):
+            attributes = {name.decode("ascii", "replace").lower():
+                          html.unescape((double or single).decode("utf-8", "replace"))
+                          for name, double, single in _ATTRIBUTE.findall(content.group(1))}
+            if attributes.get("url"):
+                renditions.append(attributes)
+        if len(renditions) > 1:
+            best = max(renditions, key=_rendition_size)
+            losers.update(item["url"] for item in renditions if item is not best)
+    return losers
+
+
+def _groups(body: bytes) -> list[bytes]:
+    """The inner bytes of each <x:group>...</x:group>, in one linear pass."""
+    groups: list[bytes] = []
+    opened: int | None = None
+    for tag in _GROUP_TAG.finditer(body):
+        if not tag.group(1):
+            opened = tag.end()
+        elif opened is not None:
+            groups.append(body[opened:tag.start()])
+            opened = None
+    return groups
+
+
+def _rendition_size(attributes: Mapping[str, str]) -> tuple[int, int, int]:
+    def number(key: str) -> int:
+        value = attributes.get(key, "").strip()
+        return int(value) if value.isdigit() else 0
+    return (number("width") * number("height"), number("filesize"),
+            1 if attributes.get("isdefault", "").lower() == "true" else 0)
 
 
 @dataclass(frozen=True)
@@ -94,11 +142,12 @@ def read_feed(body: bytes, *, source: str, base_url: str,
     if parsed.get("bozo") and not isinstance(parsed.get("bozo_exception"), _BENIGN_BOZO):
         problem = str(parsed.get("bozo_exception") or "malformed feed")
     channel_adult = _is_adult(parsed.get("feed", {}).get("media_rating"))
+    superseded = smaller_renditions(body) if b":group" in body else set()
     refs: list[MediaRef] = []
     seen: set[str] = set()
     for entry in entries:
         for ref in _entry_refs(entry, source=source, base_url=base_url,
-                               channel_adult=channel_adult):
+                               channel_adult=channel_adult, superseded=superseded):
             if ref.url not in seen:
                 seen.add(ref.url)
                 refs.append(ref)
@@ -116,7 +165,7 @@ def _is_adult(rating: Any) -> bool | None:
 
 
 def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
-                channel_adult: bool | None) -> list[MediaRef]:
+                channel_adult: bool | None, superseded: set[str]) -> list[MediaRef]:
     link = entry.get("link")
     post_url = link if is_http_url(link) else None
     item_base = str(entry.get("title_detail", {}).get("base") or base_url) if isinstance(
@@ -128,6 +177,8 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
         if _is_image(enclosure.get("type"), None, enclosure.get("href")):
             primary.append(urljoin(item_base, str(enclosure.get("href") or "")))
     for content in entry.get("media_content") or []:
+        if content.get("url") in superseded:
+            continue
         if _is_image(content.get("type"), content.get("medium"), content.get("url")):
             primary.append(urljoin(item_base, str(content.get("url") or "")))
     for html in _html_fragments(entry):
