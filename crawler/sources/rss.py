@@ -181,8 +181,8 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
             continue
         if _is_image(content.get("type"), content.get("medium"), content.get("url")):
             primary.append(urljoin(item_base, str(content.get("url") or "")))
-    for html in _html_fragments(entry):
-        primary.extend(urljoin(html_base, src) for src in _image_sources(html))
+    for fragment in _html_fragments(entry):
+        primary.extend(urljoin(html_base, src) for src in _image_sources(fragment))
     urls = [url for url in primary if is_http_url(url)]
     if not urls:
         # A thumbnail is only worth having when the item offers nothing larger.
