@@ -1,0 +1,152 @@
+"""The quarantine contact sheet: index.html, blurred 0600 thumbnails, rebuilt from the catalogue."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from crawler.config import Config
+from storage.catalogue import Catalogue
+from storage.contact_sheet import (
+    QuarantineEntry,
+    blurred_thumbnail,
+    refresh_quarantine_index,
+    thumbnail_path,
+    write_quarantine_index,
+)
+from storage.placement import DataLayout, Placement, place, sweep
+from tests.conftest import photo
+from tests.review_fixtures import REVIEW_CONFIG, filed_photos
+
+
+def _sharpness(data: bytes) -> float:
+    """Mean absolute difference of neighbouring pixels (high for detail, low when blurred)."""
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    return float(np.abs(np.diff(pixels, axis=1)).mean() + np.abs(np.diff(pixels, axis=0)).mean())
+
+
+def _stored(layout: DataLayout, name: str,
+            reason: str = "score: nsfw=0.950 >= 0.80") -> QuarantineEntry:
+    data = photo(name)
+    sha256 = hashlib.sha256(data).hexdigest()
+    layout.spool_file(sha256).write_bytes(data)
+    place(layout, sha256, ".jpg", Placement.QUARANTINE, (), {"sha256": sha256})
+    return QuarantineEntry(sha256=sha256, extension=".jpg", reason=reason,
+                           scores={"nsfw": 0.95}, source="feed", first_seen=1.7e9)
+
+
+class TestBlurredThumbnail:
+    def test_thumbnail_is_small_and_blurred(self, tmp_path: Path) -> None:
+        """The thumbnail fits 256 px and keeps a small fraction of the photo's detail."""
+        source = tmp_path / "astronaut.jpg"
+        source.write_bytes(photo("astronaut"))
+        blurred = blurred_thumbnail(source)
+        sharp = blurred_thumbnail(source, radius=0)
+        with Image.open(io.BytesIO(blurred)) as image:
+            assert image.format == "JPEG" and max(image.size) == 256
+        assert _sharpness(blurred) < 0.2 * _sharpness(sharp)
+
+    def test_png_with_alpha_and_gif_make_thumbnails(self, tmp_path: Path) -> None:
+        """Other formats (palette, alpha) become RGB JPEG thumbnails too."""
+        for name, fmt in (("chelsea", "PNG"), ("coffee", "GIF")):
+            source = tmp_path / f"{name}.{fmt.lower()}"
+            source.write_bytes(photo(name, fmt))
+            with Image.open(io.BytesIO(blurred_thumbnail(source))) as image:
+                assert image.mode == "RGB"
+
+
+class TestWriteQuarantineIndex:
+    def test_index_links_each_image_and_sidecar(self, tmp_path: Path) -> None:
+        """Each card links the image, its sidecar and a blurred thumbnail; all files 0600."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        entries = [_stored(layout, "astronaut"), _stored(layout, "coffee")]
+        index = write_quarantine_index(layout, entries)
+        text = index.read_text()
+        assert index == layout.quarantine / "index.html"
+        assert index.stat().st_mode & 0o777 == 0o600
+        for entry in entries:
+            assert f'href="{entry.sha256}.jpg"' in text
+            assert f'href="{entry.sha256}.json"' in text
+            assert f'src=".thumbs/{entry.sha256}.jpg"' in text
+            thumb = thumbnail_path(layout, entry.sha256)
+            assert thumb.stat().st_mode & 0o777 == 0o600
+        assert (layout.quarantine / ".thumbs").stat().st_mode & 0o777 == 0o700
+        assert "Quarantine: 2 image(s)" in text
+
+    def test_every_value_is_escaped(self, tmp_path: Path) -> None:
+        """Reasons, sources and post URLs from feeds cannot inject markup."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        entry = _stored(layout, "astronaut", reason='<img src=x onerror="alert(1)">')
+        hostile = QuarantineEntry(
+            sha256=entry.sha256, extension=".jpg", reason=entry.reason,
+            source="<script>x</script>", post_url='javascript:alert("x")')
+        text = write_quarantine_index(layout, [hostile]).read_text()
+        assert "<script>x" not in text and "<img src=x" not in text
+        assert "javascript:" not in text
+        assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
+
+    def test_stale_thumbnails_and_temp_files_are_removed(self, tmp_path: Path) -> None:
+        """Thumbnails of released images and crash leftovers go; current ones stay."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        kept, gone = _stored(layout, "astronaut"), _stored(layout, "coffee")
+        write_quarantine_index(layout, [kept, gone])
+        leftover = layout.quarantine / ".thumbs" / ".tmp-0123-abcd"
+        leftover.write_bytes(b"partial")
+        write_quarantine_index(layout, [kept])
+        assert sorted(p.name for p in (layout.quarantine / ".thumbs").iterdir()) == [
+            f"{kept.sha256}.jpg"]
+
+    def test_missing_file_keeps_the_card_without_thumbnail(self, tmp_path: Path) -> None:
+        """An entry whose stored file is gone is listed; no thumbnail is invented."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        ghost = QuarantineEntry(sha256="f" * 64, extension=".jpg", reason="r")
+        text = write_quarantine_index(layout, [ghost]).read_text()
+        assert "f" * 12 in text
+        assert not thumbnail_path(layout, "f" * 64).exists()
+
+    def test_empty_quarantine_says_so(self, tmp_path: Path) -> None:
+        """With nothing quarantined the sheet says so."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        assert "Nothing is quarantined" in write_quarantine_index(layout, []).read_text()
+
+    def test_sweep_leaves_the_sheet_alone(self, tmp_path: Path) -> None:
+        """placement.sweep (start-up clean-up) keeps index.html and the thumbnails."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        entry = _stored(layout, "astronaut")
+        index = write_quarantine_index(layout, [entry])
+        sweep(layout, keep_spool=set())
+        assert index.exists() and thumbnail_path(layout, entry.sha256).exists()
+
+
+class TestRefreshFromCatalogue:
+    async def test_sheet_lists_exactly_the_quarantined_images(
+            self, write_config: Callable[..., Config]) -> None:
+        """refresh_quarantine_index lists quarantined images with scores and source only."""
+        config = write_config(REVIEW_CONFIG)
+        layout = DataLayout(config.data_dir)
+        layout.ensure()
+        catalogue = await Catalogue.open(layout.catalogue)
+        try:
+            shas = await filed_photos(catalogue, layout, config, photo)
+            index = await refresh_quarantine_index(catalogue, layout)
+        finally:
+            await catalogue.close()
+        text = index.read_text()
+        assert shas["astronaut"] in text and shas["coffee"] in text
+        assert shas["chelsea"] not in text and shas["rocket"] not in text
+        assert "nsfw 0.95" in text and "feed-a" in text
+        assert 'href="https://a.example/post/1"' in text
+        thumbs = sorted(p.name for p in (layout.quarantine / ".thumbs").iterdir())
+        assert thumbs == sorted(f"{shas[name]}.jpg" for name in ("astronaut", "coffee"))
