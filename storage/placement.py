@@ -105,6 +105,11 @@ class DataLayout:
                 tags: Sequence[str]) -> list[Path]:
         name = f"{sha256}{extension}"
         if placement is Placement.LIBRARY:
+            for tag in tags:
+                # Tags come from model heads and `megane label`: a tag is one folder name,
+                # never a path out of library/ (`../..`) nor a hidden or temporary name.
+                if not tag or tag.startswith(".") or "/" in tag or "\\" in tag or "\0" in tag:
+                    raise PlacementError(str(self.library / tag), "not a valid tag folder name")
             return [self.library / tag / name for tag in (tags or (UNTAGGED,))]
         if placement is Placement.QUARANTINE:
             return [self.quarantine / name]
@@ -150,6 +155,9 @@ def _temp_name(folder: Path, sha256: str) -> Path:
 
 def _link_into(source: Path, target: Path, mode: int) -> None:
     """Hard-link `source` at `target` atomically (copy where links are impossible)."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samefile(source, target):
+            return  # already linked: re-filing the same way is a no-op
     temp = _temp_name(target.parent, source.name[:64])
     try:
         try:
@@ -161,9 +169,15 @@ def _link_into(source: Path, target: Path, mode: int) -> None:
             os.chmod(temp, mode)
             fsync_file(temp)
         os.replace(temp, target)
-    except BaseException:
+        # rename(2) between two links of one inode does nothing and keeps `temp`.
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    except BaseException as error:
         with contextlib.suppress(OSError):
             temp.unlink()
+        if isinstance(error, OSError):
+            # Name the destination: OSError names the source (copyfile) or the temp file.
+            raise PlacementError(str(target), error.strerror or str(error)) from error
         raise
     fsync_dir(target.parent)
 
@@ -242,11 +256,15 @@ def place(
             for target in targets:
                 _link_into(stored, target, PRIVATE_FILE_MODE)
             if placement is Placement.QUARANTINE and sidecar is not None:
-                write_file_atomic(
-                    layout.sidecar(sha256),
-                    json.dumps(dict(sidecar), indent=2, sort_keys=True).encode(),
-                    PRIVATE_FILE_MODE,
-                )
+                try:
+                    write_file_atomic(
+                        layout.sidecar(sha256),
+                        json.dumps(dict(sidecar), indent=2, sort_keys=True).encode(),
+                        PRIVATE_FILE_MODE,
+                    )
+                except OSError as error:
+                    raise PlacementError(str(layout.sidecar(sha256)),
+                                         error.strerror or str(error)) from error
             elif placement is not Placement.QUARANTINE:
                 _unlink(layout.sidecar(sha256))
         return targets
