@@ -1,0 +1,176 @@
+"""Held-out evaluation: a stratified seeded split, per-tag metrics, suggested thresholds.
+
+Scores count as positive at or over a threshold, as in `crawler.decide`. Average precision
+is the step-wise area under the precision-recall curve (sklearn's definition). The suggested
+threshold of a head tag is the lowest one whose held-out precision reaches
+`target_precision` (the most recall at that precision); for `nsfw`, where a miss is what
+costs, it is the highest one that keeps recall at or over `nsfw_min_recall`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Scores = npt.NDArray[np.float64]
+
+
+def stratified_split(
+    labels: Mapping[str, bool], fraction: float, seed: int, salt: str = ""
+) -> tuple[list[str], list[str]]:
+    """(train, held out): `fraction` of the positives and of the negatives, chosen by `seed`.
+
+    Each class keeps at least one example on each side when it has two or more. The choice
+    depends only on the seed, the salt (the tag) and the set of images, not on their order.
+    """
+    generator = np.random.default_rng([seed, zlib.crc32(salt.encode())])
+    train: list[str] = []
+    holdout: list[str] = []
+    for value in (True, False):
+        members = sorted(sha for sha, label in labels.items() if label is value)
+        order = [members[index] for index in generator.permutation(len(members))]
+        count = 0
+        if len(members) >= 2:
+            count = min(max(1, round(fraction * len(members))), len(members) - 1)
+        holdout.extend(order[:count])
+        train.extend(order[count:])
+    return sorted(train), sorted(holdout)
+
+
+def _curve(truth: Sequence[bool], scores: Scores) -> tuple[Scores, Scores, Scores]:
+    """(thresholds descending, precision, recall) at each distinct score."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    sorted_scores = np.asarray(scores, dtype=np.float64)[order]
+    sorted_truth = np.asarray(truth, dtype=np.float64)[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_truth.size - 1]
+    true_positives = np.cumsum(sorted_truth)[last_of_run]
+    false_positives = last_of_run + 1 - true_positives
+    precision = true_positives / (true_positives + false_positives)
+    total = true_positives[-1] if true_positives.size else 0.0
+    recall = true_positives / total if total else np.zeros_like(true_positives)
+    return sorted_scores[last_of_run], precision, recall
+
+
+def average_precision(truth: Sequence[bool], scores: Scores) -> float | None:
+    """Area under the step-wise precision-recall curve; None without positives."""
+    if not any(truth):
+        return None
+    _, precision, recall = _curve(truth, scores)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def threshold_for_precision(truth: Sequence[bool], scores: Scores, target: float) -> float | None:
+    """The lowest threshold whose precision is at least `target`; None if none reaches it."""
+    if not any(truth):
+        return None
+    thresholds, precision, _ = _curve(truth, scores)
+    reaching = np.flatnonzero(precision >= target)
+    return float(thresholds[reaching[-1]]) if reaching.size else None
+
+
+def threshold_for_recall(truth: Sequence[bool], scores: Scores, minimum: float) -> float | None:
+    """The highest threshold whose recall is at least `minimum`; None without positives."""
+    if not any(truth):
+        return None
+    thresholds, _, recall = _curve(truth, scores)
+    reaching = np.flatnonzero(recall >= minimum - 1e-12)
+    return float(thresholds[reaching[0]])
+
+
+def confusion(truth: Sequence[bool], scores: Scores, threshold: float) -> dict[str, int]:
+    predicted = np.asarray(scores) >= threshold
+    actual = np.asarray(truth, dtype=bool)
+    return {
+        "true_positives": int(np.sum(predicted & actual)),
+        "false_positives": int(np.sum(predicted & ~actual)),
+        "true_negatives": int(np.sum(~predicted & ~actual)),
+        "false_negatives": int(np.sum(~predicted & actual)),
+    }
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return round(numerator / denominator, 6) if denominator else None
+
+
+def tag_metrics(
+    truth: Sequence[bool],
+    scores: Scores,
+    threshold: float,
+    *,
+    target_precision: float | None = None,
+    min_recall: float | None = None,
+) -> dict[str, Any]:
+    """Precision, recall, AP and the confusion at `threshold`, and a suggested threshold.
+
+    Give `target_precision` (head tags) or `min_recall` (nsfw) for the suggestion.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    matrix = confusion(truth, scores, threshold)
+    tp, fp, fn = (matrix["true_positives"], matrix["false_positives"],
+                  matrix["false_negatives"])
+    result: dict[str, Any] = {
+        "threshold": threshold,
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "average_precision": _round(average_precision(truth, scores)),
+        "confusion": matrix,
+        "evaluated": {"positives": int(sum(truth)), "negatives": len(truth) - int(sum(truth))},
+    }
+    if min_recall is not None:
+        suggested = threshold_for_recall(truth, scores, min_recall)
+        result["suggested_threshold"] = _round(suggested)
+        result["suggested_for"] = f"recall >= {min_recall}"
+    elif target_precision is not None:
+        suggested = threshold_for_precision(truth, scores, target_precision)
+        result["suggested_threshold"] = _round(suggested)
+        result["suggested_for"] = f"precision >= {target_precision}"
+    else:
+        suggested = None
+    if suggested is not None:
+        at = confusion(truth, scores, suggested)
+        result["at_suggested"] = {
+            "precision": _ratio(at["true_positives"], at["true_positives"] + at["false_positives"]),
+            "recall": _ratio(at["true_positives"], at["true_positives"] + at["false_negatives"]),
+        }
+    return result
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def print_report(metrics: Mapping[str, Mapping[str, Any]], *, title: str, console: Any = None) -> None:
+    """The per-tag table of a training report (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title)
+    for name in ("tag", "pos/neg", "AP", "threshold", "precision", "recall",
+                 "TP/FP/TN/FN", "suggested"):
+        table.add_column(name, justify="left" if name == "tag" else "right")
+
+    def number(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for tag, row in metrics.items():
+        evaluated = row.get("evaluated", {})
+        matrix = row.get("confusion", {})
+        suggested = row.get("suggested_threshold")
+        table.add_row(
+            tag,
+            f"{evaluated.get('positives', 0)}/{evaluated.get('negatives', 0)}",
+            number(row.get("average_precision")),
+            number(row.get("threshold")),
+            number(row.get("precision")),
+            number(row.get("recall")),
+            "/".join(str(matrix.get(key, 0)) for key in
+                     ("true_positives", "false_positives", "true_negatives", "false_negatives")),
+            f"{number(suggested)} ({row.get('suggested_for', '')})" if suggested is not None
+            else "-",
+        )
+    console.print(table)
