@@ -178,7 +178,7 @@ async def quarantine_entries(catalogue: Catalogue) -> list[QuarantineEntry]:
                    ORDER BY m.id LIMIT 1) AS post_url,
                   (SELECT min(m.created_at) FROM media m WHERE m.sha256 = b.sha256)
                    AS first_seen
-           FROM blobs b WHERE b.placement = 'quarantine' ORDER BY b.updated_at DESC"""
+           FROM blobs b WHERE b.placement = 'quarantine' ORDER BY b.created_at DESC, b.sha256"""
     )
     scores: dict[str, dict[str, float]] = {}
     for row in await catalogue.fetch_all(

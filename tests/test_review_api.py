@@ -178,7 +178,8 @@ class TestCsrf:
         csrf = await review_state.login()
         sha = review_state.shas["astronaut"]
         for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
-                        {"Origin": "null"}):
+                        {"Sec-Fetch-Site": "same-site"},
+                        {"Origin": f"http://localhost:{review_state.port}"}):
             response = await review_state.client.post(f"/item/{sha}/release",
                                                       data={"csrf": csrf}, headers=headers)
             assert response.status == 403

@@ -102,7 +102,7 @@ class ItemDetail:
 
 async def _items(catalogue: Catalogue, where: str, params: Sequence[Any]) -> list[Item]:
     blobs = await catalogue.fetch_all(
-        f"SELECT * FROM blobs b WHERE {where} ORDER BY b.updated_at DESC, b.sha256", params)
+        f"SELECT * FROM blobs b WHERE {where} ORDER BY b.created_at DESC, b.sha256", params)
     scores: dict[str, dict[str, float]] = {}
     for row in await catalogue.fetch_all(
         f"""SELECT s.sha256, s.tag, s.score FROM scores s JOIN blobs b
@@ -178,7 +178,7 @@ async def item_detail(catalogue: Catalogue, sha256: str) -> ItemDetail | None:
     )
     media = tuple(await catalogue.media_for_blob(sha256))
     order = [row["sha256"] for row in await catalogue.fetch_all(
-        "SELECT sha256 FROM blobs WHERE placement = ? ORDER BY updated_at DESC, sha256",
+        "SELECT sha256 FROM blobs WHERE placement = ? ORDER BY created_at DESC, sha256",
         (item.placement,))]
     position = order.index(sha256) if sha256 in order else -1
     previous = order[position - 1] if position > 0 else None

@@ -61,7 +61,12 @@ async def serve(config: Config, port: int, token: str, stop: asyncio.Event | Non
             for number in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(number, stop.set)
-            await stop.wait()
+            try:
+                await stop.wait()
+            finally:
+                for number in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.remove_signal_handler(number)
         finally:
             await runner.cleanup()
     finally:

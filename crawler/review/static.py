@@ -13,15 +13,19 @@ REVIEW_JS = r"""// megane review: keyboard and unblur. j/k select, u/space unblu
   var body = document.body;
   var cards = Array.prototype.slice.call(document.querySelectorAll(".card"));
   var tags = (body.getAttribute("data-tags") || "").split(",").filter(Boolean);
+  // The selection survives an action's reload: the same image if it is still listed,
+  // else the one that took its place (the next in the queue).
   var place = "megane-review:" + location.pathname + location.search;
-  var current = Math.min(Number(sessionStorage.getItem(place) || 0), cards.length - 1);
+  var saved = (sessionStorage.getItem(place) || "0:").split(":");
+  var current = cards.findIndex(function (card) { return card.dataset.sha === saved[1]; });
+  if (current < 0) { current = Math.min(Number(saved[0]) || 0, cards.length - 1); }
   var tagIndex = Number(sessionStorage.getItem("megane-review:tag") || 0) % (tags.length || 1);
 
   function select(index) {
     if (!cards.length) { return; }
     current = Math.max(0, Math.min(index, cards.length - 1));
     cards.forEach(function (card, i) { card.classList.toggle("current", i === current); });
-    sessionStorage.setItem(place, String(current));
+    sessionStorage.setItem(place, current + ":" + (cards[current].dataset.sha || ""));
     cards[current].scrollIntoView({block: "nearest"});
   }
 

@@ -1,0 +1,154 @@
+"""End to end: a reviewer in headless Chromium releases one image and labels another.
+
+Drives Debian's chromium through chromedriver (W3C WebDriver over aiohttp, see
+tests/webdriver.py) against the real `megane review` server, then checks the catalogue
+and the folders. Screenshots are kept in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from crawler.config import Config
+from crawler.review.server import serve
+from storage.catalogue import Catalogue
+from storage.placement import DataLayout
+from tests.conftest import photo
+from tests.review_fixtures import REVIEW_CONFIG, TOKEN, filed_photos
+from tests.webdriver import Browser, chromium, find_browser
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(find_browser() is None,
+                       reason="needs Debian's chromium and chromium-driver "
+                              "(apt-get install chromium chromium-driver)"),
+]
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], what: str,
+                   timeout_s: float = 15.0) -> None:
+    """Poll `condition` until true: the browser navigates on its own after a key press."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def current_card(browser: Browser) -> str | None:
+    cards = await browser.find_all(".card.current")
+    return await browser.attribute(cards[0], "data-sha") if cards else None
+
+
+async def save_screenshot(browser: Browser, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_bytes(await browser.screenshot())
+    return path
+
+
+class TestReviewInChromium:
+    async def test_release_one_and_label_another(
+            self, write_config: Callable[..., Config], tmp_path: Path) -> None:
+        """Unblur and release with the keyboard, label with keys; catalogue and folders agree."""
+        config = write_config(REVIEW_CONFIG)
+        layout = DataLayout(config.data_dir)
+        layout.ensure()
+        catalogue = await Catalogue.open(layout.catalogue)
+        try:
+            shas = await filed_photos(catalogue, layout, config, photo)
+            released, labelled = shas["astronaut"], shas["chelsea"]
+            stop = asyncio.Event()
+            ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(serve(config, 0, TOKEN, stop, ready=ready.set_result))
+                try:
+                    url = await asyncio.wait_for(ready, 30)
+                    async with chromium(tmp_path) as browser:
+                        await self._review(browser, url, catalogue, released, labelled)
+                finally:
+                    stop.set()
+        finally:
+            await catalogue.close()
+        data_dir = config.data_dir
+        assert not (data_dir / "quarantine" / f"{released}.jpg").exists()
+        assert (data_dir / "library" / "untagged" / f"{released}.jpg").exists()
+        assert (data_dir / "library" / "megane" / f"{labelled}.png").exists()
+        assert not (data_dir / "library" / "untagged" / f"{labelled}.png").exists()
+        assert released not in (data_dir / "quarantine" / "index.html").read_text()
+        assert (ARTIFACTS / "review-quarantine.png").stat().st_size > 1000
+        assert (ARTIFACTS / "review-library.png").stat().st_size > 1000
+
+    async def _review(self, browser: Browser, url: str, catalogue: Catalogue,
+                      released: str, labelled: str) -> None:
+        async def placement(sha: str) -> str | None:
+            row = await catalogue.fetch_one(
+                "SELECT placement FROM blobs WHERE sha256 = ?", (sha,))
+            return row["placement"] if row else None
+
+        async def human_labels(sha: str) -> list[tuple[str, bool, str]]:
+            rows = await catalogue.fetch_all(
+                "SELECT tag, value, who FROM labels WHERE sha256 = ? AND origin = 'human'",
+                (sha,))
+            return [(row["tag"], bool(row["value"]), row["who"]) for row in rows]
+
+        # The token URL opens a session and drops the token from the address bar.
+        await browser.get(url)
+        assert "token=" not in await browser.current_url()
+        thumb = await browser.find(f"#card-{released} a.blurred img")
+        assert str(await browser.property(thumb, "src")).endswith(f"/thumb/{released}")
+
+        # A click unblurs that one image (and selects its card); the others stay blurred.
+        await browser.click(await browser.find(f"#card-{released} a.blurred"))
+        image = await browser.find(f"#card-{released} img")
+        assert str(await browser.property(image, "src")).endswith(f"/image/{released}")
+        assert await browser.find_all("a.blurred")  # the other quarantined photo
+        assert await current_card(browser) == released
+        await save_screenshot(browser, "review-quarantine.png")
+
+        # r releases the selected image.
+        await browser.press("r")
+
+        async def released_done() -> bool:
+            return (await placement(released) == "library"
+                    and not await browser.find_all(f"#card-{released}"))
+
+        await wait_for(released_done, "the release")
+        assert await human_labels(released) == [("nsfw", False, "review-ui")]
+
+        # In the library: j to the cat photo, choose the tag megane by its number, y.
+        await browser.click(await browser.find("header nav a[href='/library']"))
+        await wait_for(lambda: _on(browser, "/library"), "the library page")
+        for _ in range(5):
+            if await current_card(browser) == labelled:
+                break
+            await browser.press("j")
+        assert await current_card(browser) == labelled
+        tags = (await browser.attribute(await browser.find("body"), "data-tags") or "").split(",")
+        await browser.press(str(tags.index("megane") + 1))
+        assert await browser.text(await browser.find("#current-tag")) == "megane"
+        await browser.press("y")
+
+        async def labelled_done() -> bool:
+            return ("megane", True, "review-ui") in await human_labels(labelled)
+
+        await wait_for(labelled_done, "the label")
+        await wait_for(lambda: _has(browser, f"#card-{labelled} .labels .yes"),
+                       "the label on the page")
+        assert await current_card(browser) == labelled  # the selection survived the reload
+        await save_screenshot(browser, "review-library.png")
+
+
+async def _on(browser: Browser, path: str) -> bool:
+    return (await browser.current_url()).split("?")[0].endswith(path)
+
+
+async def _has(browser: Browser, css: str) -> bool:
+    return bool(await browser.find_all(css))
