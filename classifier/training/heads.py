@@ -61,7 +61,7 @@ def make_head_model(
 
     inputs = keras.Input(shape=(FEATURE_SIZE,), name="features")
     standardised = layers.Normalization(
-        mean=mean.reshape(1, -1), variance=np.square(spread).reshape(1, -1),
+        mean=mean, variance=np.square(spread),
         name="standardise")(inputs)
     logit = layers.Dense(1, kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
                          name=f"head_{tag}")(standardised)
