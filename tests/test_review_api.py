@@ -5,13 +5,23 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from PIL import Image
 
+from crawler.cli import build_parser
+from crawler.config import Config
 from crawler.review.security import SECURITY_HEADERS, SESSION_COOKIE
-from tests.review_fixtures import TOKEN, ReviewState, review_state_fixture  # noqa: F401
+from crawler.review.server import new_token, run_review, serve
+from tests.review_fixtures import (  # noqa: F401
+    REVIEW_CONFIG,
+    TOKEN,
+    ReviewState,
+    review_state_fixture,
+)
 
 GET_ROUTES = ["/", "/quarantine", "/held", "/library", "/library?tag=untagged",
               "/static/review.js", "/static/review.css"]
@@ -524,3 +534,41 @@ class TestActions:
                                                  headers=review_state.bearer)
         assert response.status == 405
         assert await review_state.placement(sha) == "quarantine"
+
+
+class TestServe:
+    async def test_serves_on_loopback_and_prints_the_token_url(
+            self, write_config: Callable[..., Config]) -> None:
+        """`serve` listens on 127.0.0.1 and its printed URL opens a session."""
+        config = write_config(REVIEW_CONFIG)
+        stop = asyncio.Event()
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(serve(config, 0, TOKEN, stop, ready=ready.set_result))
+            try:
+                url = await asyncio.wait_for(ready, 30)
+                assert url.startswith("http://127.0.0.1:") and url.endswith(f"?token={TOKEN}")
+                jar = aiohttp.CookieJar(unsafe=True)
+                async with (aiohttp.ClientSession(cookie_jar=jar) as session,
+                            session.get(url) as response):
+                    assert response.status == 200
+                    assert str(response.url).endswith("/quarantine")
+            finally:
+                stop.set()
+        assert (config.data_dir / "quarantine" / "index.html").exists()
+
+    def test_short_token_or_bad_port_is_refused(
+            self, write_config: Callable[..., Config]) -> None:
+        """A --token under 16 characters or an impossible port exits 1 without serving."""
+        config = write_config(REVIEW_CONFIG)
+        assert run_review(config, 0, "short") == 1
+        assert run_review(config, 70000, TOKEN) == 1
+
+    def test_command_line_has_review_and_delete(self) -> None:
+        """`megane review --port --token` and `megane delete SHA` parse."""
+        parser = build_parser()
+        review = parser.parse_args(["review", "--port", "9000", "--token", TOKEN])
+        assert (review.port, review.token) == (9000, TOKEN)
+        assert parser.parse_args(["review"]).port == 8421
+        assert parser.parse_args(["delete", "abc123"]).sha == "abc123"
+        assert new_token() != new_token() and len(new_token()) >= 32
