@@ -19,7 +19,8 @@ from storage.contact_sheet import (
     thumbnail_path,
     write_quarantine_index,
 )
-from storage.placement import DataLayout, Placement, place, sweep
+from storage.placement import DataLayout, place, sweep
+from storage.records import Placement
 from tests.conftest import photo
 from tests.review_fixtures import REVIEW_CONFIG, filed_photos
 
