@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from collections.abc import Callable
@@ -151,3 +152,30 @@ class TestRefreshFromCatalogue:
         assert 'href="https://a.example/post/1"' in text
         thumbs = sorted(p.name for p in (layout.quarantine / ".thumbs").iterdir())
         assert thumbs == sorted(f"{shas[name]}.jpg" for name in ("astronaut", "coffee"))
+
+
+class TestIndexRefresher:
+    async def test_changes_are_coalesced_and_written(
+            self, write_config: Callable[..., Config]) -> None:
+        """The first pass runs at once; marks made meanwhile lead to one more rewrite."""
+        from crawler.review.refresher import IndexRefresher
+
+        config = write_config(REVIEW_CONFIG)
+        layout = DataLayout(config.data_dir)
+        layout.ensure()
+        catalogue = await Catalogue.open(layout.catalogue)
+        try:
+            refresher = IndexRefresher(catalogue, layout, min_interval_s=0.01)
+            async with asyncio.TaskGroup() as group:
+                task = group.create_task(refresher.run())
+                await refresher.wait_idle()
+                assert "Nothing is quarantined" in (layout.quarantine / "index.html").read_text()
+                shas = await filed_photos(catalogue, layout, config, photo)
+                for _ in range(5):
+                    refresher.mark_changed()
+                await refresher.wait_idle()
+                task.cancel()
+        finally:
+            await catalogue.close()
+        assert refresher.refreshed == 2
+        assert shas["astronaut"] in (layout.quarantine / "index.html").read_text()

@@ -7,10 +7,12 @@ from crawler.review.actions import (
     delete_by_user,
 )
 from crawler.review.app import make_app
+from crawler.review.refresher import IndexRefresher
 from crawler.review.server import run_review
 from crawler.review.settings import ReviewSettings
 
 __all__ = [
+    "IndexRefresher",
     "ReviewContext",
     "ReviewSettings",
     "after_decision",
