@@ -39,6 +39,14 @@ def _as_int(phash: int | str) -> int:
     return int(phash, 16) if isinstance(phash, str) else phash
 
 
+def _popcount(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
+    """Set bits per element (np.bitwise_count needs NumPy 2; unpackbits works on 1.26)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(values).astype(np.int32)
+    bits = np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1)
+    return bits.sum(axis=1, dtype=np.int32)
+
+
 class _HashTable:
     """sha256 -> 64-bit hash, kept in one growable uint64 array for vectorised search."""
 
@@ -79,7 +87,7 @@ class _HashTable:
         count = len(self._keys)
         if count == 0:
             return None
-        distances = np.bitwise_count(self._values[:count] ^ np.uint64(value)).astype(np.int32)
+        distances = _popcount(self._values[:count] ^ np.uint64(value))
         if exclude is not None and exclude in self._positions:
             distances[self._positions[exclude]] = 65
         best = int(np.argmin(distances))
