@@ -44,7 +44,8 @@ def _popcount(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
     if hasattr(np, "bitwise_count"):
         return np.bitwise_count(values).astype(np.int32)
     bits = np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1)
-    return bits.sum(axis=1, dtype=np.int32)
+    counts: npt.NDArray[np.int32] = bits.sum(axis=1, dtype=np.int32)
+    return counts
 
 
 class _HashTable:
