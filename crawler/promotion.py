@@ -28,9 +28,9 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -184,7 +184,7 @@ def promote(
     if shadow_images is not None and shadow_images < 1:
         raise ModelError("--shadow needs a number of images of at least 1")
     current, _ = serving_version(models_dir, configured)
-    stamp = now.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    stamp = now.astimezone(UTC).isoformat(timespec="microseconds")
     active = ActiveModel(version, stamp, shadow_images if shadow_images else None,
                          current if shadow_images else None)
     write_active(Path(models_dir), active)
@@ -578,7 +578,7 @@ def promote_command(config: Config, version: str, *, shadow_images: int | None) 
     layout = DataLayout(config.data_dir)
     try:
         active = promote(layout.models, version, configured=config.classifier.model,
-                         now=datetime.now(timezone.utc), shadow_images=shadow_images)
+                         now=datetime.now(UTC), shadow_images=shadow_images)
     except ModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from storage.records import MediaRef
 from tests.conftest import MediaServer, photo
 from tests.training_fixtures import generated_pictures, photo_variants, store_image
 
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def _feed_source(server: MediaServer) -> str:
@@ -86,7 +86,7 @@ class RunningDaemon:
             follow_promotions(self.daemon, poll_interval_s=0.05)))
         return self.daemon
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.tasks[1].cancel()
         self.daemon.stop_requested.set()
         assert await asyncio.wait_for(self.tasks[0], 60) == 0

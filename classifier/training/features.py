@@ -11,7 +11,6 @@ stays clean).
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +82,12 @@ def _prepare(path: Path, limits: DecodeLimits, jpeg_draft: bool) -> npt.NDArray[
 
 def _progress(enabled: bool | None) -> Any:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     show = console.is_terminal if enabled is None else enabled

@@ -123,6 +123,7 @@ def train_head(
         validation_data = _dataset(validation[0], validation[1].astype(np.float32),
                                    np.ones(len(validation[1]), np.float32),
                                    settings.batch_size, settings.seed, shuffle=False)
+    rounds: list[tuple[npt.NDArray[np.intp] | None, int]]
     if settings.balance == "class_weights":
         rounds = [(np.arange(len(labels)), settings.epochs)]
     else:
@@ -163,7 +164,7 @@ class _EpochCallback:
     def __new__(cls, on_epoch: Callable[[], None]) -> Any:
         import keras
 
-        class Callback(keras.callbacks.Callback):
+        class Callback(keras.callbacks.Callback):  # type: ignore[misc]
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
                 on_epoch()
 

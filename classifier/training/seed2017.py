@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,7 +164,7 @@ def save_seed2017(models_dir: Path, version: str, model: keras.Model, tags: Sequ
     folder = root / version
     if folder.exists():
         raise ModelError(f"{folder}: model version {version!r} already exists")
-    created = (created_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    created = (created_at or datetime.now(UTC)).astimezone(UTC)
     document = {
         **metadata,
         "format": FORMAT_VERSION, "version": version, "architecture": ARCHITECTURE,
@@ -305,7 +305,7 @@ def _fit_and_evaluate(
     with _progress(progress) as bar:
         task = bar.add_task("seed2017 epochs", total=settings.epochs)
 
-        class Advance(keras.callbacks.Callback):
+        class Advance(keras.callbacks.Callback):  # type: ignore[misc]
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
                 bar.advance(task)
 

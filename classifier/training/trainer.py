@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +30,12 @@ from classifier.training.dataset import (
     collect_labels,
 )
 from classifier.training.evaluate import stratified_split, tag_metrics
-from classifier.training.features import Extractor, FeatureSet, FeatureStore, load_features
+from classifier.training.features import (
+    Extractor,
+    FeatureSet,
+    FeatureStore,
+    load_features,
+)
 from classifier.training.heads import TrainedHead, train_head
 from classifier.training.settings import TrainingSettings
 from storage.placement import DataLayout
@@ -82,7 +87,7 @@ class TrainingReport:
 
 def default_version(now: datetime, existing: Path) -> str:
     """A UTC timestamp name, suffixed when that folder exists already."""
-    base = now.astimezone(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = now.astimezone(UTC).strftime("%Y%m%d-%H%M%S")
     name, number = base, 1
     while (existing / name).exists():
         number += 1
@@ -185,7 +190,7 @@ def train_heads(
             head = train_head(
                 tag, features.matrix(names), truth, weights, settings,
                 validation=(holdout_features, holdout_truth),
-                on_epoch=lambda task=task: bar.advance(task),
+                on_epoch=functools.partial(bar.advance, task),
             )
             bar.update(task, completed=settings.epochs)
             heads[tag] = head
@@ -227,7 +232,7 @@ async def train(
     if request.architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {request.architecture!r}")
     started = time.monotonic()
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     version = request.version or default_version(now, layout.models)
     if request.architecture == "seed2017":
         from classifier.training.seed2017 import train_seed2017
