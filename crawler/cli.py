@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import io
 import faulthandler
 import getpass
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -26,6 +29,7 @@ from crawler.errors import ConfigError
 from storage.errors import MeganeError, UnknownMediaError
 
 EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
+TAG_NAME = re.compile(r"^[a-z0-9_\-]{1,40}$")
 log = structlog.get_logger("megane.cli")
 
 
@@ -301,7 +305,11 @@ def cmd_label(args: argparse.Namespace) -> int:
         if not tag or value.lower() not in ("yes", "no"):
             print(f"error: {item!r}: labels are TAG=yes or TAG=no", file=sys.stderr)
             return EXIT_USER
-        labels.append((tag.strip().lower(), value.lower() == "yes"))
+        tag = tag.strip().lower()
+        if not TAG_NAME.match(tag):
+            print(f"error: {item!r}: a tag is 1-40 letters, digits, '_' or '-'", file=sys.stderr)
+            return EXIT_USER
+        labels.append((tag, value.lower() == "yes"))
     return _review_decision(args, labels)
 
 
@@ -450,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # A watchdog abort (SIGABRT) then leaves every thread's stack in the journal.
-    faulthandler.enable()
+    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        faulthandler.enable(file=sys.__stderr__)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

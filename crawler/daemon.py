@@ -23,12 +23,13 @@ from classifier.base import Classifier
 from classifier.decode import DecodeLimits
 from classifier.errors import ClassifierError
 from crawler.aio import wait_event
-from crawler.config import Config, SourceConfig, load_config
+from crawler.config import Config, load_config
 from crawler.decide import Policy, policy_from_config
 from crawler.errors import ConfigError, FetchError, SourceError
 from crawler.pipeline import Pipeline, PipelineSettings
 from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
 from crawler.rescore import rescore
+from crawler.schedule import next_poll_delay_s
 from crawler.sdnotify import Notifier, ProgressWatchdog, watchdog_interval_s
 from crawler.sources import Source, SourceContext, create_source
 from storage.catalogue import Catalogue
@@ -377,18 +378,6 @@ class Daemon:
             poller.polled_once.set()
             if once:
                 return
-
-
-def next_poll_delay_s(config: SourceConfig, *, empty_polls: int, full: bool, errors: int,
-                      retry_after_s: float | None) -> float:
-    """Seconds until the next poll (temporary; crawler.schedule replaces it)."""
-    if errors:
-        delay = min(config.interval_s * (2 ** min(errors, 10)), MAX_BACKOFF_S)
-    elif full:
-        delay = config.min_interval_s
-    else:
-        delay = min(config.interval_s * (1.5 ** min(empty_polls // 3, 10)), config.max_interval_s)
-    return max(delay, retry_after_s or 0.0)
 
 
 def stats_for_status(counts: Mapping[str, Any]) -> str:

@@ -104,16 +104,30 @@ class Catalogue:
         # One connection is shared by every task: a lock keeps each multi-statement
         # change one transaction (no task commits another's half-done work).
         self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
         async with self._lock:
+            self._owner = asyncio.current_task()
             try:
                 yield
             except BaseException:
                 await self._db.rollback()
                 raise
-            await self._db.commit()
+            else:
+                await self._db.commit()
+            finally:
+                self._owner = None
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """Readers wait for another task's open transaction, so they never see half of it."""
+        if self._owner is not None and self._owner is asyncio.current_task():
+            yield
+            return
+        async with self._lock:
+            yield
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -184,11 +198,11 @@ class Catalogue:
         return str(row[0]) if row else "no answer"
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params) as cursor:
+        async with self._reading(), self._db.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        async with self._db.execute(sql, params) as cursor:
+        async with self._reading(), self._db.execute(sql, params) as cursor:
             row: sqlite3.Row | None = await cursor.fetchone()
             return row
 

@@ -754,10 +754,6 @@ class TestConcurrency:
         await catalogue.add_media([ref("https://e.org/b.jpg")], NOW)
         assert len(await catalogue.media_list()) == 2
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: reads (media_list, get_media, counts_*) do not take the catalogue lock, so "
-        "on the shared connection they see another task's uncommitted, later rolled-back "
-        "writes"))
     async def test_readers_do_not_see_uncommitted_changes(self, catalogue: Catalogue) -> None:
         """A reader never sees a change another task has not committed."""
         (row,) = await catalogue.add_media([ref("https://e.org/a.jpg")], NOW)

@@ -177,10 +177,6 @@ class TestExitCodes:
             assert f"{config}:{number}: {dotted}: " in captured.err, captured.err
         assert "3 problem(s)" in captured.err
 
-    @pytest.mark.xfail(strict=True, raises=OSError, reason=(
-        "BUG: main() calls faulthandler.enable() on sys.stderr, which raises "
-        "io.UnsupportedOperation when stderr has no file descriptor (in-process callers, "
-        "pytest capsys, pythonw)"))
     def test_main_runs_with_a_stderr_without_fileno(
             self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """main() works in-process even when sys.stderr is not a real file."""
@@ -397,9 +393,6 @@ class TestLabel:
         assert setup.run("label", unknown, "megane=yes") == 1
         assert "no stored image" in capfd.readouterr().err
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: cmd_label accepts any tag text; '../escape' is stored as a label before "
-        "place() refuses it, so the command exits 2 (internal) with a label left behind"))
     def test_tag_that_is_not_a_folder_name(self, setup: Setup,
                                            capfd: pytest.CaptureFixture[str]) -> None:
         """A tag with a path separator is a user error (exit 1) and records no label."""
