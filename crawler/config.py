@@ -528,6 +528,12 @@ def config_from_mapping(raw: Mapping[str, Any], path: Path, text: str = "") -> C
         review=MappingProxyType(dict(_table(raw, "review", problems))),
         training=MappingProxyType(dict(_table(raw, "training", problems))),
     )
+    from crawler.review.settings import ReviewSettings
+
+    try:
+        ReviewSettings.from_mapping(config.review, str(path))
+    except ConfigError as error:
+        problems.items.extend(error.problems)
     for tag in config.quarantine.tags:
         if tag not in config.thresholds:
             problems.add("quarantine", "tags",

@@ -27,8 +27,11 @@ from crawler.config import Config, load_config
 from crawler.decide import Policy, policy_from_config
 from crawler.errors import ConfigError, FetchError, SourceError
 from crawler.pipeline import Pipeline, PipelineSettings
+from crawler.hygiene import PhashIndex
 from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
 from crawler.rescore import rescore
+from crawler.review.refresher import IndexRefresher
+from crawler.review.settings import ReviewSettings
 from crawler.schedule import next_poll_delay_s
 from crawler.sdnotify import Notifier, ProgressWatchdog, watchdog_interval_s
 from crawler.sources import Source, SourceContext, create_source
@@ -169,10 +172,17 @@ class Daemon:
                 requeued = await catalogue.requeue_unclassified_held(self.clock())
                 if requeued:
                     log.info("held_requeued", count=requeued)
+            hashes = await PhashIndex.load(catalogue)
+            review = ReviewSettings.from_mapping(self.config.review, str(self.config.path))
+            self.refresher = IndexRefresher(catalogue, self.layout,
+                                            blur_radius=review.blur_radius)
             session = make_session(self.config.http)
             try:
                 fetcher = Fetcher(session, self.config.http, self.layout.spool)
-                context = SourceContext(http=fetcher, user_agent=self.config.http.user_agent)
+                context = SourceContext(
+                    http=fetcher, user_agent=self.config.http.user_agent,
+                    settings={"safe_rating_is_nsfw": self.config.quarantine.safe_rating_is_nsfw},
+                )
                 sources = [create_source(item, context) for item in self.config.sources]
                 self.pipeline = Pipeline(
                     catalogue=catalogue, layout=self.layout, fetcher=fetcher,
@@ -183,6 +193,9 @@ class Daemon:
                     ),
                     clock=self.clock,
                     observer=DaemonObserver(self.watchdog, self.metrics),
+                    hashes=hashes,
+                    near_duplicate_distance=review.near_duplicate_distance,
+                    on_quarantine=self.refresher.mark_changed,
                 )
                 if self.classifier is not None:
                     self.metrics.set_model_version(self.classifier.version)
@@ -223,6 +236,7 @@ class Daemon:
                 pipeline_task = group.create_task(pipeline.run(until_idle=once), name="pipeline")
                 group.create_task(self._watch_signals(), name="signals")
                 group.create_task(self._report(catalogue), name="report")
+                group.create_task(self.refresher.run(), name="contact-sheet")
                 self.ready.set()
                 self.notifier.ready(stats_for_status(await catalogue.counts_by_state()))
                 if once:
@@ -237,6 +251,8 @@ class Daemon:
 
     async def _stop_when(self, task: asyncio.Task[None]) -> None:
         await task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.refresher.wait_idle(), 30.0)
         raise Shutdown
 
     async def _sources_done(self, pollers: list[PollerState]) -> None:
@@ -303,6 +319,8 @@ class Daemon:
         assert self.pipeline is not None and self.catalogue is not None  # noqa: S101
         self.pipeline.set_policy(policy)
         report = await rescore(self.catalogue, self.layout, policy, self.clock())
+        if report.changed:
+            self.refresher.mark_changed()
         self.reloads += 1
         log.info("config_reloaded", path=str(new_config.path), refiled=report.changed,
                  unchanged=report.unchanged,

@@ -29,6 +29,7 @@ from classifier.errors import DecodeError
 from crawler.aio import ThreadLimiter, shielded, wait_event
 from crawler.decide import Decision, Policy, decide
 from crawler.errors import FetchError, PermanentFetchError
+from crawler.hygiene import PhashIndex, check_arrival, record_near_duplicate
 from crawler.localcopy import copy_to_spool
 from storage.catalogue import Catalogue
 from storage.errors import PlacementError
@@ -58,6 +59,7 @@ class Work:
     tensor: npt.NDArray[np.float32] | None = None
     scores: dict[str, float] | None = None
     held_reason: str | None = None
+    phash: str | None = None
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -121,6 +123,9 @@ class Pipeline:
         local_sources: frozenset[str] = frozenset(),
         clock: Callable[[], float] = time.time,
         observer: PipelineObserver | None = None,
+        hashes: PhashIndex | None = None,
+        near_duplicate_distance: int = 6,
+        on_quarantine: Callable[[], None] | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.layout = layout
@@ -132,6 +137,9 @@ class Pipeline:
         self.local_sources = local_sources
         self.clock = clock
         self.observer: PipelineObserver = observer or _NullObserver()
+        self.hashes = hashes
+        self.near_duplicate_distance = near_duplicate_distance
+        self.on_quarantine = on_quarantine
         size = settings.queue_size
         self.download_queue: asyncio.Queue[Work] = asyncio.Queue(size)
         self.decode_queue: asyncio.Queue[Work] = asyncio.Queue(size)
@@ -334,12 +342,33 @@ class Pipeline:
         self.observer.progress("decode")
         log.info("media_decoded", url=work.row.url, sha256=sha256, format=decoded.format,
                  width=decoded.width, height=decoded.height)
+        work.phash = phash
+        if self.hashes is not None and phash is not None and await self._near_copy(work, phash):
+            return
         if tensor is None:
             work.held_reason = self.classifier_problem
             await self.place_queue.put(work)
         else:
             work.tensor = tensor
             await self.batch_queue.put(work)
+
+    async def _near_copy(self, work: Work, phash: str) -> bool:
+        """Drop an arrival that is a near-copy of a stored or blocked image (True if dropped)."""
+        assert self.hashes is not None and work.sha256 is not None  # noqa: S101
+        verdict = await check_arrival(self.catalogue, self.hashes, work.sha256, phash,
+                                      self.near_duplicate_distance)
+        if verdict is None:
+            return False
+        if verdict.blocked:
+            await self._reject(work, verdict.reason, sha256=work.sha256)
+            return True
+        if await record_near_duplicate(self.catalogue, self.layout, work.row.id, work.sha256,
+                                       verdict, self.clock()):
+            log.info("media_near_duplicate", url=work.row.url, sha256=work.sha256,
+                     reason=verdict.reason, distance=verdict.distance)
+            self._done(work)
+            return True
+        return False
 
     # -- classify ------------------------------------------------------------------
 
@@ -454,6 +483,10 @@ class Pipeline:
             media_id=work.row.id,
         )
         self.observer.progress("place")
+        if self.hashes is not None and work.phash is not None:
+            self.hashes.add(sha256, work.phash)
+        if decision.placement is Placement.QUARANTINE and self.on_quarantine is not None:
+            self.on_quarantine()
         log.info("media_filed", url=work.row.url, sha256=sha256,
                  placement=decision.placement.value, tags=list(decision.tags),
                  reason=decision.reason)

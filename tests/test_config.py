@@ -161,7 +161,7 @@ class TestLoadValid:
             megane = ["Glasses", "メガネ"]
 
             [review]
-            port = 8099
+            near_duplicate_distance = 4
 
             [[sources]]
             kind = "rss"
@@ -193,7 +193,7 @@ class TestLoadValid:
         assert config.quarantine.trust_source_flags is False
         assert config.quarantine.review_band == (0.4, 0.75)
         assert dict(config.tag_aliases) == {"megane": ("glasses", "メガネ")}
-        assert dict(config.review) == {"port": 8099}
+        assert dict(config.review) == {"near_duplicate_distance": 4}
         rss, folder = config.sources
         assert (rss.kind, rss.name, rss.interval_s) == ("rss", "feed-1", 300.0)
         assert rss.get("url") == "https://example.org/feed.xml"
