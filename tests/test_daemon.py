@@ -293,3 +293,45 @@ class TestLiveThresholds:
 
         assert await _media(config) == before
         assert daemon.config is config
+
+
+class TestHygiene:
+    async def test_reencoded_copy_is_recorded_as_a_duplicate(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any
+    ) -> None:
+        """A re-encoded copy of a stored photo is recorded as its near-duplicate, not stored."""
+        import io
+
+        from PIL import Image
+
+        original = photo("astronaut")
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(original)).save(buffer, "JPEG", quality=55)
+        media_server.add_bytes("/img/a.jpg", original)
+        media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}])
+        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        await Daemon(config, classifier=shared_classifier).run(once=True)
+
+        media_server.add_bytes("/img/b.jpg", buffer.getvalue())
+        media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}, {"image": "/img/b.jpg"}])
+        await Daemon(config, classifier=shared_classifier).run(once=True)
+
+        media = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        assert media["b.jpg"]["reason"] == f"near_duplicate_of:{media['a.jpg']['sha256']}"
+        assert media["b.jpg"]["state"] == media["a.jpg"]["state"]
+        assert len(list((config.data_dir / "store").rglob("*.jpg"))) == 1
+
+    async def test_quarantine_contact_sheet_is_written(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any
+    ) -> None:
+        """After a run that quarantines an image, quarantine/index.html links it."""
+        media_server.add_bytes("/img/coffee.jpg", photo("coffee"))
+        media_server.add_feed("/feed.xml", [{"image": "/img/coffee.jpg", "rating": "adult"}])
+        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+
+        await Daemon(config, classifier=shared_classifier).run(once=True)
+
+        [item] = await _media(config)
+        index = config.data_dir / "quarantine" / "index.html"
+        assert item["sha256"] in index.read_text()
+        assert stat.S_IMODE(index.stat().st_mode) == 0o600
