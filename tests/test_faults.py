@@ -186,3 +186,128 @@ class TestDiskFull:
         assert set(rows) == {f"{name}.jpg" for name in SAFE_PHOTOS}
         assert rejected == {}
         assert {row["state"] for row in rows.values()} <= {"library", "quarantine"}, rows
+
+
+class CatalogueLock:
+    """A second process's view: one sqlite3 connection holding `BEGIN EXCLUSIVE` in a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        connection = connect(self.path)
+        try:
+            connection.execute("BEGIN EXCLUSIVE")
+            self.held.set()
+            self.release.wait(120)
+            connection.rollback()
+        finally:
+            connection.close()
+
+    def __enter__(self) -> CatalogueLock:
+        self.thread.start()
+        assert self.held.wait(30)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release.set()
+        self.thread.join(30)
+
+
+class TestLockedCatalogue:
+    async def test_daemon_waits_for_a_short_lock(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
+    ) -> None:
+        """A lock held for a moment by another process only delays the daemon."""
+        media_server.add_feed("/feed.xml", _serve(media_server, ("chelsea", "coffee")))
+        config = write_config(allowed=(media_server.host_port,), sources=_rss(media_server))
+        await Daemon(config, classifier=shared_classifier).run(once=True)  # creates the catalogue
+        media_server.add_feed("/feed.xml", _serve(media_server, ("chelsea", "coffee", "rocket")))
+
+        with CatalogueLock(config.data_dir / "catalogue.sqlite") as lock:
+            task = asyncio.create_task(Daemon(config, classifier=shared_classifier).run(once=True))
+            await asyncio.sleep(2.0)  # the lock's duration: the daemon must be blocked meanwhile
+            assert not task.done()
+            lock.release.set()
+            assert await asyncio.wait_for(task, 120) == 0
+
+        rows = _rows(config.data_dir)
+        assert {row["state"] for row in rows.values()} <= {"library", "quarantine"}, rows
+        assert len(rows) == 3
+
+    @pytest.mark.xfail(strict=True, reason=(
+        "BUG: once the 15 s busy timeout expires, the first write (Catalogue."
+        "requeue_unclassified_held / ensure_source) raises a bare sqlite3.OperationalError "
+        "'database is locked' out of Daemon.run: a traceback, exit code 1 (the 'user error' "
+        "code) and no mention of catalogue.sqlite"))
+    async def test_daemon_fails_cleanly_when_the_lock_stays(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
+        tmp_path: Path,
+    ) -> None:
+        """A lock that outlasts the busy timeout: exit 2 with one message naming the catalogue."""
+        media_server.add_feed("/feed.xml", _serve(media_server, ("chelsea",)))
+        config = write_config(allowed=(media_server.host_port,), sources=_rss(media_server))
+        await Daemon(config, classifier=shared_classifier).run(once=True)
+        from tests.test_crash import _seed_model_cache
+
+        _seed_model_cache(shared_classifier, config.data_dir)
+        daemon = DaemonProcess(config.path, tmp_path)
+        with CatalogueLock(config.data_dir / "catalogue.sqlite"):
+            await daemon.start("once")
+            try:
+                code = await daemon.wait(90)
+            finally:
+                await daemon.kill()
+                daemon.close()
+        output = daemon.log_path.read_text()
+        catalogue = str(config.data_dir / "catalogue.sqlite")
+        assert code == 2, output[-3000:]
+        assert catalogue in output, output[-3000:]
+        assert "Traceback" not in output, output[-3000:]
+
+
+class FailingOnceClassifier:
+    """The real classifier, except that its second batch raises (a device lost mid-run)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.version = inner.version
+        self.tags = inner.tags
+        self.batch_size = 2
+        self.calls = 0
+
+    def classify(self, batch: np.ndarray) -> ClassifyResult:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("device lost")
+        return self.inner.classify(batch)
+
+
+class TestModelFailure:
+    async def test_one_failed_batch_is_held_and_filed_after_restart(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
+    ) -> None:
+        """A batch failing between good ones is held (unseen); the next start files it."""
+        media_server.add_feed("/feed.xml", _serve(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=_rss(media_server))
+        classifier = FailingOnceClassifier(shared_classifier)
+
+        assert await Daemon(config, classifier=classifier).run(once=True) == 0
+
+        rows = _rows(config.data_dir)
+        held = {name for name, row in rows.items() if row["state"] == "held"}
+        # Batches form as images arrive: the failed one holds one or two of them.
+        assert 1 <= len(held) <= 2, rows
+        assert {rows[name]["state"] for name in set(rows) - held} <= {"library", "quarantine"}
+        library_names = {path.name for path in files_under(config.data_dir / "library")}
+        assert not {rows[name]["sha256"] for name in held} & {
+            name.split(".")[0] for name in library_names}
+
+        assert await Daemon(config, classifier=shared_classifier).run(once=True) == 0
+
+        rows = _rows(config.data_dir)
+        assert {row["state"] for row in rows.values()} <= {"library", "quarantine"}, rows
+        assert list((config.data_dir / "held").iterdir()) == []
