@@ -135,10 +135,15 @@ class Catalogue:
     async def open(cls, path: Path) -> Catalogue:
         """Open (creating and migrating as needed) the catalogue at `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        connection = aiosqlite.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
-            connection = await aiosqlite.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
-        except sqlite3.Error as error:
-            raise CatalogueError(f"{path}: cannot open the catalogue: {error}") from error
+            await connection
+        except BaseException as error:
+            # Stop the worker thread, or it keeps the process alive at exit.
+            connection.stop()
+            if isinstance(error, sqlite3.Error):
+                raise CatalogueError(f"{path}: cannot open the catalogue: {error}") from error
+            raise
         connection.row_factory = sqlite3.Row
         catalogue = cls(connection, path)
         try:
