@@ -153,3 +153,23 @@ def shared_classifier() -> Any:
     return load_classifier("builtin", Path("/nonexistent-models"), engine="litert",
                            batch_size=4, cache_dir=tflite_cache_directory())
 
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail loudly, not by hanging at exit, when a test left a SQLite connection open."""
+    import gc
+    import warnings
+
+    import aiosqlite
+
+    leaked = [
+        connection for connection in gc.get_objects()
+        if isinstance(connection, aiosqlite.Connection) and connection._thread.is_alive()
+    ]
+    for connection in leaked:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            connection.stop()
+    if leaked:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nerror: {len(leaked)} aiosqlite connection(s) were left open by tests")
