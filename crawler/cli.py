@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import io
 import faulthandler
 import getpass
+import io
 import json
 import os
 import re
@@ -458,8 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # A watchdog abort (SIGABRT) then leaves every thread's stack in the journal.
-    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        faulthandler.enable(file=sys.__stderr__)
+    if sys.__stderr__ is not None:
+        with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            faulthandler.enable(file=sys.__stderr__)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

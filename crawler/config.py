@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from crawler.errors import ConfigError
 
@@ -70,8 +70,8 @@ class ImagesConfig:
 @dataclass(frozen=True)
 class ClassifierConfig:
     model: str = "builtin"
-    engine: str = "auto"
-    device: str = "auto"
+    engine: Literal["auto", "tensorflow", "litert"] = "auto"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
     batch_size: int = 16
     max_batch_delay_ms: int = 200
     inference_timeout_s: float = 120.0
@@ -233,10 +233,10 @@ def _get(
     if not isinstance(value, kinds):
         problems.add(section, key, f"expected {_kind_name(kinds)}, got {value!r}")
         return default
-    if minimum is not None and value < minimum:
+    if minimum is not None and value < minimum:  # type: ignore[operator]
         problems.add(section, key, f"must be at least {minimum}, got {value!r}")
         return default
-    if maximum is not None and value > maximum:
+    if maximum is not None and value > maximum:  # type: ignore[operator]
         problems.add(section, key, f"must be at most {maximum}, got {value!r}")
         return default
     if choices is not None and value not in choices:

@@ -22,13 +22,12 @@ import structlog
 from classifier.base import Classifier
 from classifier.decode import DecodeLimits
 from classifier.errors import ClassifierError
-from crawler.aio import wait_event
 from crawler.config import Config, load_config
 from crawler.decide import Policy, policy_from_config
 from crawler.errors import ConfigError, FetchError, SourceError
-from crawler.pipeline import Pipeline, PipelineSettings
 from crawler.hygiene import PhashIndex
 from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
+from crawler.pipeline import Pipeline, PipelineSettings
 from crawler.rescore import rescore
 from crawler.review.refresher import IndexRefresher
 from crawler.review.settings import ReviewSettings
@@ -213,7 +212,7 @@ class Daemon:
         return 0
 
     async def _run_tasks(self, catalogue: Catalogue, sources: list[Source], once: bool) -> None:
-        assert self.pipeline is not None  # noqa: S101
+        assert self.pipeline is not None
         pipeline = self.pipeline
         pollers = [PollerState(source) for source in sources]
         loop = asyncio.get_running_loop()
@@ -258,7 +257,7 @@ class Daemon:
     async def _sources_done(self, pollers: list[PollerState]) -> None:
         for poller in pollers:
             await poller.polled_once.wait()
-        assert self.pipeline is not None  # noqa: S101
+        assert self.pipeline is not None
         self.pipeline.sources_done.set()
         self.pipeline.notify()
 
@@ -282,7 +281,7 @@ class Daemon:
 
     async def _report(self, catalogue: Catalogue) -> None:
         """Watchdog pings that depend on progress, STATUS= lines and metrics snapshots."""
-        assert self.pipeline is not None  # noqa: S101
+        assert self.pipeline is not None
         period_s = min(self.watchdog_interval_s or 15.0, 15.0)
         while True:
             states = await catalogue.counts_by_state()
@@ -316,7 +315,7 @@ class Daemon:
         ]
         self.config = new_config
         policy = policy_of(new_config)
-        assert self.pipeline is not None and self.catalogue is not None  # noqa: S101
+        assert self.pipeline is not None and self.catalogue is not None
         self.pipeline.set_policy(policy)
         report = await rescore(self.catalogue, self.layout, policy, self.clock())
         if report.changed:
@@ -357,7 +356,7 @@ class Daemon:
                                                   next_poll_at=now + delay, now=now)
                 log.warning("source_failed", source=source.name, reason=str(error),
                             retry_in_s=round(delay, 1), errors=poller.consecutive_errors)
-            except Exception as error:  # noqa: BLE001 - a broken source never stops others
+            except Exception as error:
                 result_full = False
                 poller.consecutive_errors += 1
                 delay = next_poll_delay_s(config, empty_polls=poller.empty_polls, full=False,

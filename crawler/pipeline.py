@@ -101,7 +101,7 @@ class _NullObserver:
 
 def retry_delay_s(attempts: int, retry_after_s: float | None, jitter: float) -> float:
     """Backoff before the next attempt: exponential from 30 s, capped at an hour."""
-    delay = min(RETRY_BASE_S * (2 ** attempts), RETRY_MAX_S) * (0.75 + 0.5 * jitter)
+    delay: float = min(RETRY_BASE_S * (2.0 ** attempts), RETRY_MAX_S) * (0.75 + 0.5 * jitter)
     if retry_after_s is not None:
         delay = max(delay, retry_after_s)
     return delay
@@ -243,7 +243,7 @@ class Pipeline:
                 await self._download(work)
             except FetchError as error:
                 await self._fetch_failed(work, error)
-            except Exception as error:  # noqa: BLE001 - one item, never the daemon
+            except Exception as error:
                 log.exception("media_failed", url=work.row.url, stage="download")
                 await self._reject(work, f"internal_error: {type(error).__name__}: {error}")
 
@@ -313,7 +313,7 @@ class Pipeline:
                 await self._decode(work)
             except DecodeError as error:
                 await self._reject(work, error.reason, sha256=work.sha256)
-            except Exception as error:  # noqa: BLE001 - one item, never the daemon
+            except Exception as error:
                 log.exception("media_failed", url=work.row.url, stage="decode")
                 await self._reject(work, f"internal_error: {type(error).__name__}: {error}",
                                    sha256=work.sha256)
@@ -354,7 +354,7 @@ class Pipeline:
 
     async def _near_copy(self, work: Work, phash: str) -> bool:
         """Drop an arrival that is a near-copy of a stored or blocked image (True if dropped)."""
-        assert self.hashes is not None and work.sha256 is not None  # noqa: S101
+        assert self.hashes is not None and work.sha256 is not None
         verdict = await check_arrival(self.catalogue, self.hashes, work.sha256, phash,
                                       self.near_duplicate_distance)
         if verdict is None:
@@ -422,14 +422,14 @@ class Pipeline:
             for index, work in enumerate(batch):
                 work.tensor = None
                 work.scores = result.scores[index]
-                assert work.sha256 is not None  # noqa: S101 - set by the download stage
+                assert work.sha256 is not None
                 items.append((work.row.id, work.sha256, work.scores, features[index].tobytes()))
             await self.catalogue.record_scores(items, classifier.version, "open_nsfw",
                                                self.clock())
             for listener in list(self.batch_listeners):
                 try:
                     await listener(tensors, result, [item[1] for item in items])
-                except Exception:  # noqa: BLE001 - a listener never costs the batch
+                except Exception:
                     log.exception("batch_listener_failed")
             self.observer.progress("classify", len(batch))
             for work in batch:
@@ -453,14 +453,14 @@ class Pipeline:
                 await self.catalogue.defer(work.row.id, f"place_failed: {error.reason}",
                                            now + 60.0, now)
                 self._done(work)
-            except Exception as error:  # noqa: BLE001 - one item, never the daemon
+            except Exception as error:
                 log.exception("media_failed", url=work.row.url, stage="place")
                 await self._reject(work, f"internal_error: {type(error).__name__}: {error}",
                                    sha256=None)
 
     async def _place(self, work: Work) -> None:
         sha256 = work.sha256
-        assert sha256 is not None  # noqa: S101 - rows reach placement with content
+        assert sha256 is not None
         blob = await self.catalogue.get_blob(sha256)
         extension = work.extension or blob.extension
         labels = await self.catalogue.human_labels_for(sha256)

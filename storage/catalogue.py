@@ -13,7 +13,14 @@ import contextlib
 import functools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -646,7 +653,7 @@ class Catalogue:
                 (kind, query_key, name),
             )
         result = await self.source_state(name)
-        assert result is not None  # noqa: S101 - inserted just above
+        assert result is not None
         return result
 
     async def record_poll(
