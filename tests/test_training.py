@@ -178,14 +178,15 @@ class TestMetrics:
         """Precision target: the lowest threshold reaching it; recall floor: the highest."""
         truth = [True, False, True, True, False, False, True, False]
         scores = np.array([.9, .8, .7, .6, .5, .4, .3, .2])
-        assert threshold_for_precision(truth, scores, 0.75) == pytest.approx(0.6)
-        assert threshold_for_precision(truth, scores, 1.0) == pytest.approx(0.9)
-        assert threshold_for_recall(truth, scores, 0.99) == pytest.approx(0.3)
-        assert threshold_for_recall(truth, scores, 0.5) == pytest.approx(0.7)
+        # Halfway down to the next score: same decisions here, a margin for unseen images.
+        assert threshold_for_precision(truth, scores, 0.75) == pytest.approx(0.55)
+        assert threshold_for_precision(truth, scores, 1.0) == pytest.approx(0.85)
+        assert threshold_for_recall(truth, scores, 0.99) == pytest.approx(0.25)
+        assert threshold_for_recall(truth, scores, 0.5) == pytest.approx(0.65)
         metrics = tag_metrics(truth, scores, 0.5, min_recall=0.99)
         assert metrics["confusion"] == {"true_positives": 3, "false_positives": 2,
                                         "true_negatives": 2, "false_negatives": 1}
-        assert metrics["suggested_threshold"] == pytest.approx(0.3)
+        assert metrics["suggested_threshold"] == pytest.approx(0.25)
         assert metrics["at_suggested"]["recall"] == 1.0
 
     def test_split_is_stratified_seeded_and_order_free(self) -> None:

@@ -35,7 +35,8 @@ class NotEnoughLabelsError(TrainingError):
             parts.append(f"{tag}: " + ", ".join(wants))
         super().__init__(
             "not enough labels to train: " + "; ".join(parts)
-            + " (label images with `megane label SHA TAG=yes|no` or the review UI)"
+            + " (label images with `megane label SHA TAG=yes|no` or the review UI, or "
+            "train only the other tags with --tags)"
         )
         self.missing = {tag: dict(need) for tag, need in missing.items()}
         self.counts = {tag: dict(count) for tag, count in counts.items()}

@@ -2,8 +2,8 @@
 
 Scores count as positive at or over a threshold, as in `crawler.decide`. Average precision
 is the step-wise area under the precision-recall curve (sklearn's definition). The suggested
-threshold of a head tag is the lowest one whose held-out precision reaches
-`target_precision` (the most recall at that precision); for `nsfw`, where a miss is what
+threshold of a head tag gives the most held-out recall at a precision of at least
+`target_precision` (the highest such threshold); for `nsfw`, where a miss is what
 costs, it is the highest one that keeps recall at or over `nsfw_min_recall`.
 """
 
@@ -63,22 +63,40 @@ def average_precision(truth: Sequence[bool], scores: Scores) -> float | None:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def _margin(thresholds: Scores, index: int) -> float:
+    """Halfway down to the next lower score: the same decisions on these examples, with
+    room on both sides for unseen ones."""
+    if index + 1 < thresholds.size:
+        return float((thresholds[index] + thresholds[index + 1]) / 2)
+    return float(thresholds[index])
+
+
 def threshold_for_precision(truth: Sequence[bool], scores: Scores, target: float) -> float | None:
-    """The lowest threshold whose precision is at least `target`; None if none reaches it."""
+    """The threshold with the most recall at a precision of at least `target` (the highest
+    such one); None if no threshold reaches the target.
+
+    Placed halfway between the lowest score it keeps and the next one below it.
+    """
     if not any(truth):
         return None
-    thresholds, precision, _ = _curve(truth, scores)
+    thresholds, precision, recall = _curve(truth, scores)
     reaching = np.flatnonzero(precision >= target)
-    return float(thresholds[reaching[-1]]) if reaching.size else None
+    if not reaching.size:
+        return None
+    best = recall[reaching].max()
+    return _margin(thresholds, int(reaching[np.flatnonzero(recall[reaching] >= best)[0]]))
 
 
 def threshold_for_recall(truth: Sequence[bool], scores: Scores, minimum: float) -> float | None:
-    """The highest threshold whose recall is at least `minimum`; None without positives."""
+    """The highest threshold whose recall is at least `minimum`; None without positives.
+
+    Placed halfway between the lowest score it keeps and the next one below it.
+    """
     if not any(truth):
         return None
     thresholds, _, recall = _curve(truth, scores)
     reaching = np.flatnonzero(recall >= minimum - 1e-12)
-    return float(thresholds[reaching[0]])
+    return _margin(thresholds, int(reaching[0]))
 
 
 def confusion(truth: Sequence[bool], scores: Scores, threshold: float) -> dict[str, int]:
@@ -149,10 +167,13 @@ def print_report(metrics: Mapping[str, Mapping[str, Any]], *, title: str, consol
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=title)
-    for name in ("tag", "pos/neg", "AP", "threshold", "precision", "recall",
-                 "TP/FP/TN/FN", "suggested"):
-        table.add_column(name, justify="left" if name == "tag" else "right")
+    criteria = sorted({str(row["suggested_for"]) for row in metrics.values()
+                       if row.get("suggested_for")})
+    table = Table(title=title, caption="held-out pos/neg; precision, recall, TP/FP/TN/FN at the "
+                  "configured threshold (thr); suggested threshold: " + "; ".join(criteria))
+    for name in ("tag", "pos/neg", "AP", "thr", "prec", "recall", "TP/FP/TN/FN", "suggest"):
+        table.add_column(name, justify="left" if name == "tag" else "right",
+                         no_wrap=True)
 
     def number(value: Any) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -170,7 +191,6 @@ def print_report(metrics: Mapping[str, Mapping[str, Any]], *, title: str, consol
             number(row.get("recall")),
             "/".join(str(matrix.get(key, 0)) for key in
                      ("true_positives", "false_positives", "true_negatives", "false_negatives")),
-            f"{number(suggested)} ({row.get('suggested_for', '')})" if suggested is not None
-            else "-",
+            number(suggested),
         )
     console.print(table)

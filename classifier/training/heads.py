@@ -152,7 +152,7 @@ def train_head(
                             weights[chosen], settings.batch_size, settings.seed + index,
                             shuffle=True)
         model.fit(training, epochs=epochs, verbose=0, callbacks=callbacks,
-                  validation_data=validation_data)
+                  validation_data=validation_data, shuffle=False)  # tf.data shuffles
         epochs_run += epochs
     weight, bias = _fold(model, tag, mean, spread)
     return TrainedHead(tag, weight, bias, epochs_run, used)

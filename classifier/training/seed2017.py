@@ -310,7 +310,8 @@ def _fit_and_evaluate(
                 bar.advance(task)
 
         model.fit(dataset(train_rows, True), validation_data=validation,
-                  epochs=settings.epochs, verbose=0, callbacks=[Advance()])
+                  epochs=settings.epochs, verbose=0, callbacks=[Advance()],
+                  shuffle=False)  # tf.data shuffles
     metrics: dict[str, dict[str, Any]] = {}
     predicted = (model.predict(validation, verbose=0) if validation is not None
                  else np.zeros((0, len(tags))))
