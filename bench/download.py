@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -51,10 +52,15 @@ class Run:
     files: int
     total_bytes: int
     note: str = ""
+    cpu_s: float = float("nan")
 
     @property
     def images_per_s(self) -> float:
         return self.files / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return self.cpu_s / self.files * 1000 if self.files else float("nan")
 
 
 def _folder_bytes(folder: Path) -> tuple[int, int]:
@@ -101,20 +107,30 @@ async def _fetch_all(urls: list[str], allowed: list[str], spool: Path,
 def run_ours(urls: list[str], allowed: list[str], per_host_rate: float = UNLIMITED_RATE,
              tool: str = "ours (Fetcher)") -> Run:
     with tempfile.TemporaryDirectory(prefix="megane-bench-dl-") as folder:
+        cpu = time.process_time()
         seconds, files, total = asyncio.run(
             _fetch_all(urls, allowed, Path(folder) / "spool", per_host_rate))
-    return Run(tool, len(urls), seconds, files, total)
+        cpu_s = time.process_time() - cpu
+    return Run(tool, len(urls), seconds, files, total, cpu_s=cpu_s)
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of every child process waited for so far (the media server is not yet)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _run_tool(tool: str, command: list[str], count: int, folder: Path) -> Run:
+    cpu = _children_cpu_s()
     started = time.perf_counter()
     completed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, check=False)
     seconds = time.perf_counter() - started
+    cpu_s = _children_cpu_s() - cpu
     files, total = _folder_bytes(folder)
     note = "" if completed.returncode == 0 else (
         f"exit {completed.returncode}: {completed.stderr.strip()[-300:]}")
-    return Run(tool, count, seconds, files, total, note)
+    return Run(tool, count, seconds, files, total, note, cpu_s)
 
 
 def run_aria2c(urls: list[str]) -> Run | str:
@@ -182,7 +198,7 @@ def measure(count: int, rounds: int, slow_count: int) -> dict[str, object]:
         if run.files != run.count or run.total_bytes != wanted:
             best[name] = Run(run.tool, run.count, run.seconds, run.files, run.total_bytes,
                              (run.note + f" INCOMPLETE: {run.files}/{run.count} files, "
-                              f"{run.total_bytes}/{wanted} bytes").strip())
+                              f"{run.total_bytes}/{wanted} bytes").strip(), run.cpu_s)
     results["runs"] = best
     results["missing"] = missing
     return results
@@ -202,7 +218,8 @@ def render(results: dict[str, object], command: str) -> str:
     summary = []
     if "aria2c" in runs:
         ratio = ours.images_per_s / runs["aria2c"].images_per_s
-        met = "yes" if ratio >= 0.95 else "no"
+        # Rounds of one run differ by a few percent on this shared host.
+        met = "yes" if ratio >= 1.0 else ("par (within 5%)" if ratio >= 0.95 else "no")
         summary.append(summary_row(
             "download, images/s (ours vs aria2c -j 16)", f"{ours.images_per_s:.0f}/s",
             f"aria2c {runs['aria2c'].images_per_s:.0f}/s", f"{ratio:.2f}x", ">= 1x", met))
@@ -213,22 +230,27 @@ def render(results: dict[str, object], command: str) -> str:
             f"gallery-dl {runs['gallery-dl'].images_per_s:.1f}/s", f"{ratio:.1f}x",
             "many times", "yes" if ratio >= 4 else "no"))
     lines += summary + ["",
-                        "| tool | URLs | seconds | images/s | MB/s | ratio ours / tool | note |",
-                        "|---|---|---|---|---|---|---|"]
+                        "| tool | URLs | seconds | images/s | MB/s | ratio ours / tool | "
+                        "client CPU ms per image | note |",
+                        "|---|---|---|---|---|---|---|---|"]
     for run in runs.values():
         ratio = ours.images_per_s / run.images_per_s if run.images_per_s else float("nan")
         lines.append(
             f"| {run.tool} | {run.count} | {run.seconds:.2f} | {run.images_per_s:.1f} | "
-            f"{run.total_bytes / 2**20 / run.seconds:.1f} | {ratio:.2f}x | {run.note} |")
+            f"{run.total_bytes / 2**20 / run.seconds:.1f} | {ratio:.2f}x | "
+            f"{run.cpu_ms_per_image:.2f} | {run.note} |")
     for name, reason in missing.items():
-        lines.append(f"| {name} | - | - | - | - | - | not measured: {reason} |")
+        lines.append(f"| {name} | - | - | - | - | - | - | not measured: {reason} |")
     floor = CONNECTIONS / (LATENCY_MS / 1000)
     lines += ["", f"The latency alone caps any {CONNECTIONS}-connection client at "
               f"{floor:.0f} images/s ({CONNECTIONS} / {LATENCY_MS / 1000:.2f} s); ours reaches "
               f"{ours.images_per_s / floor:.0%} of that bound. gallery-dl fetches one URL at a "
               "time, so its rate is bounded by 1 / (latency + transfer). The politeness row "
               "shows the default `per_host_rate = 4`: 20 hosts x 4/s = 80 requests/s at most, "
-              "by design (a crawler must not hammer a host); the comparison rows lift it.", ""]
+              "by design (a crawler must not hammer a host); the comparison rows lift it. "
+              "Client CPU is the downloading process's own user+system time (the server's "
+              "is not counted): with both fast clients near the same rate, it shows which "
+              "one leaves more of the 2 cores to the classifier.", ""]
     return "\n".join(lines)
 
 
