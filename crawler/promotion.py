@@ -55,6 +55,8 @@ log = structlog.get_logger("megane.promotion")
 ACTIVE_FILENAME = "ACTIVE"
 SHADOW_FILENAME = "shadow.json"
 POLL_INTERVAL_S = 2.0
+STRAGGLER_WAIT_S = 30.0
+STRAGGLER_POLL_S = 0.2
 BACKFILL_CHUNK = 500
 SHADOW_EXAMPLES = 50
 BACKBONE = "open_nsfw"
@@ -217,8 +219,8 @@ def reusing_loader(current: Classifier | None, config: Config, layout: DataLayou
             metadata, heads = read_model_version(layout.models, version)
             return LoadedClassifier(version, metadata, heads, current.engine)
         classifier: Classifier = load_classifier(
-            version, layout.models, engine=config.classifier.engine,  # type: ignore[arg-type]
-            device=config.classifier.device,  # type: ignore[arg-type]
+            version, layout.models, engine=config.classifier.engine,
+            device=config.classifier.device,
             batch_size=config.classifier.batch_size, threads=config.classifier.threads,
             cache_dir=layout.cache)
         return classifier
@@ -474,6 +476,31 @@ async def activate(host: PromotionHost, version: str, loader: ModelLoader | None
     log.info("model_backfilled", version=version, rescored=report.rescored,
              without_features=report.without_features, refiled=report.refiled,
              unchanged=report.unchanged, failed=report.failed)
+    # Images the old model classified just before the swap are still on their way to
+    # placement; once they are filed, bring them over too.
+    if await _wait_for_unplaced(catalogue, version, STRAGGLER_WAIT_S):
+        report = await backfill(catalogue, host.layout, version, heads,
+                                policy_of(host.config), host.clock())
+        log.info("model_backfilled", version=version, rescored=report.rescored,
+                 without_features=report.without_features, refiled=report.refiled,
+                 unchanged=report.unchanged, failed=report.failed, stragglers=True)
+
+
+async def _wait_for_unplaced(catalogue: Catalogue, version: str, timeout_s: float) -> bool:
+    """Wait (bounded) until no image scored by another version awaits placement; True if
+    there were some."""
+    query = """SELECT count(*) FROM blobs WHERE placement IS NULL
+                 AND model_version IS NOT NULL AND model_version != ?"""
+    row = await catalogue.fetch_one(query, (version,))
+    if not row or not row[0]:
+        return False
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(STRAGGLER_POLL_S)
+        row = await catalogue.fetch_one(query, (version,))
+        if not row or not row[0]:
+            break
+    return True
 
 
 async def _shadow_then_activate(
@@ -507,9 +534,10 @@ async def _shadow_then_activate(
     log.info("shadow_report", candidate=active.version, active=serving, images=run.seen,
              disagreements=run.disagreements, placement_changes=run.placement_changes,
              report=str(path))
-    await activate(host, active.version, loader)
+    # Marked done first: a restart from here on serves the candidate without a new shadow.
     done = ActiveModel(active.version, active.promoted_at, shadow_report=str(path))
     await asyncio.to_thread(write_active, host.layout.models, done)
+    await activate(host, active.version, loader)
     return done
 
 

@@ -188,8 +188,10 @@ class TestPromoteUnderRunningDaemon:
             report_path = layout.models / "v3" / "shadow.json"
 
             async def switched() -> bool:
+                active = read_active(layout.models)
                 return report_path.exists() and daemon.classifier is not None \
-                    and daemon.classifier.version == "v3"
+                    and daemon.classifier.version == "v3" \
+                    and active is not None and active.shadow_images is None
 
             await _eventually(switched)
             report = json.loads(report_path.read_text())

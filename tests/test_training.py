@@ -22,6 +22,7 @@ from classifier.training.evaluate import (
     threshold_for_precision,
     threshold_for_recall,
 )
+from classifier.training.export import export_tflite
 from classifier.training.features import BACKBONE, classifier_extractor
 from classifier.training.settings import TrainingSettings
 from classifier.training.trainer import TrainingRequest, train
@@ -234,3 +235,6 @@ class TestSeed2017:
         assert full.input_shape == (None, 256, 256, 3) and full.output_shape == (None, 2)
         listed = json.loads((layout.models / "s1" / "metadata.json").read_text())
         assert listed["architecture"] == "seed2017"
+        exported = export_tflite(layout.models, "s1", layout.store)
+        assert exported.image_source == "store" and exported.tags == ("photo",)
+        assert exported.max_abs_difference < 1e-3
