@@ -91,6 +91,12 @@ class TestHeads:
         print(f"retrain from cached features: {time.monotonic() - started:.1f} s")
         assert again.metrics["photo"]["average_precision"] == metrics["average_precision"]
 
+        weighted = dataclasses.replace(request, version="v3", settings=dataclasses.replace(
+            FAST, balance="class_weights"))
+        report = await train(catalogue, layout, weighted, progress=False,
+                             extractor_factory=no_model)
+        assert report.metrics["photo"]["average_precision"] >= 0.9
+
     async def test_missing_labels_error_names_tags_and_counts(
         self, catalogue: Catalogue, layout: DataLayout
     ) -> None:
