@@ -37,7 +37,10 @@ from xml.sax.saxutils import escape
 
 MIN_BYTES = 30 * 1024
 MAX_BYTES = 300 * 1024
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
+# The pipeline skips classifying an image within 6 dHash bits of one it has seen; keep
+# the corpus clear of that with a margin.
+NEAR_DUPLICATE_BITS = 10
 PHOTO_FILES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "retina.jpg",
                "hubble_deep_field.jpg", "motorcycle_left.png", "ihc.png", "camera.png",
                "brick.png", "grass.png", "gravel.png", "color.png", "page.png", "moon.png",
@@ -63,21 +66,31 @@ def _photos() -> list[object]:
 
 
 def _make_jpeg(photos: list[object], index: int, seed: int) -> bytes:
-    """One JPEG of MIN_BYTES..MAX_BYTES: a random crop of a photo, scaled to aim at a size."""
+    """One JPEG of MIN_BYTES..MAX_BYTES: a 2x2 mosaic of random crops of random photos, its
+    channels shuffled and turned, scaled to aim at a random size.
+
+    Mosaics keep images apart for the pipeline's near-duplicate check (dHash), which would
+    otherwise skip classifying crops of the same photo.
+    """
     from PIL import Image
 
     rng = random.Random(seed * 1_000_003 + index)
-    photo: Image.Image = rng.choice(photos)  # type: ignore[assignment]
     target = rng.uniform(MIN_BYTES * 1.1, MAX_BYTES * 0.9)
     quality = rng.randint(70, 95)
-    width, height = photo.size
-    crop_w = rng.randint(width // 2, width)
-    crop_h = rng.randint(height // 2, height)
-    left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
-    region = photo.crop((left, top, left + crop_w, top + crop_h))
-    if rng.random() < 0.5:
-        region = region.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    aspect = crop_w / crop_h
+    tile = 256
+    mosaic = Image.new("RGB", (tile * 2, tile * 2))
+    for column in range(2):
+        for row in range(2):
+            photo: Image.Image = rng.choice(photos)  # type: ignore[assignment]
+            width, height = photo.size
+            side = rng.randint(min(width, height) // 4, min(width, height))
+            left, top = rng.randint(0, width - side), rng.randint(0, height - side)
+            crop = photo.crop((left, top, left + side, top + side)).resize((tile, tile))
+            mosaic.paste(crop, (column * tile, row * tile))
+    channels = list(mosaic.split())
+    rng.shuffle(channels)
+    region = Image.merge("RGB", channels).rotate(rng.choice((0, 90, 180, 270)))
+    aspect = rng.uniform(0.6, 1.7)
     pixels = target / 0.3  # a first guess of bytes per pixel for photos at these qualities
     data = b""
     for _ in range(6):
@@ -91,6 +104,27 @@ def _make_jpeg(photos: list[object], index: int, seed: int) -> bytes:
             break
         pixels *= target / len(data)
     return data
+
+
+def _near_duplicates(files: list[Path], distance: int) -> list[int]:
+    """Indexes of files whose dHash is within `distance` bits of an earlier file's."""
+    import numpy as np
+    from PIL import Image
+
+    from classifier.phash import dhash
+
+    hashes = []
+    for path in files:
+        with Image.open(path) as image:
+            image.draft("RGB", (256, 256))
+            hashes.append(dhash(image.convert("RGB")))
+    bits = np.array([[(value >> shift) & 1 for shift in range(64)] for value in hashes],
+                    dtype=np.uint8)
+    close = []
+    for index in range(1, len(files)):
+        if int((bits[:index] != bits[index]).sum(axis=1).min()) <= distance:
+            close.append(index)
+    return close
 
 
 def corpus(count: int, seed: int = 0, root: Path | None = None) -> Path:
@@ -116,10 +150,18 @@ def corpus(count: int, seed: int = 0, root: Path | None = None) -> Path:
                 return data
             attempt += 1
 
+    rng_round = 0
     with ThreadPoolExecutor(max_workers=2) as pool:
         for index, data in zip(range(have, count), pool.map(make, range(have, count))):
             (folder / f"{index:05d}.jpg").write_bytes(data)
     files = corpus_files(folder, count)
+    for _ in range(5):
+        close = _near_duplicates(files, NEAR_DUPLICATE_BITS)
+        if not close:
+            break
+        for index in close:
+            files[index].write_bytes(make(index + 50_000_000 + rng_round * 1_000_000))
+        rng_round += 1
     sizes = [path.stat().st_size for path in files]
     digests = {hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
     if len(digests) != count:
