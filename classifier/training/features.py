@@ -30,6 +30,7 @@ from storage.placement import DataLayout
 log = structlog.get_logger("megane.training")
 
 BACKBONE = "open_nsfw"
+QUERY_CHUNK = 500
 FeatureMatrix = npt.NDArray[np.float32]
 Extractor = Callable[[npt.NDArray[np.float32]], FeatureMatrix]
 
@@ -37,7 +38,7 @@ Extractor = Callable[[npt.NDArray[np.float32]], FeatureMatrix]
 class FeatureStore(Protocol):
     """What feature caching needs from the catalogue (storage.catalogue.Catalogue)."""
 
-    async def features_for(self, backbone: str) -> dict[str, bytes]: ...
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
 
     async def get_blob(self, sha256: str) -> Any: ...
 
@@ -64,6 +65,18 @@ def vector_of(blob: bytes) -> npt.NDArray[np.float32]:
     if vector.shape != (FEATURE_SIZE,):
         raise ValueError(f"a stored feature vector has {vector.size} values")
     return vector.astype(np.float32)
+
+
+async def cached_features(catalogue: FeatureStore, sha256s: Sequence[str]) -> dict[str, bytes]:
+    """The stored vectors of `sha256s` (only those: a library's worth would not fit)."""
+    found: dict[str, bytes] = {}
+    for start in range(0, len(sha256s), QUERY_CHUNK):
+        chunk = list(sha256s[start : start + QUERY_CHUNK])
+        rows = await catalogue.fetch_all(
+            f"SELECT sha256, vector FROM features WHERE backbone = ? "
+            f"AND sha256 IN ({','.join('?' * len(chunk))})", [BACKBONE, *chunk])
+        found.update((row["sha256"], bytes(row["vector"])) for row in rows)
+    return found
 
 
 def classifier_extractor(classifier: Any) -> Extractor:
@@ -115,7 +128,7 @@ async def load_features(
     """
     limits = limits or DecodeLimits()
     wanted = sorted(set(sha256s))
-    cached = await catalogue.features_for(BACKBONE)
+    cached = await cached_features(catalogue, wanted)
     vectors: dict[str, npt.NDArray[np.float32]] = {}
     missing: dict[str, str] = {}
     to_compute: list[tuple[str, Path]] = []

@@ -50,6 +50,7 @@ from classifier.preprocess import (
 )
 from classifier.training.dataset import check_minimums, collect_labels
 from classifier.training.evaluate import stratified_split, tag_metrics
+from storage.errors import UnknownMediaError
 from storage.placement import DataLayout
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ async def train_seed2017(
     for sha256 in sorted(label_set.images()):
         try:
             blob = await catalogue.get_blob(sha256)
-        except Exception:  # noqa: BLE001 - an unknown image is skipped, with its reason
+        except UnknownMediaError:
             skipped[sha256] = "unknown_image"
             continue
         path = layout.content_file(sha256, blob.extension)
