@@ -255,6 +255,9 @@ def _file_problems(data_dir: Path, blobs: dict[str, dict[str, Any]]) -> list[str
             wanted.add(sidecar)
             if not sidecar.is_file():
                 problems.append(f"{sha}: quarantine sidecar missing")
+            # The reviewers' contact sheet: a blurred thumbnail per quarantined image.
+            wanted.add(data_dir / "quarantine" / ".thumbs" / f"{sha}.jpg")
+    wanted.add(data_dir / "quarantine" / "index.html")
     for folder in ("library", "quarantine", "held", "store", "spool"):
         for path in files_under(data_dir / folder):
             if path not in wanted:
