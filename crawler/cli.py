@@ -476,6 +476,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MeganeError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INTERNAL
+    except BaseExceptionGroup as group:
+        # A task of the daemon's TaskGroup failed: report the first cause plainly.
+        cause = _first_leaf(group)
+        if isinstance(cause, ConfigError | UnknownMediaError):
+            print(f"error: {cause}", file=sys.stderr)
+            return EXIT_USER
+        if isinstance(cause, MeganeError):
+            print(f"error: {cause}", file=sys.stderr)
+            return EXIT_INTERNAL
+        log.error("internal_error", error=repr(cause), exc_info=cause)
+        return EXIT_INTERNAL
+    except Exception as error:  # noqa: BLE001 - exit code 2, with the traceback logged
+        log.error("internal_error", error=repr(error), exc_info=error)
+        return EXIT_INTERNAL
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 if __name__ == "__main__":

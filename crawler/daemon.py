@@ -28,6 +28,7 @@ from crawler.errors import ConfigError, FetchError, SourceError
 from crawler.hygiene import PhashIndex
 from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
 from crawler.pipeline import Pipeline, PipelineSettings
+from crawler.promotion import follow_promotions, load_active_model
 from crawler.rescore import rescore
 from crawler.review.refresher import IndexRefresher
 from crawler.review.settings import ReviewSettings
@@ -165,7 +166,7 @@ class Daemon:
                 log.info("leftovers_removed", count=len(removed))
             if self.classifier is None and self.classifier_problem is None:
                 self.classifier, self.classifier_problem = await asyncio.to_thread(
-                    load_model, self.config, self.layout
+                    load_active_model, self.config, self.layout
                 )
             if self.classifier is not None:
                 requeued = await catalogue.requeue_unclassified_held(self.clock())
@@ -236,6 +237,7 @@ class Daemon:
                 group.create_task(self._watch_signals(), name="signals")
                 group.create_task(self._report(catalogue), name="report")
                 group.create_task(self.refresher.run(), name="contact-sheet")
+                group.create_task(follow_promotions(self), name="promotions")
                 self.ready.set()
                 self.notifier.ready(stats_for_status(await catalogue.counts_by_state()))
                 if once:
@@ -336,9 +338,10 @@ class Daemon:
         extra_polls = 0
         while True:
             if not once and state.next_poll_at is not None:
-                # Bounded, so a wall clock that jumped back cannot park the source for long.
-                wait_s = min(state.next_poll_at - self.clock(),
-                             max(config.max_interval_s, MAX_BACKOFF_S))
+                # Bounded by the longest delay we could have scheduled, so a wall clock
+                # that jumped back cannot park the source.
+                longest_s = MAX_BACKOFF_S if poller.consecutive_errors else config.max_interval_s
+                wait_s = min(state.next_poll_at - self.clock(), longest_s)
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
             now = self.clock()

@@ -41,6 +41,8 @@ log = structlog.get_logger("megane.pipeline")
 UNFINISHED = (State.PENDING, State.DOWNLOADED, State.DECODED, State.CLASSIFIED)
 RETRY_BASE_S = 30.0
 RETRY_MAX_S = 3600.0
+DISK_RETRY_S = 60.0
+DISK_RETRY_S = 60.0
 
 
 class Downloader(Protocol):
@@ -220,7 +222,7 @@ class Pipeline:
                 await queues[row.state].put(Work(row=row, sha256=row.sha256))
             if rows:
                 continue
-            due = await self.catalogue.next_attempt_at()
+            due = await self.catalogue.next_attempt_at(now)
             if until_idle and self.sources_done.is_set() and not self.in_flight:
                 # In `once` mode, rows whose retry is scheduled later stay pending for
                 # the next run; everything else has reached a final state.
@@ -243,7 +245,15 @@ class Pipeline:
                 await self._download(work)
             except FetchError as error:
                 await self._fetch_failed(work, error)
-            except Exception as error:
+            except OSError as error:
+                # Our disk (spool full, permissions), not the item: keep it and retry later.
+                now = self.clock()
+                reason = f"disk_error: {error.strerror or error}"
+                await self.catalogue.defer(work.row.id, reason, now + DISK_RETRY_S, now)
+                log.error("media_deferred", url=work.row.url, reason=reason,
+                          retry_in_s=DISK_RETRY_S)
+                self._done(work)
+            except Exception as error:  # noqa: BLE001 - one item, never the daemon
                 log.exception("media_failed", url=work.row.url, stage="download")
                 await self._reject(work, f"internal_error: {type(error).__name__}: {error}")
 
@@ -451,7 +461,7 @@ class Pipeline:
                           reason=str(error))
                 now = self.clock()
                 await self.catalogue.defer(work.row.id, f"place_failed: {error.reason}",
-                                           now + 60.0, now)
+                                           now + DISK_RETRY_S, now)
                 self._done(work)
             except Exception as error:
                 log.exception("media_failed", url=work.row.url, stage="place")

@@ -32,6 +32,9 @@ from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 15_000
+# No retry is ever scheduled further ahead than this; a row due later than now + this was
+# scheduled by a clock that has since jumped back, and is due now.
+MAX_RETRY_WAIT_S = 4500.0
 
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
 
@@ -119,13 +122,24 @@ class Catalogue:
             self._owner = asyncio.current_task()
             try:
                 yield
-            except BaseException:
-                await self._db.rollback()
-                raise
-            else:
                 await self._db.commit()
+            except sqlite3.OperationalError as error:
+                await self._rollback_quietly()
+                raise self._operational(error) from error
+            except BaseException:
+                await self._rollback_quietly()
+                raise
             finally:
                 self._owner = None
+
+    async def _rollback_quietly(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            await self._db.rollback()
+
+    def _operational(self, error: sqlite3.OperationalError) -> CatalogueError:
+        hint = (" (another process holds it locked; stop it or wait, then try again)"
+                if "locked" in str(error) or "busy" in str(error) else "")
+        return CatalogueError(f"{self.path}: {error}{hint}")
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[None]:
@@ -134,7 +148,10 @@ class Catalogue:
             yield
             return
         async with self._lock:
-            yield
+            try:
+                yield
+            except sqlite3.OperationalError as error:
+                raise self._operational(error) from error
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -304,8 +321,8 @@ class Catalogue:
         sql = f"SELECT * FROM media WHERE state IN ({marks})"
         params: list[Any] = [state.value for state in states]
         if now is not None:
-            sql += " AND next_attempt_at <= ?"
-            params.append(now)
+            sql += " AND (next_attempt_at <= ? OR next_attempt_at > ?)"
+            params.extend((now, now + MAX_RETRY_WAIT_S))
         if excluded:
             sql += f" AND id NOT IN ({','.join('?' * len(excluded))})"
             params.extend(excluded)
@@ -324,18 +341,22 @@ class Catalogue:
         """Unfinished rows that can be worked on now (not waiting out a retry backoff)."""
         row = await self._fetchone(
             "SELECT count(*) FROM media WHERE state IN "
-            "('pending', 'downloaded', 'decoded', 'classified') AND next_attempt_at <= ?",
-            (now,),
+            "('pending', 'downloaded', 'decoded', 'classified') "
+            "AND (next_attempt_at <= ? OR next_attempt_at > ?)",
+            (now, now + MAX_RETRY_WAIT_S),
         )
         return int(row[0]) if row else 0
 
-    async def next_attempt_at(self) -> float | None:
-        """The earliest time a pending row becomes due, if any."""
+    async def next_attempt_at(self, now: float | None = None) -> float | None:
+        """The earliest time an unfinished row becomes due, if any (never beyond the cap)."""
         row = await self._fetchone(
             "SELECT min(next_attempt_at) FROM media WHERE state IN "
             "('pending', 'downloaded', 'decoded', 'classified')"
         )
-        return float(row[0]) if row and row[0] is not None else None
+        if not row or row[0] is None:
+            return None
+        due = float(row[0])
+        return min(due, now + MAX_RETRY_WAIT_S) if now is not None else due
 
     async def get_media(self, media_id: int) -> MediaRow:
         row = await self._fetchone("SELECT * FROM media WHERE id = ?", (media_id,))

@@ -154,10 +154,6 @@ class TestDiskFull:
                 assert sha256_of(path) == row["sha256"]
         assert not [path for path in files_under(config.data_dir) if ".tmp-" in path.name]
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: ENOSPC while the fetcher writes spool/*.part is a bare OSError; "
-        "Pipeline._download_worker's catch-all rejects the row as 'internal_error: OSError: "
-        "[Errno 28] No space left on device', so a full disk loses items for good"))
     async def test_full_spool_disk_loses_nothing(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
         mount_tmpfs: Callable[[Path, str], Path],
@@ -238,11 +234,6 @@ class TestLockedCatalogue:
         assert {row["state"] for row in rows.values()} <= {"library", "quarantine"}, rows
         assert len(rows) == 3
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: once the 15 s busy timeout expires, the first write (Catalogue."
-        "requeue_unclassified_held / ensure_source) raises a bare sqlite3.OperationalError "
-        "'database is locked' out of Daemon.run: a traceback, exit code 1 (the 'user error' "
-        "code) and no mention of catalogue.sqlite"))
     async def test_daemon_fails_cleanly_when_the_lock_stays(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
         tmp_path: Path,
@@ -406,10 +397,6 @@ class TestClockJumps:
         await Daemon(config, classifier=shared_classifier, clock=clock).run(once=True)
         assert _rows(config.data_dir)["flaky.jpg"]["state"] in ("library", "quarantine")
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: a retry's next_attempt_at is an absolute wall-clock time; after the clock "
-        "jumps back a day, Pipeline._feed (media_in_states ... next_attempt_at <= now) "
-        "leaves the row pending for a day, far beyond RETRY_MAX_S (1 h)"))
     async def test_backward_jump_keeps_a_retry_within_the_longest_backoff(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
     ) -> None:
@@ -425,10 +412,6 @@ class TestClockJumps:
         await Daemon(config, classifier=shared_classifier, clock=clock).run(once=True)
         assert _rows(config.data_dir)["flaky.jpg"]["state"] in ("library", "quarantine")
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: Daemon._poll_loop bounds the wait for a stored next_poll_at by "
-        "max(max_interval_s, MAX_BACKOFF_S) = 6 h, so after the clock jumps back a day a "
-        "source with a 0.5 s interval is not polled for 6 hours"))
     async def test_backward_jump_does_not_park_a_source(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
     ) -> None:
