@@ -31,6 +31,7 @@ from crawler.decide import Decision, Policy, decide
 from crawler.errors import FetchError, PermanentFetchError
 from crawler.hygiene import PhashIndex, check_arrival, record_near_duplicate
 from crawler.localcopy import copy_to_spool
+from crawler.rescore import refile_one
 from storage.catalogue import Catalogue
 from storage.errors import PlacementError
 from storage.placement import DataLayout, place
@@ -280,6 +281,9 @@ class Pipeline:
                 self.layout.spool_file(sha256).unlink()
             log.info("media_duplicate", url=row.url, sha256=sha256,
                      state=known.placement.value, reason="duplicate_content")
+            if row.flags:
+                # This URL's source flags count for the stored bytes too.
+                await refile_one(self.catalogue, self.layout, self.policy, sha256, self.clock())
             self._done(work)
             return
         if known is not None:  # placement is None but the blob row said rejected
@@ -485,6 +489,11 @@ class Pipeline:
         sidecar = None
         if decision.placement is Placement.QUARANTINE:
             sidecar = await self.sidecar(sha256, decision, work.scores)
+        # Decision first, files second, rows final third: a file is never visible under
+        # library/ before the catalogue says it belongs there.
+        await self.catalogue.record_decisions(
+            [(sha256, decision.placement, decision.reason, decision.tags)], self.clock()
+        )
         await self._io_threads.run(
             place, self.layout, sha256, extension, decision.placement, decision.tags, sidecar
         )

@@ -15,7 +15,7 @@ from crawler.decide import Decision, Policy, decide
 from storage.catalogue import Catalogue, RescoreItem
 from storage.errors import PlacementError
 from storage.placement import DataLayout, place
-from storage.records import Placement
+from storage.records import BlobRow, Placement
 
 log = structlog.get_logger("megane.rescore")
 COMMIT_EVERY = 2000
@@ -45,30 +45,77 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
     items = await catalogue.rescore_items()
     changes = plan_rescore(items, policy)
     failed = 0
-    pending: list[tuple[str, Placement, str, tuple[str, ...]]] = []
-    for item, decision in changes:
-        sha256 = item.blob.sha256
-        sidecar = None
-        if decision.placement is Placement.QUARANTINE:
-            sidecar = await quarantine_sidecar(catalogue, policy, sha256, decision, item.scores)
-        try:
-            await asyncio.to_thread(place, layout, sha256, item.blob.extension,
-                                    decision.placement, decision.tags, sidecar)
-        except PlacementError as error:
-            failed += 1
-            log.error("refile_failed", sha256=sha256, reason=str(error))
-            continue
-        pending.append((sha256, decision.placement, decision.reason, decision.tags))
-        log.info("media_refiled", sha256=sha256, placement=decision.placement.value,
-                 previous=item.blob.placement.value if item.blob.placement else None,
-                 tags=list(decision.tags), reason=decision.reason)
-        if len(pending) >= COMMIT_EVERY:
-            await catalogue.record_placements(pending, now)
-            pending = []
-    if pending:
-        await catalogue.record_placements(pending, now)
+    for start in range(0, len(changes), COMMIT_EVERY):
+        batch = changes[start:start + COMMIT_EVERY]
+        # Decisions first (see Catalogue.record_decisions), then files, then rows.
+        await catalogue.record_decisions(
+            [(item.blob.sha256, decision.placement, decision.reason, decision.tags)
+             for item, decision in batch], now)
+        done: list[tuple[str, Placement, str, tuple[str, ...]]] = []
+        undo: list[tuple[str, Placement, str, tuple[str, ...]]] = []
+        for item, decision in batch:
+            sha256 = item.blob.sha256
+            sidecar = None
+            if decision.placement is Placement.QUARANTINE:
+                sidecar = await quarantine_sidecar(catalogue, policy, sha256, decision,
+                                                   item.scores)
+            try:
+                await asyncio.to_thread(place, layout, sha256, item.blob.extension,
+                                        decision.placement, decision.tags, sidecar)
+            except PlacementError as error:
+                failed += 1
+                log.error("refile_failed", sha256=sha256, reason=str(error))
+                if item.blob.placement is not None:
+                    undo.append((sha256, item.blob.placement, item.blob.reason or "",
+                                 item.blob.tags))
+                continue
+            done.append((sha256, decision.placement, decision.reason, decision.tags))
+            log.info("media_refiled", sha256=sha256, placement=decision.placement.value,
+                     previous=item.blob.placement.value if item.blob.placement else None,
+                     tags=list(decision.tags), reason=decision.reason)
+        await catalogue.record_placements(done, now)
+        if undo:
+            await catalogue.record_decisions(undo, now)
     return RescoreReport(changed=len(changes) - failed, unchanged=len(items) - len(changes),
                          failed=failed)
+
+
+def _misplaced(layout: DataLayout, blob: BlobRow) -> bool:
+    """Whether an image's files disagree with its committed placement (blocking)."""
+    if blob.placement is None:
+        return False
+    targets = layout.targets(blob.sha256, blob.extension, blob.placement, blob.tags)
+    if any(not target.exists() for target in targets):
+        return True
+    return any(link not in targets for link in layout.existing_links(blob.sha256, blob.extension))
+
+
+async def reconcile(catalogue: Catalogue, layout: DataLayout, policy: Policy) -> int:
+    """At start-up: re-place every image whose files disagree with the catalogue.
+
+    Repairs a crash between committing a decision and moving the files; the committed
+    placement wins, so a file is never left visible against the catalogue's word.
+    """
+    from crawler.pipeline import quarantine_sidecar
+
+    blobs = [blob for blob in await catalogue.blobs_in(["library", "quarantine", "held"])
+             if blob.extension]
+    misplaced = await asyncio.to_thread(
+        lambda: [blob for blob in blobs if _misplaced(layout, blob)])
+    for blob in misplaced:
+        assert blob.placement is not None  # noqa: S101 - filtered by _misplaced
+        sidecar = None
+        if blob.placement is Placement.QUARANTINE:
+            decision = Decision(blob.placement, blob.tags, blob.reason or "")
+            sidecar = await quarantine_sidecar(catalogue, policy, blob.sha256, decision)
+        try:
+            await asyncio.to_thread(place, layout, blob.sha256, blob.extension, blob.placement,
+                                    blob.tags, sidecar)
+        except PlacementError as error:
+            log.error("reconcile_failed", sha256=blob.sha256, reason=str(error))
+            continue
+        log.info("media_reconciled", sha256=blob.sha256, placement=blob.placement.value)
+    return len(misplaced)
 
 
 async def refile_one(catalogue: Catalogue, layout: DataLayout, policy: Policy, sha256: str,

@@ -584,6 +584,23 @@ class Catalogue:
         ]
 
     @_serialized
+    async def record_decisions(
+        self, decisions: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float
+    ) -> None:
+        """Commit where images are about to be filed, before their files move.
+
+        Committing the decision first means a file never appears under library/ ahead of
+        the catalogue saying so; a crash between the two is repaired by re-placing every
+        image whose links disagree with its committed placement (rescore.reconcile).
+        """
+        await self._db.executemany(
+            """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
+               WHERE sha256 = ?""",
+            [(p.value, reason, json.dumps(list(tags)), now, sha)
+             for sha, p, reason, tags in decisions],
+        )
+
+    @_serialized
     async def record_placements(
         self, changes: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float
     ) -> None:

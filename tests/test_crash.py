@@ -365,6 +365,8 @@ class TestCrash:
             f"startup_s(min/median/max)={min(daemon.ready_s):.2f}/"
             f"{sorted(daemon.ready_s)[len(daemon.ready_s) // 2]:.2f}/{max(daemon.ready_s):.2f}\n")
         assert log.violations == [], f"seed {seed}"
+        # Decisions are committed before files move: nothing may be linked ahead of them.
+        assert log.uncommitted == [], f"seed {seed}"
         assert final_problems(config.data_dir, feeds) == [], f"seed {seed}"
         # The kills must have hit a working pipeline, not an idle one.
         assert log.with_unfinished >= kills * 3 // 4, log
@@ -429,10 +431,6 @@ def _rss(server: MediaServer) -> str:
 
 
 class TestPlacementWindow:
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: Pipeline._place links the image into library/ (storage.placement.place) before "
-        "Catalogue.record_placement commits placement='library'; a kill in between leaves a "
-        "visible file the catalogue has not filed"))
     async def test_library_file_is_never_ahead_of_its_commit(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
     ) -> None:
@@ -464,10 +462,6 @@ class TestPlacementWindow:
 
 
 class TestDuplicateContent:
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: Catalogue.record_download (and add_media's md5 shortcut) files a new URL whose "
-        "bytes are already in the library as 'library' (duplicate_content) without looking "
-        "at the new URL's source flags, so adult-rated content stays visible"))
     async def test_adult_flag_on_a_duplicate_of_a_library_image_hides_it(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
     ) -> None:
