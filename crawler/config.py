@@ -530,10 +530,21 @@ def config_from_mapping(raw: Mapping[str, Any], path: Path, text: str = "") -> C
     )
     from crawler.review.settings import ReviewSettings
 
+    from classifier.training.errors import TrainingError
+    from classifier.training.settings import TrainingSettings
+
     try:
         ReviewSettings.from_mapping(config.review, str(path))
     except ConfigError as error:
         problems.items.extend(error.problems)
+    try:
+        TrainingSettings.from_mapping(config.training)
+    except TrainingError as error:
+        text = str(error).removeprefix("bad [training] settings: ")
+        for problem in text.split("; "):
+            dotted, _, message = problem.partition(": ")
+            key = dotted.removeprefix("training.")
+            problems.add("training", key, message or problem)
     for tag in config.quarantine.tags:
         if tag not in config.thresholds:
             problems.add("quarantine", "tags",
