@@ -79,7 +79,7 @@ def _summary(sections: list[tuple[str, str]]) -> str:
         found = _SUMMARY_ROW.findall(body)
         if found:
             rows.extend(found)
-        elif title not in (SUMMARY_TITLE,):
+        elif title not in (SUMMARY_TITLE, "## Profile"):
             rows.append(f"| {title[3:]} | see its section | | | | |")
     return "\n".join([
         SUMMARY_TITLE, "",
@@ -95,8 +95,7 @@ def write_section(section: str, path: Path = BENCHMARKS_PATH) -> None:
         raise ValueError(f"a section starts with a '## ' title, not {title!r}")
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     head, sections = _split(text)
-    if not head.strip():
-        head = _HEADER
+    head = _HEADER + f"\nMachine: {machine()}.\n"
     titles = [name for name, _ in sections]
     new = section.rstrip("\n") + "\n"
     if title in titles:
