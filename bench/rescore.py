@@ -177,6 +177,54 @@ def deferred_directory_fsyncs() -> Iterator[None]:
         Catalogue.record_placements = real_commit  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def call_timings(totals: dict[str, list[float]]) -> Iterator[None]:
+    """For `--breakdown`: count and time the calls re-filing spends its time in.
+
+    Wraps `place` (as crawler.rescore calls it), `write_file_atomic` (the quarantine
+    sidecar), `os.fsync` (files and folders), `quarantine_sidecar` (its queries) and
+    `Catalogue.record_placements`, in this process only.
+    """
+    import crawler.pipeline as pipeline
+    import crawler.rescore as rescore_module
+    import storage.placement as placement
+    from storage.catalogue import Catalogue
+
+    def timed(name: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                entry = totals.setdefault(name, [0.0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - started
+        return wrapper
+
+    def timed_async(name: str, function: Any) -> Any:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                entry = totals.setdefault(name, [0.0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - started
+        return wrapper
+
+    patches = [(rescore_module, "place", timed), (placement, "write_file_atomic", timed),
+               (os, "fsync", timed), (pipeline, "quarantine_sidecar", timed_async),
+               (Catalogue, "record_placements", timed_async)]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, wrap in patches:
+        setattr(owner, name, wrap(name, getattr(owner, name)))
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
 def floor(root: Path, thresholds: dict[str, float], scratch: Path) -> float:
     """Seconds of the bare moves `thresholds` implies, on a scratch copy of the links."""
     from crawler.decide import decide
@@ -231,7 +279,7 @@ def floor(root: Path, thresholds: dict[str, float], scratch: Path) -> float:
     return time.perf_counter() - started
 
 
-def measure(count: int, prototype: bool = True) -> dict[str, Any]:
+def measure(count: int, prototype: bool = True, breakdown: bool = False) -> dict[str, Any]:
     from crawler.logs import configure_logging
 
     configure_logging("json", "info", stream=open(os.devnull, "w"))  # noqa: SIM115
@@ -247,18 +295,28 @@ def measure(count: int, prototype: bool = True) -> dict[str, Any]:
         for name, thresholds in (("change", CHANGED), ("none", CHANGED), ("back", FIRST)):
             if name != "none":
                 runs[f"{name}_floor"] = floor(root, thresholds, Path(temporary) / f"f-{name}")
-            seconds, report, phases = timed_rescore(root, thresholds)
+            totals: dict[str, list[float]] = {}
+            with call_timings(totals) if breakdown else contextlib.nullcontext():
+                seconds, report, phases = timed_rescore(root, thresholds)
             runs[name] = {"seconds": seconds, "changed": report.changed,
                           "unchanged": report.unchanged, "failed": report.failed, **phases}
             print(f"  {name}: {seconds:.2f} s, {report}", file=sys.stderr)
+            for call, (calls, total_s) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
+                print(f"      {call:20s} {calls:7.0f} calls {total_s:7.2f} s", file=sys.stderr)
         if prototype:
             with deferred_directory_fsyncs():
                 for name, thresholds in (("change_deferred", CHANGED), ("back_deferred", FIRST)):
-                    seconds, report, phases = timed_rescore(root, thresholds)
+                    totals = {}
+                    with call_timings(totals) if breakdown else contextlib.nullcontext():
+                        seconds, report, phases = timed_rescore(root, thresholds)
                     runs[name] = {"seconds": seconds, "changed": report.changed,
                                   "unchanged": report.unchanged, "failed": report.failed,
                                   **phases}
                     print(f"  {name}: {seconds:.2f} s, {report}", file=sys.stderr)
+                    for call, (calls, total_s) in sorted(totals.items(),
+                                                         key=lambda kv: -kv[1][1]):
+                        print(f"      {call:20s} {calls:7.0f} calls {total_s:7.2f} s",
+                              file=sys.stderr)
         results["runs"] = runs
     return results
 
@@ -319,9 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100_000, help="stored images")
     parser.add_argument("--no-prototype", action="store_true",
                         help="skip measuring the proposed deferred-fsync fix")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print the time spent in place(), fsync, sidecars, commits")
     parser.add_argument("--no-write", action="store_true", help="print, do not write the .md")
     arguments = parser.parse_args(argv)
-    results = measure(arguments.count, prototype=not arguments.no_prototype)
+    results = measure(arguments.count, prototype=not arguments.no_prototype,
+                      breakdown=arguments.breakdown)
     command = "python -m bench.rescore" + (
         f" --count {arguments.count}" if arguments.count != 100_000 else "")
     section = render(results, command)
