@@ -45,7 +45,7 @@ def run(name: str, arguments: list[str]) -> tuple[int, str]:
     command = [sys.executable, "-m", f"bench.{name}", *arguments]
     print(f"== {' '.join(['python', '-m', f'bench.{name}', *arguments])}", flush=True)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None  # noqa: S101 - piped above
+    assert process.stdout is not None
     lines = []
     for line in process.stdout:
         sys.stdout.write(line)

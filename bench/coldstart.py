@@ -140,9 +140,9 @@ def render(best: dict[str, float], rounds: int, command: str) -> str:
     warm_vs_tf = best["warm"] / best["tensorflow"]
     return "\n".join([
         "## Cold start", "", stamp(command), "",
-        "`megane run` (a fresh process, `NOTIFY_SOCKET` bound by the benchmark) until READY=1; "
+        ("`megane run` (a fresh process, `NOTIFY_SOCKET` bound by the benchmark) until READY=1; "
         "one empty local RSS feed, `builtin` model, engine `auto` (LiteRT on this CPU host). "
-        f"Best of {rounds} interleaved rounds.", "",
+        f"Best of {rounds} interleaved rounds."), "",
         summary_row("cold start, warm (TFLite cached), to READY=1", f"{best['warm']:.2f} s",
                     f"`import tensorflow` {best['tensorflow']:.2f} s", f"{warm_vs_tf:.2f}x",
                     "< 1x (faster than importing TF)", "yes" if warm_vs_tf < 1 else "no"),
@@ -152,13 +152,13 @@ def render(best: dict[str, float], rounds: int, command: str) -> str:
         "",
         "| start | seconds to READY=1 | ratio to `import tensorflow` |",
         "|---|---|---|",
-        f"| first start (builds open_nsfw, converts to TFLite, caches it) | "
-        f"{best['first']:.2f} | {best['first'] / best['tensorflow']:.2f}x |",
-        f"| warm start (cached TFLite; TensorFlow never imported) | {best['warm']:.2f} | "
-        f"{warm_vs_tf:.2f}x |",
+        (f"| first start (builds open_nsfw, converts to TFLite, caches it) | "
+        f"{best['first']:.2f} | {best['first'] / best['tensorflow']:.2f}x |"),
+        (f"| warm start (cached TFLite; TensorFlow never imported) | {best['warm']:.2f} | "
+        f"{warm_vs_tf:.2f}x |"),
         f"| reference: `python -c \"import tensorflow\"` | {best['tensorflow']:.2f} | 1.00x |",
-        f"| reference: `python -c pass` | {best['python']:.2f} | "
-        f"{best['python'] / best['tensorflow']:.2f}x |",
+        (f"| reference: `python -c pass` | {best['python']:.2f} | "
+        f"{best['python'] / best['tensorflow']:.2f}x |"),
         "",
     ])
 

@@ -210,11 +210,11 @@ def render(results: dict[str, object], command: str) -> str:
     stats: dict[str, float] = results["corpus"]  # type: ignore[assignment]
     ours = runs["ours"]
     lines = ["## Download", "", stamp(command), "",
-             f"{stats['count']:.0f} JPEGs ({stats['min_kb']:.0f}-{stats['max_kb']:.0f} KB, mean "
+             (f"{stats['count']:.0f} JPEGs ({stats['min_kb']:.0f}-{stats['max_kb']:.0f} KB, mean "
              f"{stats['mean_kb']:.0f} KB, {stats['total_mb']:.0f} MB) from 20 local hosts "
              f"(127.0.0.1-20, one port each, {LATENCY_MS:.0f} ms added to every response; the "
              f"server runs in its own process). {CONNECTIONS} connections for every parallel "
-             f"tool. Ours and aria2c: best of {results['rounds']} interleaved rounds.", ""]
+             f"tool. Ours and aria2c: best of {results['rounds']} interleaved rounds."), ""]
     summary = []
     if "aria2c" in runs:
         ratio = ours.images_per_s / runs["aria2c"].images_per_s
@@ -230,8 +230,8 @@ def render(results: dict[str, object], command: str) -> str:
             f"gallery-dl {runs['gallery-dl'].images_per_s:.1f}/s", f"{ratio:.1f}x",
             "many times", "yes" if ratio >= 4 else "no"))
     lines += summary + ["",
-                        "| tool | URLs | seconds | images/s | MB/s | ratio ours / tool | "
-                        "client CPU ms per image | note |",
+                        ("| tool | URLs | seconds | images/s | MB/s | ratio ours / tool | "
+                        "client CPU ms per image | note |"),
                         "|---|---|---|---|---|---|---|---|"]
     for run in runs.values():
         ratio = ours.images_per_s / run.images_per_s if run.images_per_s else float("nan")
@@ -242,7 +242,7 @@ def render(results: dict[str, object], command: str) -> str:
     for name, reason in missing.items():
         lines.append(f"| {name} | - | - | - | - | - | - | not measured: {reason} |")
     floor = CONNECTIONS / (LATENCY_MS / 1000)
-    lines += ["", f"The latency alone caps any {CONNECTIONS}-connection client at "
+    lines += ["", (f"The latency alone caps any {CONNECTIONS}-connection client at "
               f"{floor:.0f} images/s ({CONNECTIONS} / {LATENCY_MS / 1000:.2f} s); ours reaches "
               f"{ours.images_per_s / floor:.0%} of that bound. gallery-dl fetches one URL at a "
               "time, so its rate is bounded by 1 / (latency + transfer). The politeness row "
@@ -250,7 +250,7 @@ def render(results: dict[str, object], command: str) -> str:
               "by design (a crawler must not hammer a host); the comparison rows lift it. "
               "Client CPU is the downloading process's own user+system time (the server's "
               "is not counted): with both fast clients near the same rate, it shows which "
-              "one leaves more of the 2 cores to the classifier.", ""]
+              "one leaves more of the 2 cores to the classifier."), ""]
     return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -53,12 +53,12 @@ def load(batch_size: int = BATCH_SIZE, threads: int = 0) -> Any:
 
 def prepare(path: Path) -> np.ndarray:  # type: ignore[type-arg]
     """The pipeline's own decode path for one file: validate, draft-decode, preprocess."""
+    from classifier.decode import DecodeLimits
     from crawler.daemon import pipeline_settings  # noqa: F401 - the same modules the daemon loads
     from crawler.pipeline import _decode_and_prepare
-    from classifier.decode import DecodeLimits
 
     _, tensor, _ = _decode_and_prepare(path, DecodeLimits(), True, True)
-    assert tensor is not None  # noqa: S101 - with_tensor=True
+    assert tensor is not None
     return tensor
 
 
@@ -148,7 +148,7 @@ class ThreadCpu:
         while not self._stop.wait(0.2):
             self._last.update(self._snapshot())
 
-    def __enter__(self) -> ThreadCpu:
+    def __enter__(self) -> Self:
         if not Path("/proc/self/task").is_dir():
             return self
         self._first = self._snapshot()
@@ -308,10 +308,10 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         "| way | seconds | images/s | ratio to classifier alone | CPU ms per image |",
         "|---|---|---|---|---|",
-        f"| classifier alone (preprocessed tensors, batches of {BATCH_SIZE}) | "
-        f"{seconds['alone']:.2f} | {alone:.1f} | 1.00x | {cpu['alone'] / count * 1000:.1f} |",
-        f"| end to end: `Daemon.run(once=True)` | {seconds['end_to_end']:.2f} | {end:.1f} | "
-        f"{ratio:.2f}x | {cpu['end_to_end'] / count * 1000:.1f} |",
+        (f"| classifier alone (preprocessed tensors, batches of {BATCH_SIZE}) | "
+        f"{seconds['alone']:.2f} | {alone:.1f} | 1.00x | {cpu['alone'] / count * 1000:.1f} |"),
+        (f"| end to end: `Daemon.run(once=True)` | {seconds['end_to_end']:.2f} | {end:.1f} | "
+        f"{ratio:.2f}x | {cpu['end_to_end'] / count * 1000:.1f} |"),
     ]
     if seconds["serial"] != float("inf"):
         rate = count / seconds["serial"]
@@ -325,7 +325,7 @@ def render(results: dict[str, Any], command: str) -> str:
     bound = min(1.0, cores * seconds["alone"] / cpu["end_to_end"])
     lines += [
         "",
-        f"CPU accounting (process time of every thread; the media server is another process): "
+        (f"CPU accounting (process time of every thread; the media server is another process): "
         f"the classifier alone costs {inference_ms:.1f} CPU-ms per image "
         f"({cpu['alone'] / seconds['alone']:.1f} cores busy); end to end costs "
         f"{extra_ms:.1f} CPU-ms more per image (download, hashing, SQLite, decode + "
@@ -333,7 +333,7 @@ def render(results: dict[str, Any], command: str) -> str:
         f"thread — placement, logs). On {cores} cores, even with perfect overlap end to end "
         f"can reach at most {cores} x {seconds['alone'] / count * 1000:.1f} ms / "
         f"{cpu['end_to_end'] / count * 1000:.1f} CPU-ms = {bound:.2f}x of the classifier "
-        f"alone; measured: {ratio:.2f}x.",
+        f"alone; measured: {ratio:.2f}x."),
         "",
     ]
     per_round = results.get("per_round") or []
@@ -350,7 +350,7 @@ def render(results: dict[str, Any], command: str) -> str:
         end_batch_ms = timeline["busy_s"] / max(batches, 1) * 1000
         idle_s = timeline["seconds"] - timeline["busy_s"]
         lines += [
-            f"Where the end-to-end time goes (the round with the best end-to-end time): "
+            (f"Where the end-to-end time goes (the round with the best end-to-end time): "
             f"{batches} batches ({timeline['images']} images, so "
             f"{batches * BATCH_SIZE - timeline['images']} padded slots); one batch took "
             f"{end_batch_ms:.0f} ms end to end against {alone_batch_ms:.0f} ms alone in the "
@@ -359,7 +359,7 @@ def render(results: dict[str, Any], command: str) -> str:
             f"{timeline['seconds']:.2f} s ({idle_s / timeline['seconds']:.0%}): "
             f"{timeline['first_batch_s']:.2f} s before the first batch (poll, first downloads, "
             f"decode), {timeline['after_last_batch_s']:.2f} s after the last (placing, "
-            f"shutdown), the rest between batches.", "",
+            f"shutdown), the rest between batches."), "",
         ]
     threads = results.get("threads") or {}
     if threads:

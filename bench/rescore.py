@@ -151,7 +151,7 @@ def deferred_directory_fsyncs() -> Iterator[None]:
     per-link directory fsyncs are collected instead of done, and each touched directory is
     fsynced once right before the batch's catalogue commit (`record_placements`), which
     keeps "files durable before the rows say so"."""
-    import storage.placement as placement
+    from storage import placement
     from storage.catalogue import Catalogue
 
     real_fsync_dir = placement.fsync_dir
@@ -185,9 +185,9 @@ def call_timings(totals: dict[str, list[float]]) -> Iterator[None]:
     sidecar), `os.fsync` (files and folders), `quarantine_sidecar` (its queries) and
     `Catalogue.record_placements`, in this process only.
     """
-    import crawler.pipeline as pipeline
     import crawler.rescore as rescore_module
-    import storage.placement as placement
+    from crawler import pipeline
+    from storage import placement
     from storage.catalogue import Catalogue
 
     def timed(name: str, function: Any) -> Any:
@@ -253,7 +253,7 @@ def floor(root: Path, thresholds: dict[str, float], scratch: Path) -> float:
     # A scratch copy of the links involved, so the floor runs on the same filesystem.
     source = scratch / "src"
     source.mkdir(parents=True)
-    old_links, new_links = [], []
+    old_links = []
     for sha256, placement, tags, decision in moves:
         stored = source / sha256
         stored.write_bytes(sha256.encode())
@@ -327,10 +327,10 @@ def render(results: dict[str, Any], command: str) -> str:
     met = change["seconds"] <= GOAL_S and back["seconds"] <= GOAL_S
     lines = [
         "## Rescore", "", stamp(command), "",
-        f"{results['count']} filed images (tiny files; built in {results['build_s']:.0f} s: "
+        (f"{results['count']} filed images (tiny files; built in {results['build_s']:.0f} s: "
         f"{results['placements']}), scores for nsfw, megane and cat. `rescore()` as SIGHUP "
         "runs it; the floor is the same link/unlink/sidecar work with bare os calls (no "
-        "fsync, no catalogue) on the same disk.", "",
+        "fsync, no catalogue) on the same disk."), "",
         summary_row(f"rescore {results['count']:,}, ~10% re-filed (seconds)", f"{change['seconds']:.1f} s",
                     f"bare os moves {runs['change_floor']:.2f} s",
                     f"{change['seconds'] / runs['change_floor']:.0f}x the floor",
@@ -339,8 +339,8 @@ def render(results: dict[str, Any], command: str) -> str:
                     f"load {none['load']:.1f} s + plan {none['plan']:.1f} s", "-",
                     f"<= {GOAL_S:.0f} s", "yes" if none["seconds"] <= GOAL_S else "no"),
         "",
-        "| change | images re-filed | seconds | bare os floor | ratio to floor | "
-        "load items (SQL) | plan (decide) |",
+        ("| change | images re-filed | seconds | bare os floor | ratio to floor | "
+        "load items (SQL) | plan (decide) |"),
         "|---|---|---|---|---|---|---|",
     ]
     for label, run, floor_s in (
@@ -355,11 +355,11 @@ def render(results: dict[str, Any], command: str) -> str:
     lines.append("")
     if "change_deferred" in runs:
         lines += [
-            "Proposed fix, measured in the same run (a prototype patched in by the benchmark, "
+            ("Proposed fix, measured in the same run (a prototype patched in by the benchmark, "
             "see `deferred_directory_fsyncs`): `place()` fsyncs the destination folder after "
             "every link and unlink (about 3 folder fsyncs per re-filed image, ~1-2 ms each "
             "here, one image after another); deferring them to one fsync per touched folder "
-            "before each batch's catalogue commit gives:", "",
+            "before each batch's catalogue commit gives:"), "",
             "| change | now | folder fsyncs deferred to the batch commit | speed-up |",
             "|---|---|---|---|"]
         for label, now_run, fixed in (

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 from xml.sax.saxutils import escape
 
 MIN_BYTES = 30 * 1024
@@ -150,18 +151,16 @@ def corpus(count: int, seed: int = 0, root: Path | None = None) -> Path:
                 return data
             attempt += 1
 
-    rng_round = 0
     with ThreadPoolExecutor(max_workers=2) as pool:
         for index, data in zip(range(have, count), pool.map(make, range(have, count))):
             (folder / f"{index:05d}.jpg").write_bytes(data)
     files = corpus_files(folder, count)
-    for _ in range(5):
+    for rng_round in range(5):
         close = _near_duplicates(files, NEAR_DUPLICATE_BITS)
         if not close:
             break
         for index in close:
             files[index].write_bytes(make(index + 50_000_000 + rng_round * 1_000_000))
-        rng_round += 1
     sizes = [path.stat().st_size for path in files]
     digests = {hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
     if len(digests) != count:
@@ -217,13 +216,13 @@ class MediaHosts:
     process: subprocess.Popen[str] | None = None
     addresses: list[str] | None = None
 
-    def __enter__(self) -> MediaHosts:
+    def __enter__(self) -> Self:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.servers", "serve", "--corpus", str(self.corpus_dir),
              "--hosts", str(self.hosts), "--latency-ms", str(self.latency_ms)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
-        assert self.process.stdout is not None  # noqa: S101 - piped above
+        assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
             self.process.wait(10)
@@ -235,7 +234,7 @@ class MediaHosts:
                  traceback: TracebackType | None) -> None:
         if self.process is None:
             return
-        assert self.process.stdin is not None  # noqa: S101
+        assert self.process.stdin is not None
         self.process.stdin.close()
         try:
             self.process.wait(10)
@@ -245,7 +244,7 @@ class MediaHosts:
 
     @property
     def allowed(self) -> list[str]:
-        assert self.addresses is not None  # noqa: S101 - set on enter
+        assert self.addresses is not None
         return list(self.addresses)
 
     def urls(self, count: int) -> list[str]:
