@@ -158,6 +158,11 @@ def _link_into(source: Path, target: Path, mode: int) -> None:
     with contextlib.suppress(FileNotFoundError):
         if os.path.samefile(source, target):
             return  # already linked: re-filing the same way is a no-op
+        if not target.is_symlink() and target.stat().st_size == source.stat().st_size:
+            # A copy made where links are impossible (another filesystem). The name is the
+            # content's sha256 and copies are renamed into place whole, so it is complete.
+            os.chmod(target, mode)
+            return
     temp = _temp_name(target.parent, source.name[:64])
     try:
         try:
