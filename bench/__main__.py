@@ -32,6 +32,7 @@ QUICK_ARGS = {
     "rescore": ["--count", "10000"],
     "coldstart": ["--rounds", "1"],
     "decode": ["--seconds", "1", "--rounds", "2"],
+    "memory": ["--backlogs", "1000", "10000", "--seconds", "20"],
 }
 PRINTED_SECTIONS = {"decode": "## Decode", "memory": "## Memory"}
 
@@ -60,6 +61,8 @@ def printed_section(name: str, output: str, arguments: list[str]) -> str:
     lines = [title, "", stamp(command), ""]
     if name == "decode":
         lines += _decode_summary(output)
+    if name == "memory":
+        lines += _memory_summary(output)
     lines += ["```", output.strip(), "```", ""]
     return "\n".join(lines)
 
@@ -82,6 +85,20 @@ def _decode_summary(output: str) -> list[str]:
                 f"decode + resize, {current}: ours vs naive", f"{found.group(1)}/s",
                 "naive full decode + resize", f"{ratio:.2f}x", goal, "yes" if met else "no"))
     return rows + [""] if rows else []
+
+
+def _memory_summary(output: str) -> list[str]:
+    """A summary row from bench.memory's output: peak RSS of the largest vs smallest backlog."""
+    peaks = re.findall(r"backlog\s+(\d+): peak RSS\s+([\d.]+) MiB", output)
+    ratio = re.search(r"peak RSS ratio (\d+)/(\d+): ([\d.]+)", output)
+    if len(peaks) < 2 or ratio is None:
+        return []
+    (small, small_mib), (large, large_mib) = peaks[0], peaks[-1]
+    value = float(ratio.group(3))
+    return [summary_row(
+        f"peak RSS, backlog {int(large):,} vs {int(small):,} pending", f"{large_mib} MiB",
+        f"{small_mib} MiB", f"{value:.2f}x", "flat (<= 1.1x)", "yes" if value <= 1.1 else "no"),
+        ""]
 
 
 def main(argv: list[str] | None = None) -> int:
