@@ -335,3 +335,23 @@ class TestHygiene:
         index = config.data_dir / "quarantine" / "index.html"
         assert item["sha256"] in index.read_text()
         assert stat.S_IMODE(index.stat().st_mode) == 0o600
+
+
+class TestInferenceTimeout:
+    async def test_a_batch_that_takes_too_long_is_held(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any
+    ) -> None:
+        """Inference over inference_timeout_s holds the batch (fail closed) and the run ends."""
+        media_server.add_feed("/feed.xml", _serve_photos(media_server, ("rocket",)))
+        config = write_config("inference_timeout_s = 0.5\n", allowed=(media_server.host_port,),
+                              sources=_feed_source(media_server))
+        gated = GatedClassifier(shared_classifier)
+        try:
+            assert await Daemon(config, classifier=gated).run(once=True) == 0
+        finally:
+            gated.release.set()
+
+        [item] = await _media(config)
+        assert item["state"] == "held"
+        assert item["reason"].startswith("inference_failed: TimeoutError")
+        assert _library_files(config.data_dir) == []
