@@ -32,7 +32,7 @@ from crawler.promotion import follow_promotions, load_active_model
 from crawler.rescore import reconcile, refile_one, rescore
 from crawler.review.refresher import IndexRefresher
 from crawler.review.settings import ReviewSettings
-from crawler.schedule import next_poll_delay_s
+from crawler.schedule import next_poll_delay_s, quiet_notice
 from crawler.sdnotify import Notifier, ProgressWatchdog, watchdog_interval_s
 from crawler.sources import Source, SourceContext, create_source
 from storage.catalogue import Catalogue
@@ -381,9 +381,14 @@ class Daemon:
                     config, empty_polls=poller.empty_polls, full=result.full,
                     errors=0, retry_after_s=result.retry_after_s,
                 )
+                notice = result.notice or quiet_notice(
+                    empty_polls=poller.empty_polls,
+                    last_new_at=now if rows else state.last_new_at,
+                    first_poll_at=state.first_poll_at or now, now=now,
+                )
                 await catalogue.record_poll(
                     source.name, cursor=result.cursor, new_items=len(rows),
-                    next_poll_at=now + delay, notice=result.notice, now=now,
+                    next_poll_at=now + delay, notice=notice, now=now,
                 )
                 for row in rows:
                     if row.sha256 and row.flags and row.state in (State.LIBRARY, State.HELD):

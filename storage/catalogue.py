@@ -68,6 +68,7 @@ class SourceState:
     next_poll_at: float | None
     notice: str | None
     items_total: int
+    first_poll_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -700,20 +701,23 @@ class Catalogue:
     ) -> None:
         await self._write(
             """UPDATE sources SET cursor = COALESCE(?, cursor), last_poll_at = ?,
+               first_poll_at = COALESCE(first_poll_at, ?),
                last_success_at = ?, last_new_at = CASE WHEN ? > 0 THEN ? ELSE last_new_at END,
                consecutive_errors = 0, last_error = NULL,
                empty_polls = CASE WHEN ? > 0 THEN 0 ELSE empty_polls + 1 END,
                next_poll_at = ?, notice = ?, items_total = items_total + ? WHERE name = ?""",
-            (cursor, now, now, new_items, now, new_items, next_poll_at, notice, new_items, name),
+            (cursor, now, now, now, new_items, now, new_items, next_poll_at, notice, new_items,
+             name),
         )
 
     async def record_poll_error(
         self, name: str, error: str, *, next_poll_at: float, now: float
     ) -> None:
         await self._write(
-            """UPDATE sources SET last_poll_at = ?, last_error = ?, last_error_at = ?,
+            """UPDATE sources SET last_poll_at = ?, first_poll_at = COALESCE(first_poll_at, ?),
+               last_error = ?, last_error_at = ?,
                consecutive_errors = consecutive_errors + 1, next_poll_at = ? WHERE name = ?""",
-            (now, error, now, next_poll_at, name),
+            (now, now, error, now, next_poll_at, name),
         )
 
     # -- reporting -----------------------------------------------------------------

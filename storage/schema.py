@@ -110,6 +110,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 2: when a source was first polled, for the "quiet source" notice in `megane status`.
+    (
+        "ALTER TABLE sources ADD COLUMN first_poll_at REAL",
+        "UPDATE sources SET first_poll_at = last_poll_at",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -777,3 +777,29 @@ class TestConcurrency:
             await task
         seen = await reading
         assert seen.state is State.PENDING, "the reader saw a state that was rolled back"
+
+
+class TestMigrations:
+    async def test_a_version_1_catalogue_is_migrated_in_place(self, tmp_path: Path) -> None:
+        """Opening a schema-1 catalogue adds first_poll_at, filled from last_poll_at."""
+        import sqlite3
+
+        from storage.schema import MIGRATIONS, SCHEMA_VERSION
+
+        path = tmp_path / "catalogue.sqlite"
+        with sqlite3.connect(path) as connection:
+            for statement in MIGRATIONS[0]:
+                connection.execute(statement)
+            connection.execute("PRAGMA user_version = 1")
+            connection.execute(
+                "INSERT INTO sources (name, kind, query_key, last_poll_at) VALUES (?, ?, ?, ?)",
+                ("feed", "rss", "q", 1234.5))
+        connection.close()
+
+        catalogue = await Catalogue.open(path)
+        try:
+            assert await catalogue.schema_version() == SCHEMA_VERSION >= 2
+            state = await catalogue.source_state("feed")
+            assert state is not None and state.first_poll_at == 1234.5
+        finally:
+            await catalogue.close()
