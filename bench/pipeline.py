@@ -306,8 +306,8 @@ def render(results: dict[str, Any], command: str) -> str:
                     f"classifier alone {alone:.1f}/s", f"{ratio:.2f}x", f">= {GOAL:.2f}x",
                     "yes" if ratio >= GOAL else "no"),
         "",
-        *(["Misses the goal: see the explanation and next step under \"## Profile\"."
-           , ""] if ratio < GOAL else []),
+        *(["Misses the goal: see the explanation and next step under \"## Profile\".", ""]
+          if ratio < GOAL else []),
         "| way | seconds | images/s | ratio to classifier alone | CPU ms per image |",
         "|---|---|---|---|---|",
         (f"| classifier alone (preprocessed tensors, batches of {BATCH_SIZE}) | "

@@ -339,6 +339,8 @@ def render(results: dict[str, Any], command: str) -> str:
                     f"load {none['load']:.1f} s + plan {none['plan']:.1f} s", "-",
                     f"<= {GOAL_S:.0f} s", "yes" if none["seconds"] <= GOAL_S else "no"),
         "",
+        *(["Misses the goal: see the explanation and the proposed fix under \"## Profile\".",
+           ""] if not met else []),
         ("| change | images re-filed | seconds | bare os floor | ratio to floor | "
         "load items (SQL) | plan (decide) |"),
         "|---|---|---|---|---|---|---|",
