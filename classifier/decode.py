@@ -89,7 +89,7 @@ _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", 
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 # In entropy-coded JPEG data a 0xFF byte is followed by 0x00 (stuffing), a restart marker
 # (0xD0-0xD7) or more 0xFF fill bytes; anything else is the next real marker.
-_JPEG_MARKER_AFTER_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_JPEG_MARKER_AFTER_SCAN = re.compile(rb"\xff[\xff]*[^\x00\xd0-\xd7\xff]")
 _GIF_BLOCK_START = re.compile(rb"[,!;]")
 
 
