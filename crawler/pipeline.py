@@ -14,7 +14,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +35,7 @@ from crawler.rescore import refile_one
 from storage.catalogue import Catalogue
 from storage.errors import PlacementError
 from storage.placement import DataLayout, place
-from storage.records import MediaRow, Placement, State
+from storage.records import BlobRow, MediaRow, Placement, State
 
 log = structlog.get_logger("megane.pipeline")
 
@@ -523,11 +523,21 @@ async def quarantine_sidecar(
     """The JSON written beside a quarantined image for file-manager reviewers."""
     blob = await catalogue.get_blob(sha256)
     rows = await catalogue.media_for_blob(sha256)
+    if scores is None:
+        scores = await catalogue.scores_for(sha256)
+    return sidecar_document(blob, rows, decision, scores, policy)
+
+
+def sidecar_document(
+    blob: BlobRow, rows: Sequence[MediaRow], decision: Decision,
+    scores: Mapping[str, float], policy: Policy,
+) -> dict[str, Any]:
+    """The sidecar's content (pure): scores, thresholds, source, post, flags, reason."""
     first = rows[0] if rows else None
     return {
-        "sha256": sha256,
+        "sha256": blob.sha256,
         "reason": decision.reason,
-        "scores": dict(scores) if scores is not None else await catalogue.scores_for(sha256),
+        "scores": dict(scores),
         "model_version": blob.model_version,
         "thresholds": dict(policy.thresholds),
         "review_band": list(policy.review_band) if policy.review_band else None,

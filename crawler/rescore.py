@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from crawler.decide import Decision, Policy, decide
 from storage.catalogue import Catalogue, RescoreItem
 from storage.errors import PlacementError
-from storage.placement import DataLayout, place
+from storage.placement import DataLayout, batch_durability, place
 from storage.records import BlobRow, Placement
 
 log = structlog.get_logger("megane.rescore")
@@ -40,31 +41,40 @@ def plan_rescore(items: list[RescoreItem], policy: Policy) -> list[tuple[Rescore
 
 async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
                   now: float) -> RescoreReport:
-    from crawler.pipeline import quarantine_sidecar
+    """Re-file every stored image whose filing changes under `policy`.
+
+    Per chunk: the decisions are committed, the files moved in one worker thread with one
+    sync at the end (not an fsync per file), then the rows are committed. A crash in
+    between is repaired at start-up by `reconcile` (the committed decision wins).
+    """
+    from crawler.pipeline import sidecar_document
 
     items = await catalogue.rescore_items()
     changes = plan_rescore(items, policy)
     failed = 0
     for start in range(0, len(changes), COMMIT_EVERY):
         batch = changes[start:start + COMMIT_EVERY]
-        # Decisions first (see Catalogue.record_decisions), then files, then rows.
         await catalogue.record_decisions(
             [(item.blob.sha256, decision.placement, decision.reason, decision.tags)
              for item, decision in batch], now)
+        quarantined = [item.blob.sha256 for item, decision in batch
+                       if decision.placement is Placement.QUARANTINE]
+        rows = await catalogue.media_for_blobs(quarantined) if quarantined else {}
+        jobs = [
+            (item, decision,
+             sidecar_document(item.blob, rows.get(item.blob.sha256, []), decision,
+                              item.scores, policy)
+             if decision.placement is Placement.QUARANTINE else None)
+            for item, decision in batch
+        ]
+        errors = await asyncio.to_thread(_place_batch, layout, jobs)
         done: list[tuple[str, Placement, str, tuple[str, ...]]] = []
         undo: list[tuple[str, Placement, str, tuple[str, ...]]] = []
         for item, decision in batch:
             sha256 = item.blob.sha256
-            sidecar = None
-            if decision.placement is Placement.QUARANTINE:
-                sidecar = await quarantine_sidecar(catalogue, policy, sha256, decision,
-                                                   item.scores)
-            try:
-                await asyncio.to_thread(place, layout, sha256, item.blob.extension,
-                                        decision.placement, decision.tags, sidecar)
-            except PlacementError as error:
+            if sha256 in errors:
                 failed += 1
-                log.error("refile_failed", sha256=sha256, reason=str(error))
+                log.error("refile_failed", sha256=sha256, reason=errors[sha256])
                 if item.blob.placement is not None:
                     undo.append((sha256, item.blob.placement, item.blob.reason or "",
                                  item.blob.tags))
@@ -78,6 +88,22 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
             await catalogue.record_decisions(undo, now)
     return RescoreReport(changed=len(changes) - failed, unchanged=len(items) - len(changes),
                          failed=failed)
+
+
+def _place_batch(
+    layout: DataLayout,
+    jobs: list[tuple[RescoreItem, Decision, dict[str, Any] | None]],
+) -> dict[str, str]:
+    """Move many images (blocking), made durable by one sync; returns sha256 -> error."""
+    errors: dict[str, str] = {}
+    with batch_durability():
+        for item, decision, sidecar in jobs:
+            try:
+                place(layout, item.blob.sha256, item.blob.extension, decision.placement,
+                      decision.tags, sidecar)
+            except PlacementError as error:
+                errors[item.blob.sha256] = str(error)
+    return errors
 
 
 def _misplaced(layout: DataLayout, blob: BlobRow) -> bool:

@@ -775,6 +775,18 @@ class Catalogue:
         rows = await self._fetchall("SELECT * FROM media WHERE sha256 = ? ORDER BY id", (sha256,))
         return [_media_row(row) for row in rows]
 
+    async def media_for_blobs(self, sha256s: Sequence[str]) -> dict[str, list[MediaRow]]:
+        """The media rows of many images at once, by sha256 (rows in id order)."""
+        found: dict[str, list[MediaRow]] = {sha: [] for sha in sha256s}
+        for start in range(0, len(sha256s), 500):
+            chunk = list(sha256s[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in await self._fetchall(
+                f"SELECT * FROM media WHERE sha256 IN ({marks}) ORDER BY id", chunk
+            ):
+                found[row["sha256"]].append(_media_row(row))
+        return found
+
     async def features_for(self, backbone: str) -> dict[str, bytes]:
         rows = await self._fetchall(
             "SELECT sha256, vector FROM features WHERE backbone = ?", (backbone,)
