@@ -63,6 +63,9 @@ class Work:
     scores: dict[str, float] | None = None
     held_reason: str | None = None
     phash: str | None = None
+    # Downloaded by this process just now as new content: no stored copy, no labels yet,
+    # so the stages skip those catalogue round trips.
+    fresh: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -294,6 +297,7 @@ class Pipeline:
             return
         log.info("media_downloaded", url=row.url, sha256=sha256, bytes=size)
         work.sha256 = sha256
+        work.fresh = True
         await self.decode_queue.put(work)
 
     async def _fetch_failed(self, work: Work, error: FetchError) -> None:
@@ -336,8 +340,11 @@ class Pipeline:
         sha256 = work.sha256
         if sha256 is None:
             raise DecodeError("missing_content", "row has no sha256")
-        blob = await self.catalogue.get_blob(sha256)
-        path = self.layout.content_file(sha256, blob.extension)
+        path: Path | None = self.layout.spool_file(sha256)
+        if not (work.fresh and path is not None and path.exists()):
+            # Resumed rows, or the same bytes already placed by another row in flight.
+            blob = await self.catalogue.get_blob(sha256)
+            path = self.layout.content_file(sha256, blob.extension)
         if path is None:
             # The file vanished (crash between rename and commit): fetch it again.
             await self.catalogue.reset_unfinished_without_file(sha256, self.clock())
@@ -475,9 +482,8 @@ class Pipeline:
     async def _place(self, work: Work) -> None:
         sha256 = work.sha256
         assert sha256 is not None
-        blob = await self.catalogue.get_blob(sha256)
-        extension = work.extension or blob.extension
-        labels = await self.catalogue.human_labels_for(sha256)
+        extension = work.extension or (await self.catalogue.get_blob(sha256)).extension
+        labels = {} if work.fresh else await self.catalogue.human_labels_for(sha256)
         flags = await self.catalogue.flags_for(sha256)
         if work.held_reason is not None:
             decision = Decision(Placement.HELD, (), work.held_reason)
