@@ -29,7 +29,7 @@ from crawler.hygiene import PhashIndex
 from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
 from crawler.pipeline import Pipeline, PipelineSettings
 from crawler.promotion import follow_promotions, load_active_model
-from crawler.rescore import reconcile, refile_one, rescore
+from crawler.rescore import reconcile, rescore
 from crawler.review.refresher import IndexRefresher
 from crawler.review.settings import ReviewSettings
 from crawler.schedule import next_poll_delay_s, quiet_notice
@@ -37,7 +37,6 @@ from crawler.sdnotify import Notifier, ProgressWatchdog, watchdog_interval_s
 from crawler.sources import Source, SourceContext, create_source
 from storage.catalogue import Catalogue
 from storage.placement import DataLayout, sweep
-from storage.records import State
 
 log = structlog.get_logger("megane.daemon")
 ONCE_MAX_EXTRA_POLLS = 100
@@ -391,10 +390,6 @@ class Daemon:
                     next_poll_at=now + delay, notice=notice, now=now,
                 )
                 for row in rows:
-                    if row.sha256 and row.flags and row.state in (State.LIBRARY, State.HELD):
-                        # Known bytes (booru md5) arriving with a source flag: re-decide.
-                        await refile_one(catalogue, self.layout, policy_of(self.config),
-                                         row.sha256, now)
                     log.info("media_found", url=row.url, source=source.name,
                              state=row.state.value, reason=row.reason, flags=list(row.flags))
                 log.info("source_polled", source=source.name, found=len(result.refs),

@@ -31,7 +31,6 @@ from crawler.decide import Decision, Policy, decide
 from crawler.errors import FetchError, PermanentFetchError
 from crawler.hygiene import PhashIndex, check_arrival, record_near_duplicate
 from crawler.localcopy import copy_to_spool
-from crawler.rescore import refile_one
 from storage.catalogue import Catalogue
 from storage.errors import PlacementError
 from storage.placement import DataLayout, place
@@ -284,9 +283,6 @@ class Pipeline:
                 self.layout.spool_file(sha256).unlink()
             log.info("media_duplicate", url=row.url, sha256=sha256,
                      state=known.placement.value, reason="duplicate_content")
-            if row.flags:
-                # This URL's source flags count for the stored bytes too.
-                await refile_one(self.catalogue, self.layout, self.policy, sha256, self.clock())
             self._done(work)
             return
         if known is not None:  # placement is None but the blob row said rejected

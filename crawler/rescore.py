@@ -75,7 +75,9 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
             if sha256 in errors:
                 failed += 1
                 log.error("refile_failed", sha256=sha256, reason=errors[sha256])
-                if item.blob.placement is not None:
+                # Undo only a move into the library; a move out of it keeps the new
+                # decision (fail closed) and reconcile finishes it at the next start.
+                if item.blob.placement is not None and decision.placement is Placement.LIBRARY:
                     undo.append((sha256, item.blob.placement, item.blob.reason or "",
                                  item.blob.tags))
                 continue
@@ -165,6 +167,9 @@ async def refile_one(catalogue: Catalogue, layout: DataLayout, policy: Policy, s
     sidecar = None
     if decision.placement is Placement.QUARANTINE:
         sidecar = await quarantine_sidecar(catalogue, policy, sha256, decision, scores)
+    # Decision first (reconcile repairs a crash in between), then files, then rows.
+    await catalogue.record_decisions(
+        [(sha256, decision.placement, decision.reason, decision.tags)], now)
     await asyncio.to_thread(place, layout, sha256, blob.extension, decision.placement,
                             decision.tags, sidecar)
     await catalogue.record_placement(sha256, decision.placement, decision.reason,

@@ -276,7 +276,8 @@ class Catalogue:
             state, reason, sha256 = State.PENDING, None, None
             if ref.skip_reason:
                 state, reason = State.REJECTED, ref.skip_reason
-            elif ref.md5:
+            elif ref.md5 and not ref.flags:
+                # A flagged URL is downloaded and decided even when its bytes are known.
                 known = await self._known_by_md5(ref.md5)
                 if known is not None:
                     state, reason, sha256 = known
@@ -372,9 +373,23 @@ class Catalogue:
         """Mark a row downloaded; returns the existing blob when this content is known.
 
         When the content is already filed (or rejected), the row goes straight to that
-        final state and the caller drops its spool file.
+        final state and the caller drops its spool file. A URL carrying an NSFW flag, or
+        bytes another row is still processing, go on as new content instead: the pipeline
+        then decides with every URL's flags and places idempotently.
         """
         existing = await self._fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if existing is not None and existing["placement"] not in (None, "rejected"):
+            # Known, filed content is a plain duplicate only when nothing could change its
+            # filing: no other row still working on the same bytes (it may be mid-placement
+            # and need spool/), and no NSFW flag on this URL that the filing has not seen.
+            busy = await self._fetchone(
+                """SELECT 1 FROM media WHERE sha256 = ? AND id != ? AND state IN
+                   ('downloaded', 'decoded', 'classified') LIMIT 1""",
+                (sha256, media_id),
+            )
+            flags = await self._fetchone("SELECT flags FROM media WHERE id = ?", (media_id,))
+            if busy is not None or (flags is not None and _loads_tuple(flags["flags"])):
+                existing = None
         if existing is not None and existing["placement"] is None:
             existing = None  # another row is processing the same bytes: go on as new
         if existing is None:

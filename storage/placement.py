@@ -239,6 +239,9 @@ def admit_to_store(layout: DataLayout, sha256: str, extension: str) -> Path:
     """Move a downloaded file from spool/ into the private store (fsynced); idempotent."""
     stored = layout.store_file(sha256, extension)
     if stored.exists():
+        # The same bytes downloaded again (a flagged duplicate): the spool copy is spare.
+        with contextlib.suppress(FileNotFoundError):
+            layout.spool_file(sha256).unlink()
         return stored
     spooled = layout.spool_file(sha256)
     if not spooled.exists():
