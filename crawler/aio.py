@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
@@ -40,6 +41,38 @@ class ThreadLimiter:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class DaemonThreadRunner:
+    """Runs blocking calls one at a time on daemon threads.
+
+    For inference: a call that hangs (a wedged device) is abandoned after its timeout and
+    cannot keep the process alive at exit, as a ThreadPoolExecutor worker would.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+
+    async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def deliver(setter: Callable[[Any], None], value: Any) -> None:
+            if not future.done():
+                setter(value)
+
+        def target() -> None:
+            with self._lock:
+                try:
+                    result = function(*args, **kwargs)
+                except BaseException as error:  # noqa: BLE001 - handed to the awaiting task
+                    loop.call_soon_threadsafe(deliver, future.set_exception, error)
+                else:
+                    loop.call_soon_threadsafe(deliver, future.set_result, result)
+
+        threading.Thread(target=target, name=self.name, daemon=True).start()
+        return await future
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:

@@ -281,7 +281,20 @@ class Daemon:
                 raise Shutdown
             self.reload_requested.clear()
             self.notifier.reloading()
-            await self.reload()
+            # A stop request during a long re-filing wins: rescore is safe to cancel
+            # between chunks (decisions are committed before files move).
+            reloading = asyncio.ensure_future(self.reload())
+            stopping = asyncio.ensure_future(self.stop_requested.wait())
+            try:
+                await asyncio.wait({reloading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not reloading.done():
+                    reloading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reloading
+            if self.stop_requested.is_set():
+                continue
             self.notifier.ready()
 
     async def _report(self, catalogue: Catalogue) -> None:
@@ -292,7 +305,9 @@ class Daemon:
             states = await catalogue.counts_by_state()
             pending = await catalogue.count_due(self.clock())
             if self.watchdog_interval_s:
-                if self.watchdog is None or self.watchdog.should_ping(time.monotonic(), pending):
+                healthy = not self.pipeline.inference_hung and (
+                    self.watchdog is None or self.watchdog.should_ping(time.monotonic(), pending))
+                if healthy:
                     self.notifier.watchdog()
                 else:
                     log.error("pipeline_stalled", pending=pending,

@@ -26,7 +26,7 @@ import structlog
 from classifier.base import Classifier, ClassifyResult
 from classifier.decode import DecodeLimits, decode_image
 from classifier.errors import DecodeError
-from crawler.aio import ThreadLimiter, shielded, wait_event
+from crawler.aio import DaemonThreadRunner, ThreadLimiter, shielded, wait_event
 from crawler.decide import Decision, Policy, decide
 from crawler.errors import FetchError, PermanentFetchError
 from crawler.hygiene import PhashIndex, check_arrival, record_near_duplicate
@@ -156,7 +156,8 @@ class Pipeline:
         self.sources_done = asyncio.Event()
         self._decode_threads = ThreadLimiter(settings.decode_workers, "decode")
         self._io_threads = ThreadLimiter(4, "place")
-        self._model_thread = ThreadLimiter(1, "inference")
+        self._model_thread = DaemonThreadRunner("inference")
+        self.inference_hung = False
         self.batches_run = 0
         # Called after each classified batch with (tensors, result, sha256s), e.g. to run a
         # candidate model in shadow. A listener's failure is logged and never costs the batch.
@@ -203,7 +204,6 @@ class Pipeline:
         finally:
             self._decode_threads.shutdown()
             self._io_threads.shutdown()
-            self._model_thread.shutdown()
 
     # -- feeding -------------------------------------------------------------------
 
@@ -425,6 +425,14 @@ class Pipeline:
                 reason = f"inference_failed: {type(error).__name__}: {error}"[:300]
                 log.error("batch_failed", size=len(batch), reason=reason,
                           model_version=classifier.version)
+                if isinstance(error, TimeoutError):
+                    # The call may still be running and holds the device: stop feeding it.
+                    # Later images are held, and the watchdog stops pinging (restart).
+                    self.inference_hung = True
+                    self.classifier = None
+                    self.classifier_problem = (
+                        f"inference_hung: no answer in {self.settings.inference_timeout_s} s")
+                    log.error("inference_hung", model_version=classifier.version)
                 for work in batch:
                     work.tensor = None
                     work.held_reason = reason

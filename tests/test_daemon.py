@@ -346,10 +346,13 @@ class TestInferenceTimeout:
         config = write_config("inference_timeout_s = 0.5\n", allowed=(media_server.host_port,),
                               sources=_feed_source(media_server))
         gated = GatedClassifier(shared_classifier)
+        daemon = Daemon(config, classifier=gated)
         try:
-            assert await Daemon(config, classifier=gated).run(once=True) == 0
+            assert await daemon.run(once=True) == 0
         finally:
             gated.release.set()
+        assert daemon.pipeline is not None and daemon.pipeline.inference_hung
+        assert daemon.pipeline.classifier is None  # no more batches fed to a wedged engine
 
         [item] = await _media(config)
         assert item["state"] == "held"

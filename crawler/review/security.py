@@ -155,7 +155,10 @@ def auth_guard(token: str, sessions: Sessions) -> Middleware:
             cookie, _session = sessions.create()
             query = [(key, value) for key, value in request.query.items()
                      if key != TOKEN_PARAMETER]
-            response = web.HTTPSeeOther(str(request.rel_url.with_query(query)))
+            target = str(request.rel_url.with_query(query))
+            if not target.startswith("/") or target.startswith("//") or "\\" in target:
+                target = "/"  # never redirect off this server (`//host/...` is another site)
+            response = web.HTTPSeeOther(target)
             response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="Strict",
                                 path="/")
             raise response
