@@ -62,14 +62,19 @@ class DaemonThreadRunner:
             if not future.done():
                 setter(value)
 
+        def hand_over(setter: Callable[[Any], None], value: Any) -> None:
+            # The loop is gone when the call outlived its caller (a hung call, abandoned).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, setter, value)
+
         def target() -> None:
             with self._lock:
                 try:
                     result = function(*args, **kwargs)
                 except BaseException as error:  # noqa: BLE001 - handed to the awaiting task
-                    loop.call_soon_threadsafe(deliver, future.set_exception, error)
+                    hand_over(future.set_exception, error)
                 else:
-                    loop.call_soon_threadsafe(deliver, future.set_result, result)
+                    hand_over(future.set_result, result)
 
         threading.Thread(target=target, name=self.name, daemon=True).start()
         return await future
