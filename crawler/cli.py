@@ -266,13 +266,18 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
     return _run_with_catalogue(config, body)
 
 
-def _review_decision(args: argparse.Namespace, labels: Sequence[tuple[str, bool]]) -> int:
+def _review_decision(
+    args: argparse.Namespace,
+    labels: Sequence[tuple[str, bool]] | Callable[[Config], Sequence[tuple[str, bool]]],
+) -> int:
     from crawler.daemon import policy_of
     from crawler.rescore import refile_one
     from crawler.review.actions import after_decision
     from storage.placement import DataLayout
 
     config = _load(args)
+    if callable(labels):
+        labels = labels(config)
     who = getattr(args, "who", None) or getpass.getuser()
 
     async def body(catalogue: Any) -> int:
@@ -291,11 +296,17 @@ def _review_decision(args: argparse.Namespace, labels: Sequence[tuple[str, bool]
 
 
 def cmd_quarantine_release(args: argparse.Namespace) -> int:
-    return _review_decision(args, [("nsfw", False)])
+    # Not NSFW by any quarantine tag: each one is labelled no.
+    return _review_decision(
+        args, lambda config: [(tag, False) for tag in config.quarantine.tags])
 
 
 def cmd_quarantine_confirm(args: argparse.Namespace) -> int:
-    return _review_decision(args, [("nsfw", True)])
+    def confirm(config: Config) -> list[tuple[str, bool]]:
+        tags = config.quarantine.tags
+        return [("nsfw" if "nsfw" in tags or not tags else tags[0], True)]
+
+    return _review_decision(args, confirm)
 
 
 def cmd_label(args: argparse.Namespace) -> int:
