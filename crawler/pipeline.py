@@ -501,9 +501,14 @@ class Pipeline:
             sidecar = await self.sidecar(sha256, decision, work.scores)
         # Decision first, files second, rows final third: a file is never visible under
         # library/ before the catalogue says it belongs there.
-        await self.catalogue.record_decisions(
+        refused = await self.catalogue.record_decisions(
             [(sha256, decision.placement, decision.reason, decision.tags)], self.clock()
         )
+        if refused:
+            # Deleted or rejected while this row was in flight: that verdict stands.
+            blob = await self.catalogue.get_blob(sha256)
+            await self._reject(work, blob.reason or "rejected_content", sha256=None)
+            return
         await self._io_threads.run(
             place, self.layout, sha256, extension, decision.placement, decision.tags, sidecar
         )

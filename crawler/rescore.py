@@ -15,7 +15,7 @@ import structlog
 from crawler.decide import Decision, Policy, decide
 from storage.catalogue import Catalogue, RescoreItem
 from storage.errors import PlacementError
-from storage.placement import DataLayout, batch_durability, place
+from storage.placement import DataLayout, batch_durability, place, remove_everywhere
 from storage.records import BlobRow, Placement
 
 log = structlog.get_logger("megane.rescore")
@@ -126,6 +126,14 @@ async def reconcile(catalogue: Catalogue, layout: DataLayout, policy: Policy) ->
     """
     from crawler.pipeline import quarantine_sidecar
 
+    # Deleted (or rejected) content must not stay linked anywhere either.
+    rejected = [blob for blob in await catalogue.blobs_in(["rejected"]) if blob.extension]
+    leftovers = await asyncio.to_thread(
+        lambda: [blob for blob in rejected
+                 if layout.existing_links(blob.sha256, blob.extension)])
+    for blob in leftovers:
+        await asyncio.to_thread(remove_everywhere, layout, blob.sha256, blob.extension)
+        log.info("media_reconciled", sha256=blob.sha256, placement="rejected")
     blobs = [blob for blob in await catalogue.blobs_in(["library", "quarantine", "held"])
              if blob.extension]
     misplaced = await asyncio.to_thread(

@@ -534,7 +534,7 @@ class Catalogue:
         """Commit where an image was filed; every row carrying it becomes final there."""
         await self._db.execute(
             """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
-               WHERE sha256 = ?""",
+               WHERE sha256 = ? AND placement IS NOT 'rejected'""",
             (placement.value, reason, json.dumps(list(tags)), now, sha256),
         )
         await self._db.execute(
@@ -602,7 +602,7 @@ class Catalogue:
     @_serialized
     async def record_decisions(
         self, decisions: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float
-    ) -> None:
+    ) -> set[str]:
         """Commit where images are about to be filed, before their files move.
 
         Committing the decision first means a file never appears under library/ ahead of
@@ -611,10 +611,20 @@ class Catalogue:
         """
         await self._db.executemany(
             """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
-               WHERE sha256 = ?""",
+               WHERE sha256 = ? AND placement IS NOT 'rejected'""",
             [(p.value, reason, json.dumps(list(tags)), now, sha)
              for sha, p, reason, tags in decisions],
         )
+        # Content rejected meanwhile (deleted by a reviewer) keeps that verdict: say which.
+        refused: set[str] = set()
+        shas = [sha for sha, *_ in decisions]
+        for start in range(0, len(shas), 500):
+            chunk = shas[start:start + 500]
+            rows = await self._fetchall(
+                f"SELECT sha256 FROM blobs WHERE placement = 'rejected' "
+                f"AND sha256 IN ({','.join('?' * len(chunk))})", chunk)
+            refused.update(row["sha256"] for row in rows)
+        return refused
 
     @_serialized
     async def record_placements(
@@ -623,7 +633,7 @@ class Catalogue:
         """Commit many re-filings in one transaction (rescore)."""
         await self._db.executemany(
             """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
-               WHERE sha256 = ?""",
+               WHERE sha256 = ? AND placement IS NOT 'rejected'""",
             [(p.value, reason, json.dumps(list(tags)), now, sha) for sha, p, reason, tags in changes],
         )
         await self._db.executemany(
