@@ -379,6 +379,10 @@ class Pipeline:
         if verdict.blocked:
             await self._reject(work, verdict.reason, sha256=work.sha256)
             return True
+        if work.row.flags:
+            # A flagged near-copy is filed on its own (and quarantined by its flag), rather
+            # than lending its flag to a stored image it only resembles.
+            return False
         if await record_near_duplicate(self.catalogue, self.layout, work.row.id, work.sha256,
                                        verdict, self.clock()):
             log.info("media_near_duplicate", url=work.row.url, sha256=work.sha256,

@@ -164,8 +164,13 @@ class Catalogue:
         try:
             await connection
         except BaseException as error:
-            # Stop the worker thread, or it keeps the process alive at exit.
-            connection.stop()
+            # Stop the worker thread (or it keeps the process alive at exit), and wait for
+            # it, so it never reports back to an event loop that has closed meanwhile.
+            started = connection._thread.is_alive()
+            stopping = connection.stop()
+            if stopping is not None and started:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(stopping, 5.0)
             if isinstance(error, sqlite3.Error):
                 raise CatalogueError(f"{path}: cannot open the catalogue: {error}") from error
             raise
