@@ -26,12 +26,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 from bench.report import stamp, summary_row, write_section
-from bench.servers import MediaHosts, corpus
+from bench.servers import MediaHosts, corpus, write_daemon_config
 
 READY_TIMEOUT_S = 300.0
 
@@ -42,26 +41,7 @@ def megane_command() -> list[str]:
 
 
 def write_config(folder: Path, feed_url: str, allowed: list[str]) -> Path:
-    hosts = ", ".join(f'"{host}"' for host in allowed)
-    path = folder / "config.toml"
-    path.write_text(textwrap.dedent(f"""\
-        [daemon]
-        data_dir = "{folder / 'data'}"
-        log_format = "json"
-
-        [http]
-        allowed_private_hosts = [{hosts}]
-
-        [classifier]
-        engine = "auto"
-
-        [[sources]]
-        kind = "rss"
-        name = "empty"
-        url = "{feed_url}"
-        interval = "1h"
-        """))
-    return path
+    return write_daemon_config(folder, feed_url, allowed, source_name="empty")
 
 
 def time_to_ready(config: Path, log_path: Path) -> float:

@@ -27,7 +27,6 @@ import asyncio
 import os
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -36,7 +35,14 @@ from typing import Any, Self
 import numpy as np
 
 from bench.report import stamp, summary_row, write_section
-from bench.servers import MediaHosts, cache_root, corpus, corpus_files, corpus_stats
+from bench.servers import (
+    MediaHosts,
+    cache_root,
+    corpus,
+    corpus_files,
+    corpus_stats,
+    write_daemon_config,
+)
 
 BATCH_SIZE = 16
 GOAL = 0.90
@@ -170,27 +176,8 @@ class ThreadCpu:
 
 
 def write_config(folder: Path, feed_url: str, allowed: list[str]) -> Path:
-    hosts = ", ".join(f'"{host}"' for host in allowed)
-    path = folder / "config.toml"
-    path.write_text(textwrap.dedent(f"""\
-        [daemon]
-        data_dir = "{folder / 'data'}"
-        log_format = "json"
-
-        [http]
-        allowed_private_hosts = [{hosts}]
-
-        [classifier]
-        engine = "litert"
-        batch_size = {BATCH_SIZE}
-
-        [[sources]]
-        kind = "rss"
-        name = "bench"
-        url = "{feed_url}"
-        interval = "1h"
-        """))
-    return path
+    return write_daemon_config(folder, feed_url, allowed,
+                               classifier=f'engine = "litert"\nbatch_size = {BATCH_SIZE}')
 
 
 async def _states(config: Any) -> dict[str, int]:

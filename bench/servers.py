@@ -314,3 +314,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def write_daemon_config(folder: Path, feed_url: str, allowed: list[str], *,
+                        classifier: str = 'engine = "auto"', source_name: str = "bench") -> Path:
+    """A config.toml in `folder` with one RSS source at `feed_url` (data under folder/data)."""
+    hosts = ", ".join(f'"{host}"' for host in allowed)
+    path = folder / "config.toml"
+    path.write_text(
+        f'[daemon]\ndata_dir = "{folder / "data"}"\nlog_format = "json"\n\n'
+        f"[http]\nallowed_private_hosts = [{hosts}]\n\n"
+        f"[classifier]\n{classifier}\n\n"
+        f'[[sources]]\nkind = "rss"\nname = "{source_name}"\nurl = "{feed_url}"\n'
+        f'interval = "1h"\n'
+    )
+    return path
+
