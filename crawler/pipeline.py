@@ -62,8 +62,8 @@ class Work:
     scores: dict[str, float] | None = None
     held_reason: str | None = None
     phash: str | None = None
-    # Downloaded by this process just now as new content: no stored copy, no labels yet,
-    # so the stages skip those catalogue round trips.
+    # Downloaded by this process just now: its bytes are in spool/, so decoding skips
+    # looking up the stored copy.
     fresh: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
@@ -491,7 +491,7 @@ class Pipeline:
         sha256 = work.sha256
         assert sha256 is not None
         extension = work.extension or (await self.catalogue.get_blob(sha256)).extension
-        labels = {} if work.fresh else await self.catalogue.human_labels_for(sha256)
+        labels = await self.catalogue.human_labels_for(sha256)
         flags = await self.catalogue.flags_for(sha256)
         if work.held_reason is not None:
             decision = Decision(Placement.HELD, (), work.held_reason)
