@@ -51,15 +51,10 @@ Runner = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 def machine() -> str:
     """`<model name>, <n> cores, x86_64, GPU or not` from lscpu and the device nodes."""
+    from bench.report import cpu_model
     from classifier.engines import cpu_count, gpu_device_nodes_present
 
-    model_name = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        found = re.search(r"^Model name:\s*(.+)$", lscpu, re.MULTILINE)
-        model_name = found.group(1).strip() if found else model_name
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    model_name = cpu_model()
     gpu = "a GPU device node" if gpu_device_nodes_present() else "no GPU"
     return f"{model_name}, {cpu_count()} cores, {platform.machine()}, {gpu}"
 
@@ -76,7 +71,7 @@ def versions() -> str:
             f"Pillow {PIL.__version__}")
 
 
-def photos() -> dict[str, "PIL.Image.Image"]:  # type: ignore[name-defined]  # noqa: F821
+def photos() -> dict[str, PIL.Image.Image]:  # type: ignore[name-defined]  # noqa: F821
     import skimage.data
     from PIL import Image
 

@@ -30,8 +30,8 @@ runs differ by up to 2x while ratios within one run hold.
 """
 
 
-def machine() -> str:
-    """`<CPU model>, <n> cores, <arch>, <memory>, no GPU` from lscpu and /proc/meminfo."""
+def cpu_model() -> str:
+    """The CPU's model name from lscpu (platform.processor() where lscpu is missing)."""
     model = platform.processor() or "unknown CPU"
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -39,6 +39,12 @@ def machine() -> str:
         model = found.group(1).strip() if found else model
     except (OSError, subprocess.CalledProcessError):
         pass
+    return model
+
+
+def machine() -> str:
+    """`<CPU model>, <n> cores, <arch>, <memory>, no GPU` from lscpu and /proc/meminfo."""
+    model = cpu_model()
     memory = ""
     try:
         meminfo = Path("/proc/meminfo").read_text()
