@@ -416,10 +416,12 @@ def _load_quarantine(raw: Mapping[str, Any], problems: _Problems) -> QuarantineC
 
 def _load_aliases(raw: Mapping[str, Any], problems: _Problems) -> Mapping[str, tuple[str, ...]]:
     table = _table(raw, "tag_aliases", problems)
+    from crawler.sources.common import normalize_tag
+
     aliases: dict[str, tuple[str, ...]] = {}
     for tag in table:
         aliases[tag] = tuple(
-            alias.lower() for alias in _string_list("tag_aliases", table, tag, (), problems)
+            normalize_tag(alias) for alias in _string_list("tag_aliases", table, tag, (), problems)
         )
     return MappingProxyType(aliases)
 

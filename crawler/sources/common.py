@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -181,11 +182,20 @@ def string_list(value: object) -> list[str] | None:
     return None
 
 
+def normalize_tag(text: str) -> str:
+    """A tag or category as stored and matched: NFKC, lower case, inner whitespace collapsed.
+
+    ``"  Window\n\tLight "`` -> ``"window light"``; ``"ＭＥＧＡＮＥ"`` -> ``"megane"``.
+    Used for source tags before they are stored and for `[tag_aliases]` before matching.
+    """
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
 def lower_unique(items: list[str]) -> tuple[str, ...]:
-    """Lower-cased, stripped, non-empty items, first occurrence kept."""
+    """Normalised (`normalize_tag`), non-empty items, first occurrence kept."""
     seen: dict[str, None] = {}
     for item in items:
-        text = item.strip().lower()
+        text = normalize_tag(item)
         if text:
             seen.setdefault(text, None)
     return tuple(seen)
