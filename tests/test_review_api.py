@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from PIL import Image
+from yarl import URL
 
 from crawler.cli import build_parser
 from crawler.config import Config
@@ -18,7 +19,9 @@ from crawler.review.security import SECURITY_HEADERS, SESSION_COOKIE
 from crawler.review.server import new_token, run_review, serve
 from tests.review_fixtures import (  # noqa: F401
     REVIEW_CONFIG,
+    REVIEW_HOST,
     TOKEN,
+    LocalhostResolver,
     ReviewState,
     review_state_fixture,
 )
@@ -47,21 +50,23 @@ async def raw_request(port: int, request_line: str, headers: dict[str, str]) -> 
 
 
 class TestHostCheck:
-    @pytest.mark.parametrize("name", ["127.0.0.1", "localhost", "[::1]"])
-    async def test_loopback_names_with_our_port_are_served(
-            self, review_state: ReviewState, name: str) -> None:
-        """localhost, 127.0.0.1 and [::1] with the server's own port are accepted."""
-        response = await review_state.client.get(
-            "/quarantine", headers={**review_state.bearer, "Host": f"{name}:{review_state.port}"})
-        assert response.status == 200
+    async def test_own_name_with_our_port_is_served(self, review_state: ReviewState) -> None:
+        """The server's own `*.localhost` name with its port is accepted, in any letter case."""
+        for host in (review_state.host, review_state.host.upper()):
+            response = await review_state.client.get(
+                "/quarantine", headers={**review_state.bearer, "Host": host})
+            assert response.status == 200
 
     @pytest.mark.parametrize("host", [
         "evil.example:{port}", "127.0.0.1.nip.io:{port}", "localtest.me:{port}",
-        "localhost:{other}", "127.0.0.1", "localhost.:{port}", "0.0.0.0:{port}",
+        "localhost:{port}", "127.0.0.1:{port}", "[::1]:{port}", "{name}:{other}", "{name}",
+        "127.0.0.1", "localhost.:{port}", "0.0.0.0:{port}", "{name}.:{port}",
+        "megane-ffffffffffffffffffffffffffffffff.localhost:{port}", "x.{name}:{port}",
     ])
     async def test_other_hosts_are_misdirected(self, review_state: ReviewState, host: str) -> None:
-        """A rebinding name, another port or no port is refused with 421, even with the token."""
-        value = host.format(port=review_state.port, other=review_state.port + 1)
+        """Loopback literals, a rebinding name, another name, port or no port: 421, token or not."""
+        value = host.format(port=review_state.port, other=review_state.port + 1,
+                            name=REVIEW_HOST)
         response = await review_state.client.get(
             "/quarantine", headers={**review_state.bearer, "Host": value})
         assert response.status == 421
@@ -201,7 +206,7 @@ class TestCsrf:
         sha = review_state.shas["astronaut"]
         response = await review_state.client.post(
             f"/item/{sha}/release", headers={"X-CSRF-Token": csrf, "Accept": "application/json",
-                                             "Origin": f"http://127.0.0.1:{review_state.port}"})
+                                             "Origin": f"http://{review_state.host}"})
         assert response.status == 200
         assert (await response.json())["placement"] == "library"
 
@@ -315,7 +320,7 @@ class TestImages:
         """Traversal in any spelling finds no route: 404, no file content."""
         raw = path.format(sha=review_state.shas["astronaut"])
         status, body = await raw_request(review_state.port, f"GET {raw}", {
-            **review_state.bearer, "Host": f"127.0.0.1:{review_state.port}"})
+            **review_state.bearer, "Host": review_state.host})
         assert status == 404, raw
         assert b"root:" not in body and b"SQLite" not in body
 
@@ -547,9 +552,11 @@ class TestServe:
             group.create_task(serve(config, 0, TOKEN, stop, ready=ready.set_result))
             try:
                 url = await asyncio.wait_for(ready, 30)
-                assert url.startswith("http://127.0.0.1:") and url.endswith(f"?token={TOKEN}")
-                jar = aiohttp.CookieJar(unsafe=True)
-                async with (aiohttp.ClientSession(cookie_jar=jar) as session,
+                assert url.startswith("http://megane-") and url.endswith(f"?token={TOKEN}")
+                host = URL(url).host
+                assert host is not None and host.endswith(".localhost") and len(host) > 40
+                connector = aiohttp.TCPConnector(resolver=LocalhostResolver())
+                async with (aiohttp.ClientSession(connector=connector) as session,
                             session.get(url) as response):
                     assert response.status == 200
                     assert str(response.url).endswith("/quarantine")
