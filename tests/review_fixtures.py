@@ -52,7 +52,7 @@ async def store_photo(
     catalogue: Catalogue, layout: DataLayout, config: Config, data: bytes, *,
     url: str, scores: Mapping[str, float] | None, source: str = "test-feed",
     author: str | None = None, post_url: str | None = None, flags: tuple[str, ...] = (),
-    now: float | None = None,
+    tags: tuple[str, ...] = (), now: float | None = None,
 ) -> str:
     """File `data` as the pipeline would (scores None: never classified, so held)."""
     now = time.time() if now is None else now
@@ -60,7 +60,8 @@ async def store_photo(
     layout.ensure()
     layout.spool_file(sha256).write_bytes(data)
     rows = await catalogue.add_media(
-        [MediaRef(url=url, source=source, author=author, post_url=post_url, flags=flags)], now)
+        [MediaRef(url=url, source=source, author=author, post_url=post_url, flags=flags,
+                   tags=tags)], now)
     media_id = rows[0].id
     await catalogue.record_download(media_id, sha256, len(data), now)
     with Image.open(io.BytesIO(data)) as image:
