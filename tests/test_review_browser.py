@@ -173,6 +173,7 @@ class TestOwnOrigin:
         app.router.add_get("/{path:.*}", other_service)
         other = TestServer(app, host="127.0.0.1")
         await other.start_server()
+        assert other.port is not None
         config = write_config(REVIEW_CONFIG)
         layout = DataLayout(config.data_dir)
         layout.ensure()
