@@ -989,7 +989,7 @@ class TestDisplayFilters:
         """Text over the limit is cut and says how much was left out."""
         assert clip(text, limit) == expected
 
-    @pytest.mark.parametrize("url", HIDDEN_URLS + ["", "http://", "https://a.example/\u202e"])
+    @pytest.mark.parametrize("url", [*HIDDEN_URLS, "", "http://", "https://a.example/\u202e"])
     def test_unlinkable_urls(self, url: str) -> None:
         """Only public http(s) URLs of sane length are links."""
         assert not linkable_url(url)

@@ -22,7 +22,7 @@ from storage.display import linkable_url, make_environment
 
 KEYS_HELP = (
     "j/k next/previous · u or space unblur · o open · r release · c confirm · "
-    "t or 1–9 choose the tag · y/n label it · ? this help"
+    "t or 1–9 choose the tag · y/n label it · ? this help"  # noqa: RUF001 (a real dash)
 )
 NAV = (("quarantine", "Quarantine"), ("held", "Held"), ("library", "Library"))
 _ENVIRONMENT = make_environment("crawler.review")

@@ -89,7 +89,8 @@ async def serve(config: Config, port: int, token: str, stop: asyncio.Event | Non
     settings = ReviewSettings.from_mapping(config.review, str(config.path))
     catalogue = await Catalogue.open(layout.catalogue)
     try:
-        runner = web.AppRunner(make_app(config, catalogue, layout, token, host_name=host_name), access_log=None)
+        app = make_app(config, catalogue, layout, token, host_name=host_name)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, BIND_ADDRESS, port)

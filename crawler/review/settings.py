@@ -44,10 +44,12 @@ class ReviewSettings:
             problems.append("[review] near_duplicate_distance: an integer from 0 to 32 "
                             f"(bits of 64), got {distance!r}")
         radius = table.get("blur_radius", DEFAULT_BLUR_RADIUS)
-        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 <= radius <= 100:
+        if (isinstance(radius, bool) or not isinstance(radius, (int, float))
+                or not 0 <= radius <= 100):
             problems.append(f"[review] blur_radius: a number from 0 to 100, got {radius!r}")
         page_size = table.get("page_size", 120)
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+        if (isinstance(page_size, bool) or not isinstance(page_size, int)
+                or not 1 <= page_size <= 1000):
             problems.append(f"[review] page_size: an integer from 1 to 1000, got {page_size!r}")
         idle = table.get("session_idle_s", 1800.0)
         if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 1 <= idle <= 86400:
