@@ -17,7 +17,7 @@ from typing import Any
 from yarl import URL
 
 from crawler.decide import Policy
-from crawler.review.queries import Filters, Item, ItemDetail
+from crawler.review.queries import Filters, Item, ItemDetail, is_confirmed
 from storage.display import linkable_url, make_environment
 
 KEYS_HELP = (
@@ -76,10 +76,13 @@ def item_page(detail: ItemDetail, policy: Policy, csrf: str,
               counts: Mapping[str, int]) -> str:
     """One image: picture, scores against thresholds, labels with history, its sources."""
     item = detail.item
+    back = f"/{item.placement}"
+    if item.placement == "quarantine" and is_confirmed(item, policy.quarantine_tags):
+        back = "/quarantine/confirmed"
     return _render(
         "item.html", title=f"Image {item.sha256[:12]}", page_kind="item", counts=counts,
         tags=label_tags(policy, [item]), csrf=csrf, detail=detail, policy=policy,
-        here=f"/item/{item.sha256}",
+        here=f"/item/{item.sha256}", back=back,
     )
 
 

@@ -203,14 +203,18 @@ def host_guard(host_name: str) -> Middleware:
         raw = request.headers.get("Host")
         parsed = split_host(raw) if raw else None
         if parsed is None:
-            raise web.HTTPBadRequest(text=f"400: a Host header of {host_name}:PORT is required\n")
+            raise web.HTTPBadRequest(
+                text="400: a Host header with the name and port `megane review` printed is "
+                     "required\n")
         host, port = parsed
         expected_port = _local_port(request)
         if port is None and expected_port == 80:
             port = 80
         if host != host_name or port != expected_port:
+            # The name is not repeated here: a page on a rebinding name can read this answer.
             raise web.HTTPMisdirectedRequest(
-                text=f"421: this server answers only to http://{host_name}:{expected_port}/\n")
+                text="421: this server answers only to the URL `megane review` printed "
+                     f"(http://megane-....localhost:{expected_port}/)\n")
         return await handler(request)
 
     return middleware
