@@ -150,6 +150,7 @@ class TestAuthentication:
         cookie = response.headers["Set-Cookie"]
         assert cookie.startswith(f"{SESSION_COOKIE}=")
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        assert "Domain" not in cookie  # host-only: the UI's own name alone
         assert TOKEN not in cookie
         followed = await review_state.client.get("/held?source=feed-a")
         assert followed.status == 200
