@@ -350,7 +350,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     from crawler.review.server import run_review
 
-    return run_review(_load(args), args.port, args.token)
+    return run_review(_load(args), args.port, args.token, token_file=args.token_file,
+                      environ=os.environ)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -439,7 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("rescore", cmd_rescore, "re-file every image from stored scores", json_flag=True)
     sub = add("review", cmd_review, "the local review web UI (127.0.0.1, token-protected)")
     sub.add_argument("--port", type=int, default=8421, help="port on 127.0.0.1 (default 8421)")
-    sub.add_argument("--token", help="access token (default: a new random one, printed)")
+    sub.add_argument("--token", help="access token (visible to local users in /proc: prefer "
+                                     "MEGANE_REVIEW_TOKEN or --token-file; default: a new "
+                                     "random one, printed)")
+    sub.add_argument("--token-file", type=Path, metavar="PATH",
+                     help="read the access token from PATH (mode 0600)")
     sub = add("delete", cmd_delete, "delete an image for good and block its near-copies")
     sub.add_argument("sha", metavar="SHA")
     sub = add("train", cmd_train, "train a new model version from labels; print its evaluation",

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import io
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 from PIL import Image, ImageFilter
 
 from storage.catalogue import Catalogue
+from storage.display import make_environment
 from storage.placement import (
     PRIVATE_DIR_MODE,
     PRIVATE_FILE_MODE,
@@ -96,52 +95,16 @@ def write_thumbnail(target: Path, source: Path, radius: float = DEFAULT_BLUR_RAD
     return target
 
 
-def _format_time(timestamp: float | None) -> str:
-    if timestamp is None:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
-
-
-def _card(entry: QuarantineEntry) -> str:
-    esc = html.escape
-    name = f"{entry.sha256}{entry.extension}"
-    scores = ", ".join(f"{tag} {score:.2f}" for tag, score in sorted(entry.scores.items()))
-    post = ""
-    if entry.post_url and entry.post_url.startswith(("https://", "http://")):
-        post = f' · <a href="{esc(entry.post_url)}" rel="noreferrer noopener">post</a>'
-    return (
-        '<figure class="card">'
-        f'<a href="{esc(name)}"><img src="{THUMBS_FOLDER}/{esc(entry.sha256)}.jpg" '
-        f'alt="blurred thumbnail of {esc(entry.sha256[:12])}" width="200" height="200"></a>'
-        f"<figcaption><code>{esc(entry.sha256[:12])}</code> · "
-        f'<a href="{esc(entry.sha256)}.json">sidecar</a>{post}<br>'
-        f"{esc(entry.reason or '')}<br>{esc(scores)}<br>"
-        f"{esc(entry.source or '')} {esc(_format_time(entry.first_seen))}</figcaption>"
-        "</figure>"
-    )
-
-
-_STYLE = (
-    "body{font:14px sans-serif;margin:1em;background:#222;color:#ddd}"
-    "a{color:#9cf}.grid{display:flex;flex-wrap:wrap;gap:12px}"
-    ".card{width:200px;margin:0;padding:6px;background:#333;border-radius:4px}"
-    ".card img{width:200px;height:200px;object-fit:cover;display:block}"
-    "figcaption{font-size:12px;word-break:break-word}"
-)
+_ENVIRONMENT = make_environment("storage")
 
 
 def render_quarantine_index(entries: Sequence[QuarantineEntry]) -> str:
-    """The contact sheet's HTML: plain, self-contained, every value escaped."""
-    cards = "\n".join(_card(entry) for entry in entries)
-    empty = "" if entries else "<p>Nothing is quarantined.</p>"
-    return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        '<meta name="referrer" content="no-referrer">'
-        f"<title>megane quarantine ({len(entries)})</title><style>{_STYLE}</style></head>"
-        f"<body><h1>Quarantine: {len(entries)} image(s)</h1>"
-        "<p>Thumbnails are blurred; a click opens the full image.</p>"
-        f'{empty}<div class="grid">\n{cards}\n</div></body></html>\n'
-    )
+    """The contact sheet's HTML (templates/quarantine_index.html): plain, self-contained.
+
+    Autoescape is on; post links are rendered only for public http(s) URLs.
+    """
+    template = _ENVIRONMENT.get_template("quarantine_index.html")
+    return template.render(entries=entries, thumbs_folder=THUMBS_FOLDER)
 
 
 def write_quarantine_index(layout: DataLayout, entries: Sequence[QuarantineEntry],

@@ -8,15 +8,18 @@ as the pipeline would — no model needed: the scores are given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
@@ -32,6 +35,7 @@ from storage.placement import DataLayout, place
 from storage.records import MediaRef
 
 TOKEN = "test-token-0123456789abcdef"
+REVIEW_HOST = "megane-0123456789abcdef0123456789abcdef.localhost"
 REVIEW_CONFIG = """
 [thresholds]
 nsfw = 0.80
@@ -48,7 +52,7 @@ async def store_photo(
     catalogue: Catalogue, layout: DataLayout, config: Config, data: bytes, *,
     url: str, scores: Mapping[str, float] | None, source: str = "test-feed",
     author: str | None = None, post_url: str | None = None, flags: tuple[str, ...] = (),
-    now: float | None = None,
+    tags: tuple[str, ...] = (), now: float | None = None,
 ) -> str:
     """File `data` as the pipeline would (scores None: never classified, so held)."""
     now = time.time() if now is None else now
@@ -56,7 +60,8 @@ async def store_photo(
     layout.ensure()
     layout.spool_file(sha256).write_bytes(data)
     rows = await catalogue.add_media(
-        [MediaRef(url=url, source=source, author=author, post_url=post_url, flags=flags)], now)
+        [MediaRef(url=url, source=source, author=author, post_url=post_url, flags=flags,
+                   tags=tags)], now)
     media_id = rows[0].id
     await catalogue.record_download(media_id, sha256, len(data), now)
     with Image.open(io.BytesIO(data)) as image:
@@ -104,12 +109,17 @@ class ReviewState:
         return port
 
     @property
+    def host(self) -> str:
+        """The Host header the server answers to: its own name and port."""
+        return f"{REVIEW_HOST}:{self.port}"
+
+    @property
     def bearer(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN}"}
 
     async def login(self) -> str:
-        """Open a cookie session with ?token= and return its CSRF token (from a page)."""
-        response = await self.client.get(f"/quarantine?token={TOKEN}")
+        """Open a cookie session with the sign-in form; return its CSRF token (from a page)."""
+        response = await self.client.post("/login", data={"token": TOKEN})
         assert response.status == 200, await response.text()
         return csrf_of(await response.text())
 
@@ -153,23 +163,65 @@ async def filed_photos(catalogue: Catalogue, layout: DataLayout, config: Config,
     }
 
 
-@pytest.fixture(name="review_state")
-async def review_state_fixture(write_config: Callable[..., Config]) -> AsyncIterator[ReviewState]:
-    """The review app on a real server (127.0.0.1) over a catalogue with filed photos."""
+class FakeClock:
+    """A clock the test moves by hand (session idleness, sign-in lock-outs)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@contextlib.asynccontextmanager
+async def review_server(config: Config, *, clock: Callable[[], float] = time.time
+                        ) -> AsyncIterator[ReviewState]:
+    """The review app on a real server (127.0.0.1) over a catalogue with filed photos.
+
+    The client sends the server's own Host name with every request (it listens on
+    127.0.0.1 and answers only to that name).
+    """
     from tests.conftest import photo
 
-    config = write_config(REVIEW_CONFIG)
     layout = DataLayout(config.data_dir)
     layout.ensure()
     catalogue = await Catalogue.open(layout.catalogue)
     try:
         shas = await filed_photos(catalogue, layout, config, photo)
-        server = TestServer(make_app(config, catalogue, layout, TOKEN), host="127.0.0.1")
+        server = TestServer(make_app(config, catalogue, layout, TOKEN, host_name=REVIEW_HOST,
+                                     clock=clock), host="127.0.0.1")
         client: TestClient[web.Request, web.Application] = TestClient(server)
         await client.start_server()
+        client.session.headers["Host"] = f"{REVIEW_HOST}:{client.port}"
         try:
             yield ReviewState(config, catalogue, layout, client, shas)
         finally:
             await client.close()
     finally:
         await catalogue.close()
+
+
+@pytest.fixture(name="review_state")
+async def review_state_fixture(write_config: Callable[..., Config]) -> AsyncIterator[ReviewState]:
+    """The review app on a real server (127.0.0.1) over a catalogue with filed photos."""
+    async with review_server(write_config(REVIEW_CONFIG)) as state:
+        yield state
+
+
+class LocalhostResolver(AbstractResolver):
+    """Resolves `*.localhost` to 127.0.0.1 as browsers and curl do (RFC 6761); the C
+    library of this host does not, so a client that opens the printed URL needs this."""
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        name = host.lower().rstrip(".")
+        if name != "localhost" and not name.endswith(".localhost"):
+            raise OSError(f"{host}: only *.localhost names resolve in tests")
+        return [ResolveResult(hostname=host, host="127.0.0.1", port=port,
+                              family=socket.AF_INET, proto=0, flags=0)]
+
+    async def close(self) -> None:
+        return None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from crawler.config import Config
@@ -20,6 +22,7 @@ from storage.contact_sheet import (
     thumbnail_path,
     write_quarantine_index,
 )
+from storage.display import BIDI_CONTROLS
 from storage.placement import DataLayout, place, sweep
 from storage.records import Placement
 from tests.conftest import photo
@@ -94,6 +97,43 @@ class TestWriteQuarantineIndex:
         assert "<script>x" not in text and "<img src=x" not in text
         assert "javascript:" not in text
         assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
+
+    @pytest.mark.parametrize("post_url", [
+        "http://127.0.0.1:8421/quarantine", "http://localhost:9000/", "http://192.168.0.1/",
+        "http://[fe80::1]/", "http://2130706433/",
+    ])
+    def test_loopback_and_private_post_urls_are_text(self, tmp_path: Path,
+                                                     post_url: str) -> None:
+        """A post URL to a loopback, private or link-local address is shown, never linked."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        entry = dataclasses.replace(_stored(layout, "astronaut"), post_url=post_url)
+        text = write_quarantine_index(layout, [entry]).read_text()
+        assert f"post: {post_url}" in text
+        assert f'href="{post_url}' not in text
+
+    def test_public_post_url_opens_without_opener_or_referrer(self, tmp_path: Path) -> None:
+        """A public post link opens in a new tab with rel="noopener noreferrer"."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        entry = dataclasses.replace(_stored(layout, "astronaut"),
+                                    post_url="https://a.example/post/1")
+        text = write_quarantine_index(layout, [entry]).read_text()
+        assert ('<a href="https://a.example/post/1" target="_blank" '
+                'rel="noopener noreferrer">post</a>') in text
+        assert '<meta name="referrer" content="no-referrer">' in text
+
+    def test_bidi_controls_and_huge_fields_are_neutralised(self, tmp_path: Path) -> None:
+        """Bidi controls show as [U+XXXX]; a 200,000-char reason or source is cut."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        entry = dataclasses.replace(_stored(layout, "astronaut"),
+                                    reason="source_flag: \u202egpj.exe" + "r" * 200_000,
+                                    source="feed\u2066x" + "s" * 200_000)
+        text = write_quarantine_index(layout, [entry]).read_text()
+        assert not any(control in text for control in BIDI_CONTROLS)
+        assert "source_flag: [U+202E]gpj.exe" in text and "feed[U+2066]x" in text
+        assert len(text.encode()) < 10_000
 
     def test_stale_thumbnails_and_temp_files_are_removed(self, tmp_path: Path) -> None:
         """Thumbnails of released images and crash leftovers go; current ones stay."""

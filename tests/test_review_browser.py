@@ -13,13 +13,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from crawler.config import Config
+from crawler.review.security import SESSION_COOKIE
 from crawler.review.server import serve
 from storage.catalogue import Catalogue
 from storage.placement import DataLayout
 from tests.conftest import photo
-from tests.review_fixtures import REVIEW_CONFIG, TOKEN, filed_photos
+from tests.review_fixtures import REVIEW_CONFIG, TOKEN, filed_photos, store_photo
 from tests.webdriver import Browser, chromium, find_browser
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -152,3 +155,85 @@ async def _on(browser: Browser, path: str) -> bool:
 
 async def _has(browser: Browser, css: str) -> bool:
     return bool(await browser.find_all(css))
+
+
+class TestOwnOrigin:
+    async def test_session_cookie_never_reaches_other_local_services(
+            self, write_config: Callable[..., Config], tmp_path: Path) -> None:
+        """Signed in, Chromium sends the session cookie to no page on 127.0.0.1 or localhost."""
+        seen: list[tuple[str, str]] = []
+
+        async def other_service(request: web.Request) -> web.Response:
+            seen.append((request.path, request.headers.get("Cookie", "")))
+            response = web.Response(text="another local service")
+            response.set_cookie("probe", "1", path="/")
+            return response
+
+        app = web.Application()
+        app.router.add_get("/{path:.*}", other_service)
+        other = TestServer(app, host="127.0.0.1")
+        await other.start_server()
+        assert other.port is not None
+        config = write_config(REVIEW_CONFIG)
+        layout = DataLayout(config.data_dir)
+        layout.ensure()
+        catalogue = await Catalogue.open(layout.catalogue)
+        try:
+            shas = await filed_photos(catalogue, layout, config, photo)
+            hostile = await store_photo(
+                catalogue, layout, config, photo("camera"), url="https://c.example/5.jpg",
+                scores={"nsfw": 0.99}, post_url=f"http://127.0.0.1:{other.port}/steal")
+            stop = asyncio.Event()
+            ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(serve(config, 0, TOKEN, stop, ready=ready.set_result))
+                try:
+                    url = await asyncio.wait_for(ready, 30)
+                    async with chromium(tmp_path) as browser:
+                        await browser.get(url)
+                        assert await browser.find_all(".card")  # signed in
+                        for target in (f"http://127.0.0.1:{other.port}/first",
+                                       f"http://127.0.0.1:{other.port}/second",
+                                       f"http://localhost:{other.port}/third"):
+                            await browser.get(target)
+                        review = url.split("/quarantine")[0]
+                        await self._links(browser, review, hostile, shas["astronaut"], other.port)
+                finally:
+                    stop.set()
+        finally:
+            await catalogue.close()
+            await other.close()
+        cookies = dict(seen)
+        assert {"/first", "/second", "/third"} <= set(cookies)  # and /favicon.ico
+        assert "probe=1" in cookies["/second"]  # the browser does send that host's cookies
+        assert all(SESSION_COOKIE not in header for _path, header in seen)
+
+    async def _links(self, browser: Browser, review: str, hostile: str, astronaut: str,
+                     other_port: int) -> None:
+        # The session still works on the UI's own name.
+        await browser.get(f"{review}/item/{hostile}")
+        assert await browser.find_all("table")
+        # A post link to a loopback address is text, never a link.
+        assert not await browser.find_all(f"a[href*='{other_port}']")
+        unlinked = await browser.find_all("span.unlinked")
+        texts = [await browser.text(element) for element in unlinked]
+        assert any(f"127.0.0.1:{other_port}" in text for text in texts)
+        # A public post link opens the interstitial in a new tab, where the session holds.
+        await browser.get(f"{review}/item/{astronaut}")
+        link = await browser.find("a[href^='/leave?'][href*='post']")
+        assert await browser.attribute(link, "target") == "_blank"
+        assert await browser.attribute(link, "rel") == "noopener noreferrer"
+        before = set(await browser.command("GET", "/window/handles"))
+        await browser.click(link)
+
+        async def new_tab() -> bool:
+            return len(set(await browser.command("GET", "/window/handles")) - before) == 1
+
+        await wait_for(new_tab, "the interstitial's tab")
+        handle = (set(await browser.command("GET", "/window/handles")) - before).pop()
+        await browser.command("POST", "/window", {"handle": handle})
+        await wait_for(lambda: _has(browser, "a[rel='noopener noreferrer'][target='_blank']"),
+                       "the interstitial page")
+        onward = await browser.find("main a[target='_blank']")
+        assert await browser.attribute(onward, "href") == "https://a.example/post/1"
+        assert "a.example" in await browser.text(await browser.find("main b"))

@@ -3,12 +3,16 @@
 Routes (all behind `security`: Host check, token/session, CSRF on POST):
 
     GET  /                      -> 303 /quarantine
-    GET  /quarantine, /held     the queues (blurred), filters ?tag=&min=&max=&source=&page=
+    GET  /quarantine, /held     the queues (blurred), filters ?tag=&min=&max=&source=&page=;
+                                /quarantine lists the images no reviewer decided yet
+    GET  /quarantine/confirmed  quarantined images a reviewer confirmed (a tag labelled yes)
     GET  /library               tags with counts, and the library filtered the same way
     GET  /item/<sha256>         one image: scores, labels (with history), sources, actions
-    GET  /image/<sha256>        the full image, Content-Type from its Pillow format
+    GET  /image/<sha256>        the full image, Content-Type from its magic bytes
     GET  /thumb/<sha256>        a blurred JPEG thumbnail
+    GET  /leave?url=URL         the interstitial before a site a feed named
     GET  /static/review.js|css  the script and stylesheet
+    GET, POST /login            the sign-in form; POST /logout signs out
     POST /item/<sha256>/release | confirm | label (label=TAG=yes|no ...) | delete
 
 Images are addressed by a full lowercase sha256 only: any other path segment never
@@ -28,6 +32,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from classifier.decode import SNIFF_BYTES, sniff_format
 from crawler.config import Config
 from crawler.review import actions, pages, queries, security
 from crawler.review.actions import REVIEW_UI, ReviewContext
@@ -68,35 +73,55 @@ async def index(_request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/quarantine")
 
 
-async def _list(request: web.Request, placement: str, title: str) -> web.Response:
+def _queue_views(placement: str, confirmed_view: bool, undecided: int,
+                 confirmed: int) -> list[pages.View]:
+    if placement != "quarantine":
+        return []
+    return [pages.View("To decide", "/quarantine", undecided, not confirmed_view),
+            pages.View("Confirmed", "/quarantine/confirmed", confirmed, confirmed_view)]
+
+
+async def _list(request: web.Request, placement: str, title: str, *,
+                confirmed_view: bool = False) -> web.Response:
     context = _context(request)
     counts = await _counts(context)
     try:
         filters = queries.Filters.from_query(request.query)
     except ValueError as error:
-        return _html(pages.message_page("Bad filter", str(error), counts), status=400)
+        return _html(pages.message_page("Bad filter", str(error), counts, _csrf(request)),
+                     status=400)
     default_tag = next(iter(context.policy.quarantine_tags), "nsfw")
     items = await queries.list_items(context.catalogue, placement, filters, default_tag)
+    quarantine_tags = context.policy.quarantine_tags
+    confirmed = [item for item in items if queries.is_confirmed(item, quarantine_tags)]
+    views = _queue_views(placement, confirmed_view, len(items) - len(confirmed),
+                         len(confirmed))
+    if placement == "quarantine":
+        items = confirmed if confirmed_view else [
+            item for item in items if not queries.is_confirmed(item, quarantine_tags)]
     size = context.settings.page_size
     shown = items[(filters.page - 1) * size: filters.page * size]
-    intro = ""
+    tag_counts = None
     if placement == "library":
         tag_counts = await context.catalogue.counts_by_tag()
         filter_tags = sorted(tag_counts)
-        intro = pages.library_index(tag_counts)
     else:
         filter_tags = pages.label_tags(context.policy, items)
     body = pages.list_page(
-        title, f"/{placement}", shown, total=len(items), filters=filters,
+        title, request.path, shown, total=len(items), filters=filters,
         policy=context.policy, csrf=_csrf(request), next_url=_here(request),
         sources=await queries.all_sources(context.catalogue), counts=counts,
-        page_size=size, filter_tags=filter_tags, intro=intro,
+        page_size=size, filter_tags=filter_tags, tag_counts=tag_counts, views=views,
     )
     return _html(body)
 
 
 async def quarantine(request: web.Request) -> web.Response:
-    return await _list(request, "quarantine", "Quarantine")
+    return await _list(request, "quarantine", "Quarantine: to decide")
+
+
+async def confirmed(request: web.Request) -> web.Response:
+    return await _list(request, "quarantine", "Quarantine: confirmed", confirmed_view=True)
 
 
 async def held(request: web.Request) -> web.Response:
@@ -107,6 +132,14 @@ async def library(request: web.Request) -> web.Response:
     return await _list(request, "library", "Library")
 
 
+async def leave(request: web.Request) -> web.Response:
+    """The interstitial before a URL from a source (a new tab, no referrer, no session)."""
+    url = request.query.get("url", "")
+    status = 200 if url else 400
+    return _html(pages.leave_page(url, _csrf(request), await _counts(_context(request))),
+                 status=status)
+
+
 async def item(request: web.Request) -> web.Response:
     context = _context(request)
     detail = await queries.item_detail(context.catalogue, request.match_info["sha"])
@@ -115,8 +148,19 @@ async def item(request: web.Request) -> web.Response:
     return _html(pages.item_page(detail, context.policy, _csrf(request), await _counts(context)))
 
 
-def _content_type(image_format: str | None) -> str:
-    return Image.MIME.get((image_format or "").upper(), "application/octet-stream")
+# Types Pillow's table lacks, or names differently from what browsers expect.
+IMAGE_TYPES = {"ICO": "image/vnd.microsoft.icon", "AVIF": "image/avif", "HEIF": "image/heif",
+               "JPEG2000": "image/jp2", "JXL": "image/jxl", "QOI": "image/qoi",
+               "PSD": "image/vnd.adobe.photoshop"}
+
+
+def image_content_type(data: bytes) -> str | None:
+    """The image type of `data` from its magic bytes (never the catalogue), or None."""
+    image_format = sniff_format(data[:SNIFF_BYTES])
+    if image_format is None:
+        return None
+    content_type = IMAGE_TYPES.get(image_format) or Image.MIME.get(image_format)
+    return content_type if content_type and content_type.startswith("image/") else None
 
 
 async def image(request: web.Request) -> web.Response:
@@ -125,13 +169,17 @@ async def image(request: web.Request) -> web.Response:
     found = await queries.served_blob(context.catalogue, sha256)
     if found is None:
         raise web.HTTPNotFound(text="404: no filed image with this sha256\n")
-    extension, image_format = found
-    path = context.layout.store_file(sha256, extension)
+    path = context.layout.store_file(sha256, found[0])
     try:
         data = await asyncio.to_thread(path.read_bytes)
     except FileNotFoundError:
         raise web.HTTPNotFound(text="404: the image file is missing\n") from None
-    return web.Response(body=data, content_type=_content_type(image_format))
+    content_type = image_content_type(data)
+    if content_type is None:
+        raise web.HTTPNotFound(
+            text=f"404: the stored file store/{path.name} is not a known image type; "
+                 "run `megane delete SHA` to remove it\n")
+    return web.Response(body=data, content_type=content_type)
 
 
 async def thumb(request: web.Request) -> web.Response:
@@ -232,18 +280,27 @@ async def delete(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(config: Config, catalogue: Catalogue, layout: DataLayout, token: str, *,
-             clock: Callable[[], float] = time.time) -> web.Application:
-    """The review application over an open catalogue; `token` is the access token."""
+             host_name: str, clock: Callable[[], float] = time.time) -> web.Application:
+    """The review application over an open catalogue; `token` is the access token.
+
+    It answers only to `host_name` (see `security.new_host_name`); `clock` gives the
+    time of decisions, session idleness and sign-in lock-outs.
+    """
     if len(token) < 16:
         raise ValueError("the review token must be at least 16 characters")
     context = ReviewContext.from_config(catalogue, config, layout)
     app = web.Application(client_max_size=64 * 1024)
-    security.install(app, token, security.Sessions())
+    settings = context.settings
+    security.install(app, security.Guard(
+        token, host_name, session_idle_s=settings.session_idle_s,
+        login_backoff_s=settings.login_backoff_s, clock=clock))
     app[CONTEXT] = context
     app[ACTION_LOCK] = asyncio.Lock()
     app[CLOCK] = clock
     app.router.add_get("/", index)
     app.router.add_get("/quarantine", quarantine)
+    app.router.add_get("/quarantine/confirmed", confirmed)
+    app.router.add_get("/leave", leave)
     app.router.add_get("/held", held)
     app.router.add_get("/library", library)
     app.router.add_get(f"/item/{SHA}", item)

@@ -156,6 +156,14 @@ def matches(item: Item, filters: Filters, score_tag: str) -> bool:
     return True
 
 
+def is_confirmed(item: Item, quarantine_tags: Sequence[str]) -> bool:
+    """Whether a reviewer confirmed the image: a quarantine tag's latest human label is yes.
+
+    The quarantine queue shows the other images (undecided) by default.
+    """
+    return any(item.labels.get(tag) is True for tag in quarantine_tags)
+
+
 async def list_items(catalogue: Catalogue, placement: str, filters: Filters,
                      default_score_tag: str) -> list[Item]:
     """Every image filed at `placement` that passes `filters`, newest first."""

@@ -1,0 +1,122 @@
+"""Showing text that came from sources: Jinja2 environments, bidi controls, length caps, links.
+
+Every HTML page megane writes (the review UI, `quarantine/index.html`) is rendered from a
+Jinja2 template through `make_environment`, which turns autoescape on and passes every
+`{{ value }}` through `display_text`: bidi controls are shown as visible `[U+202E]` marks
+(a right-to-left override in an author name could otherwise make `gpj.exe` read `exe.jpg`)
+and any value longer than `MAX_VALUE_CHARS` is cut. Templates cap fields from sources
+further with the `clip` filter, and link to a URL only when `linkable_url` allows it.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from crawler.errors import BlockedAddressError, PermanentFetchError
+from crawler.netguard import check_url
+
+BIDI_CONTROLS = frozenset(
+    [chr(code) for code in range(0x202A, 0x202F)]     # LRE, RLE, PDF, LRO, RLO
+    + [chr(code) for code in range(0x2066, 0x206A)]   # LRI, RLI, FSI, PDI
+    + ["\u200e", "\u200f", "\u061c"]                   # LRM, RLM, ALM
+)
+_BIDI_MARKS = {ord(char): f"[U+{ord(char):04X}]" for char in BIDI_CONTROLS}
+
+TEXT_CHARS = 200
+"""Display cap of one short field from a source (author, title, a source name, a reason)."""
+LIST_CHARS = 1000
+"""Display cap of a joined list from a source (tags, flags)."""
+URL_TEXT_CHARS = 300
+"""Display cap of a URL shown as text."""
+MAX_LINK_CHARS = 4096
+"""Longer URLs are shown as (clipped) text, never linked."""
+MAX_VALUE_CHARS = 4096
+"""The backstop: no single rendered value is longer, whatever the template forgot to clip."""
+ELLIPSIS = "…"
+
+
+def neutralise_bidi(text: str) -> str:
+    """`text` with every bidi control replaced by a visible `[U+XXXX]` mark."""
+    return text.translate(_BIDI_MARKS)
+
+
+def clip(text: object, limit: int = TEXT_CHARS) -> str:
+    """`text` cut to `limit` characters, ending in `…` (and the count left out) when cut."""
+    value = "" if text is None else str(text)
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}{ELLIPSIS} (+{len(value) - limit} chars)"
+
+
+def display_text(value: Any) -> Markup:
+    """Jinja2's `finalize`: every rendered value, bidi controls neutralised, length capped.
+
+    Markup (already safe HTML from the template itself) keeps its markup and loses only
+    the bidi controls. Any other value is made text, capped and escaped here with
+    `html.escape` (quotes included), the escaping the pages had before templates, so
+    autoescape then has nothing left to do.
+    """
+    if value is None:
+        return Markup("")
+    if isinstance(value, Markup):
+        return Markup(neutralise_bidi(str(value)))
+    return Markup(html.escape(neutralise_bidi(clip(str(value), MAX_VALUE_CHARS)), quote=True))
+
+
+def linkable_url(url: object) -> bool:
+    """Whether a URL from a source may be rendered as a link.
+
+    Only http(s) URLs to public hosts: never another scheme (`javascript:`, `data:`,
+    `file:`), never a loopback, private or link-local address in any spelling nor a name
+    such as `localhost` (one owner for that policy: `crawler.netguard.check_url`), never a
+    URL longer than `MAX_LINK_CHARS`.
+    """
+    if not isinstance(url, str) or not url or len(url) > MAX_LINK_CHARS:
+        return False
+    if any(char in BIDI_CONTROLS or ord(char) < 32 for char in url):
+        return False
+    try:
+        check_url(url)
+    except (PermanentFetchError, BlockedAddressError):
+        return False
+    return True
+
+
+def format_time(timestamp: float | None) -> str:
+    """A local `YYYY-MM-DD HH:MM`, or "" for no time."""
+    if not timestamp:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def make_environment(package: str) -> jinja2.Environment:
+    """A Jinja2 environment over `package`'s `templates/` folder, autoescape on for all."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader(package, "templates"),
+        autoescape=True,
+        finalize=display_text,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["clip"] = clip
+    environment.filters["bidi"] = neutralise_bidi
+    environment.filters["when"] = format_time
+    environment.tests["linkable"] = linkable_url
+    return environment
+
+
+__all__ = [
+    "BIDI_CONTROLS",
+    "clip",
+    "display_text",
+    "format_time",
+    "linkable_url",
+    "make_environment",
+    "neutralise_bidi",
+]
