@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,9 @@ THUMBS_FOLDER = ".thumbs"
 INDEX_NAME = "index.html"
 DEFAULT_BLUR_RADIUS = 12.0
 DEFAULT_THUMBNAIL_SIZE = 256
+
+LinkRule = Callable[[object], bool]
+"""Whether a URL from a source may be rendered as a link."""
 
 
 @dataclass(frozen=True)
@@ -95,20 +99,19 @@ def write_thumbnail(target: Path, source: Path, radius: float = DEFAULT_BLUR_RAD
     return target
 
 
-_ENVIRONMENT = make_environment("storage")
-
-
-def render_quarantine_index(entries: Sequence[QuarantineEntry]) -> str:
+def render_quarantine_index(entries: Sequence[QuarantineEntry], *, linkable: LinkRule) -> str:
     """The contact sheet's HTML (templates/quarantine_index.html): plain, self-contained.
 
-    Autoescape is on; post links are rendered only for public http(s) URLs.
+    Autoescape is on; a post URL is a link only where `linkable` allows it (crawler/ passes
+    `crawler.display.linkable_url`: public http(s) URLs only), else it is shown as text.
     """
-    template = _ENVIRONMENT.get_template("quarantine_index.html")
+    template = make_environment("storage", linkable).get_template("quarantine_index.html")
     return template.render(entries=entries, thumbs_folder=THUMBS_FOLDER)
 
 
 def write_quarantine_index(layout: DataLayout, entries: Sequence[QuarantineEntry],
-                           blur_radius: float = DEFAULT_BLUR_RADIUS) -> Path:
+                           blur_radius: float = DEFAULT_BLUR_RADIUS, *,
+                           linkable: LinkRule) -> Path:
     """Write blurred thumbnails (missing ones only) and `quarantine/index.html`. Blocking.
 
     Thumbnails of images no longer quarantined, and temp files left by a crash, are
@@ -127,7 +130,8 @@ def write_quarantine_index(layout: DataLayout, entries: Sequence[QuarantineEntry
         if not target.exists() and source.exists():
             write_thumbnail(target, source, blur_radius)
     index = layout.quarantine / INDEX_NAME
-    write_file_atomic(index, render_quarantine_index(entries).encode(), PRIVATE_FILE_MODE)
+    page = render_quarantine_index(entries, linkable=linkable)
+    write_file_atomic(index, page.encode(), PRIVATE_FILE_MODE)
     return index
 
 
@@ -161,10 +165,17 @@ async def quarantine_entries(catalogue: Catalogue) -> list[QuarantineEntry]:
 
 
 async def refresh_quarantine_index(catalogue: Catalogue, layout: DataLayout,
-                                   blur_radius: float = DEFAULT_BLUR_RADIUS) -> Path:
-    """Rewrite `quarantine/index.html` and its thumbnails from the catalogue."""
+                                   blur_radius: float = DEFAULT_BLUR_RADIUS, *,
+                                   linkable: LinkRule) -> Path:
+    """Rewrite `quarantine/index.html` and its thumbnails from the catalogue.
+
+    `linkable` says which post URLs may be links (crawler/ passes
+    `crawler.display.linkable_url`; `storage.display.never_link` shows them all as text).
+    """
     entries = await quarantine_entries(catalogue)
-    return await asyncio.to_thread(write_quarantine_index, layout, entries, blur_radius)
+    return await asyncio.to_thread(
+        functools.partial(write_quarantine_index, layout, entries, blur_radius,
+                          linkable=linkable))
 
 
 __all__ = [

@@ -5,20 +5,19 @@ Jinja2 template through `make_environment`, which turns autoescape on and passes
 `{{ value }}` through `display_text`: bidi controls are shown as visible `[U+202E]` marks
 (a right-to-left override in an author name could otherwise make `gpj.exe` read `exe.jpg`)
 and any value longer than `MAX_VALUE_CHARS` is cut. Templates cap fields from sources
-further with the `clip` filter, and link to a URL only when `linkable_url` allows it.
+further with the `clip` filter, and link to a URL only where the `linkable` rule allows it.
 """
 
 from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jinja2
 from markupsafe import Markup
 
-from crawler.errors import BlockedAddressError, PermanentFetchError
-from crawler.netguard import check_url
 
 BIDI_CONTROLS = frozenset(
     [chr(code) for code in range(0x202A, 0x202F)]     # LRE, RLE, PDF, LRO, RLO
@@ -68,23 +67,13 @@ def display_text(value: Any) -> Markup:
     return Markup(html.escape(neutralise_bidi(clip(str(value), MAX_VALUE_CHARS)), quote=True))
 
 
-def linkable_url(url: object) -> bool:
-    """Whether a URL from a source may be rendered as a link.
+def never_link(url: object) -> bool:
+    """The default link rule of storage/: no URL from a source is rendered as a link.
 
-    Only http(s) URLs to public hosts: never another scheme (`javascript:`, `data:`,
-    `file:`), never a loopback, private or link-local address in any spelling nor a name
-    such as `localhost` (one owner for that policy: `crawler.netguard.check_url`), never a
-    URL longer than `MAX_LINK_CHARS`.
+    storage/ cannot judge addresses (that policy is `crawler.netguard`'s); callers in
+    crawler/ pass `crawler.display.linkable_url` instead.
     """
-    if not isinstance(url, str) or not url or len(url) > MAX_LINK_CHARS:
-        return False
-    if any(char in BIDI_CONTROLS or ord(char) < 32 for char in url):
-        return False
-    try:
-        check_url(url)
-    except (PermanentFetchError, BlockedAddressError):
-        return False
-    return True
+    return False
 
 
 def format_time(timestamp: float | None) -> str:
@@ -94,8 +83,12 @@ def format_time(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
 
-def make_environment(package: str) -> jinja2.Environment:
-    """A Jinja2 environment over `package`'s `templates/` folder, autoescape on for all."""
+def make_environment(package: str,
+                     linkable: Callable[[object], bool] = never_link) -> jinja2.Environment:
+    """A Jinja2 environment over `package`'s `templates/` folder, autoescape on for all.
+
+    `linkable` is the template test `is linkable`: whether a URL from a source may be a link.
+    """
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader(package, "templates"),
         autoescape=True,
@@ -107,7 +100,7 @@ def make_environment(package: str) -> jinja2.Environment:
     environment.filters["clip"] = clip
     environment.filters["bidi"] = neutralise_bidi
     environment.filters["when"] = format_time
-    environment.tests["linkable"] = linkable_url
+    environment.tests["linkable"] = linkable
     return environment
 
 
@@ -116,7 +109,7 @@ __all__ = [
     "clip",
     "display_text",
     "format_time",
-    "linkable_url",
     "make_environment",
     "neutralise_bidi",
+    "never_link",
 ]

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from crawler.config import Config
+from crawler.display import linkable_url
+from storage.display import never_link
 from storage.catalogue import Catalogue
 from storage.contact_sheet import (
     QuarantineEntry,
@@ -72,7 +74,7 @@ class TestWriteQuarantineIndex:
         layout = DataLayout(tmp_path / "data")
         layout.ensure()
         entries = [_stored(layout, "astronaut"), _stored(layout, "coffee")]
-        index = write_quarantine_index(layout, entries)
+        index = write_quarantine_index(layout, entries, linkable=linkable_url)
         text = index.read_text()
         assert index == layout.quarantine / "index.html"
         assert index.stat().st_mode & 0o777 == 0o600
@@ -93,7 +95,7 @@ class TestWriteQuarantineIndex:
         hostile = QuarantineEntry(
             sha256=entry.sha256, extension=".jpg", reason=entry.reason,
             source="<script>x</script>", post_url='javascript:alert("x")')
-        text = write_quarantine_index(layout, [hostile]).read_text()
+        text = write_quarantine_index(layout, [hostile], linkable=linkable_url).read_text()
         assert "<script>x" not in text and "<img src=x" not in text
         assert "javascript:" not in text
         assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
@@ -108,7 +110,7 @@ class TestWriteQuarantineIndex:
         layout = DataLayout(tmp_path / "data")
         layout.ensure()
         entry = dataclasses.replace(_stored(layout, "astronaut"), post_url=post_url)
-        text = write_quarantine_index(layout, [entry]).read_text()
+        text = write_quarantine_index(layout, [entry], linkable=linkable_url).read_text()
         assert f"post: {post_url}" in text
         assert f'href="{post_url}' not in text
 
@@ -118,10 +120,20 @@ class TestWriteQuarantineIndex:
         layout.ensure()
         entry = dataclasses.replace(_stored(layout, "astronaut"),
                                     post_url="https://a.example/post/1")
-        text = write_quarantine_index(layout, [entry]).read_text()
+        text = write_quarantine_index(layout, [entry], linkable=linkable_url).read_text()
         assert ('<a href="https://a.example/post/1" target="_blank" '
                 'rel="noopener noreferrer">post</a>') in text
         assert '<meta name="referrer" content="no-referrer">' in text
+
+    def test_storage_alone_never_links(self, tmp_path: Path) -> None:
+        """Without crawler/'s address rule, even a public post URL is shown as text."""
+        layout = DataLayout(tmp_path / "data")
+        layout.ensure()
+        entry = dataclasses.replace(_stored(layout, "astronaut"),
+                                    post_url="https://a.example/post/1")
+        text = write_quarantine_index(layout, [entry], linkable=never_link).read_text()
+        assert "post: https://a.example/post/1" in text
+        assert 'href="https://a.example' not in text
 
     def test_bidi_controls_and_huge_fields_are_neutralised(self, tmp_path: Path) -> None:
         """Bidi controls show as [U+XXXX]; a 200,000-char reason or source is cut."""
@@ -130,7 +142,7 @@ class TestWriteQuarantineIndex:
         entry = dataclasses.replace(_stored(layout, "astronaut"),
                                     reason="source_flag: \u202egpj.exe" + "r" * 200_000,
                                     source="feed\u2066x" + "s" * 200_000)
-        text = write_quarantine_index(layout, [entry]).read_text()
+        text = write_quarantine_index(layout, [entry], linkable=linkable_url).read_text()
         assert not any(control in text for control in BIDI_CONTROLS)
         assert "source_flag: [U+202E]gpj.exe" in text and "feed[U+2066]x" in text
         assert len(text.encode()) < 10_000
@@ -140,10 +152,10 @@ class TestWriteQuarantineIndex:
         layout = DataLayout(tmp_path / "data")
         layout.ensure()
         kept, gone = _stored(layout, "astronaut"), _stored(layout, "coffee")
-        write_quarantine_index(layout, [kept, gone])
+        write_quarantine_index(layout, [kept, gone], linkable=linkable_url)
         leftover = layout.quarantine / ".thumbs" / ".tmp-0123-abcd"
         leftover.write_bytes(b"partial")
-        write_quarantine_index(layout, [kept])
+        write_quarantine_index(layout, [kept], linkable=linkable_url)
         assert sorted(p.name for p in (layout.quarantine / ".thumbs").iterdir()) == [
             f"{kept.sha256}.jpg"]
 
@@ -152,7 +164,7 @@ class TestWriteQuarantineIndex:
         layout = DataLayout(tmp_path / "data")
         layout.ensure()
         ghost = QuarantineEntry(sha256="f" * 64, extension=".jpg", reason="r")
-        text = write_quarantine_index(layout, [ghost]).read_text()
+        text = write_quarantine_index(layout, [ghost], linkable=linkable_url).read_text()
         assert "f" * 12 in text
         assert not thumbnail_path(layout, "f" * 64).exists()
 
@@ -160,14 +172,15 @@ class TestWriteQuarantineIndex:
         """With nothing quarantined the sheet says so."""
         layout = DataLayout(tmp_path / "data")
         layout.ensure()
-        assert "Nothing is quarantined" in write_quarantine_index(layout, []).read_text()
+        index = write_quarantine_index(layout, [], linkable=linkable_url)
+        assert "Nothing is quarantined" in index.read_text()
 
     def test_sweep_leaves_the_sheet_alone(self, tmp_path: Path) -> None:
         """placement.sweep (start-up clean-up) keeps index.html and the thumbnails."""
         layout = DataLayout(tmp_path / "data")
         layout.ensure()
         entry = _stored(layout, "astronaut")
-        index = write_quarantine_index(layout, [entry])
+        index = write_quarantine_index(layout, [entry], linkable=linkable_url)
         sweep(layout, keep_spool=set())
         assert index.exists() and thumbnail_path(layout, entry.sha256).exists()
 
@@ -182,7 +195,7 @@ class TestRefreshFromCatalogue:
         catalogue = await Catalogue.open(layout.catalogue)
         try:
             shas = await filed_photos(catalogue, layout, config, photo)
-            index = await refresh_quarantine_index(catalogue, layout)
+            index = await refresh_quarantine_index(catalogue, layout, linkable=linkable_url)
         finally:
             await catalogue.close()
         text = index.read_text()

@@ -27,7 +27,8 @@ from crawler.review.security import (
 )
 from crawler.review.server import TokenError, new_token, resolve_token, run_review, serve
 from crawler.review.settings import ReviewSettings
-from storage.display import BIDI_CONTROLS, clip, linkable_url, neutralise_bidi
+from crawler.display import linkable_url
+from storage.display import BIDI_CONTROLS, clip, neutralise_bidi
 from tests.conftest import photo
 from tests.review_fixtures import (  # noqa: F401
     REVIEW_CONFIG,

@@ -17,6 +17,7 @@ from crawler.decide import Decision, Policy
 from crawler.hygiene import after_confirm, delete_image
 from crawler.review.settings import ReviewSettings
 from storage.catalogue import Catalogue
+from crawler.display import linkable_url
 from storage.contact_sheet import refresh_quarantine_index
 from storage.placement import DataLayout
 
@@ -57,7 +58,7 @@ async def after_labels(context: ReviewContext, sha256: str,
     if any(value and tag in context.policy.quarantine_tags for tag, value in labels):
         await after_confirm(context.catalogue, sha256, now, context.layout)
     await refresh_quarantine_index(context.catalogue, context.layout,
-                                   context.settings.blur_radius)
+                                   context.settings.blur_radius, linkable=linkable_url)
 
 
 async def apply_labels(context: ReviewContext, sha256: str, labels: Sequence[tuple[str, bool]],
@@ -78,7 +79,7 @@ async def delete(context: ReviewContext, sha256: str, now: float) -> None:
     await delete_image(context.catalogue, context.layout, sha256, now)
     log.info("media_deleted", sha256=sha256)
     await refresh_quarantine_index(context.catalogue, context.layout,
-                                   context.settings.blur_radius)
+                                   context.settings.blur_radius, linkable=linkable_url)
 
 
 async def after_decision(catalogue: Catalogue, config: Config, sha256: str,

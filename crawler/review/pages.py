@@ -18,14 +18,15 @@ from yarl import URL
 
 from crawler.decide import Policy
 from crawler.review.queries import Filters, Item, ItemDetail, is_confirmed
-from storage.display import linkable_url, make_environment
+from crawler.display import linkable_url
+from storage.display import make_environment
 
 KEYS_HELP = (
     "j/k next/previous · u or space unblur · o open · r release · c confirm · "
     "t or 1–9 choose the tag · y/n label it · ? this help"  # noqa: RUF001 (a real dash)
 )
 NAV = (("quarantine", "Quarantine"), ("held", "Held"), ("library", "Library"))
-_ENVIRONMENT = make_environment("crawler.review")
+_ENVIRONMENT = make_environment("crawler.review", linkable_url)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import asyncio
 import structlog
 
 from storage.catalogue import Catalogue
+from crawler.display import linkable_url
 from storage.contact_sheet import DEFAULT_BLUR_RADIUS, refresh_quarantine_index
 from storage.errors import StorageError
 from storage.placement import DataLayout
@@ -47,7 +48,8 @@ class IndexRefresher:
             await self._changed.wait()
             self._changed.clear()
             try:
-                await refresh_quarantine_index(self.catalogue, self.layout, self.blur_radius)
+                await refresh_quarantine_index(self.catalogue, self.layout, self.blur_radius,
+                                               linkable=linkable_url)
                 self.refreshed += 1
             except (OSError, StorageError) as error:
                 log.error("contact_sheet_failed", reason=str(error))

@@ -25,6 +25,7 @@ from crawler.review.app import make_app
 from crawler.review.security import new_host_name
 from crawler.review.settings import ReviewSettings
 from storage.catalogue import Catalogue
+from crawler.display import linkable_url
 from storage.contact_sheet import refresh_quarantine_index
 from storage.placement import DataLayout
 
@@ -101,7 +102,8 @@ async def serve(config: Config, port: int, token: str, stop: asyncio.Event | Non
                       file=sys.stderr)
                 return 1
             bound_port = runner.addresses[0][1]
-            await refresh_quarantine_index(catalogue, layout, settings.blur_radius)
+            await refresh_quarantine_index(catalogue, layout, settings.blur_radius,
+                                           linkable=linkable_url)
             url = f"http://{host_name}:{bound_port}/quarantine?token={token}"
             print(f"megane review: open {url}\n"
                   "  (the link signs in once; later sign in at /login with the token. "
