@@ -13,17 +13,21 @@ where that sweep stopped, which the next poll finishes.
 
 Images come from `app.bsky.embed.images#view` (`images[].fullsize`), from
 `app.bsky.embed.recordWithMedia#view` (under `media`) and from `app.bsky.embed.gallery#view`
-(`items[].fullsize`); videos are yielded with a skip reason. NSFW signals are labels with
-the values porn, sexual, nudity, graphic-media (and the older gore) on the post, on the
-author's account, or self-applied in the record; `neg` cancels a label and an expired `exp`
-is ignored. Hashtags (facets and the record's `tags`) become tags.
+(`items[].fullsize`); videos are yielded with a skip reason. NSFW signals are the labels of `NSFW_LABELS` (the
+adult and graphic vocabulary of Bluesky's moderation service: porn, sexual,
+sexual-figurative, nudity, graphic-media, and the older gore and nsfw) on the post, on the
+author's account, or self-applied in the record; a negation (`neg`) removes an earlier label
+with the same value from the same labeler, and a label whose `exp` has passed does not
+count. Hashtags (facets and the record's `tags`) become tags. A malformed feed item costs
+only that item.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
@@ -60,7 +64,19 @@ MAX_PAGES_PER_POLL = 10
 DEFAULT_BACKFILL = 100
 MAX_BACKFILL = 2000
 SEEN_KEPT = 300
-NSFW_LABELS = frozenset({"porn", "sexual", "nudity", "graphic-media", "gore"})
+# The labels that mark a post as NSFW, with what they mean. Each one present becomes the flag
+# "bluesky:label:<value>", which quarantines with trust_source_flags. Values are those of
+# Bluesky's moderation service (did:plc:ar7c4by46qjdydhdevvrndac) and of self-labels; other
+# labelers that reuse these values count too.
+NSFW_LABELS: Mapping[str, str] = MappingProxyType({
+    "porn": "sexually explicit (adult)",
+    "sexual": "sexually suggestive (adult)",
+    "sexual-figurative": "sexually suggestive drawn or cartoon art (adult)",
+    "nudity": "non-sexual nudity",
+    "graphic-media": "violence, blood or gore",
+    "gore": "older name of graphic-media",
+    "nsfw": "older self-label for adult content",
+})
 DEFAULT_RATE_LIMIT_WAIT_S = 300.0
 ENDPOINTS = {
     "actor": "app.bsky.feed.getAuthorFeed",
@@ -77,36 +93,51 @@ class FeedPage:
     reposts: list[bool]
     refs_by_uri: dict[str, list[MediaRef]]
     cursor: str | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def parse_feed(body: bytes, *, source: str, now: float) -> list[MediaRef]:
-    """The media of one feed page (getAuthorFeed / getFeed / getListFeed JSON)."""
+    """The media of one feed page (getAuthorFeed / getFeed / getListFeed JSON).
+
+    Raises SourceError when the body is not a feed object; a malformed item inside it costs
+    only that item (logged with its reason).
+    """
     page = read_page(body, source=source, now=now)
     return [ref for uri in dict.fromkeys(page.uris) for ref in page.refs_by_uri[uri]]
 
 
 def read_page(body: bytes, *, source: str, now: float) -> FeedPage:
-    """Decode a feed page into post URIs and their media refs."""
+    """Decode a feed page into post URIs and their media refs; each item is isolated."""
     data = parse_json(source, body)
     if not isinstance(data, Mapping) or not isinstance(data.get("feed"), list):
         raise SourceError(source, "expected a feed object with a \"feed\" array")
     uris: list[str] = []
     reposts: list[bool] = []
     refs_by_uri: dict[str, list[MediaRef]] = {}
-    for item in data["feed"]:
+    skipped: list[tuple[str, str]] = []
+    for position, item in enumerate(data["feed"]):
         post = item.get("post") if isinstance(item, Mapping) else None
-        if not isinstance(post, Mapping) or not isinstance(post.get("uri"), str):
+        if not isinstance(post, Mapping) or not _text(post.get("uri")):
+            reason = "bluesky: feed item without a post uri"
+            skipped.append((f"item #{position}", reason))
+            log.info("source_entry_skipped", source=source, entry=position, reason=reason)
             continue
         uri = post["uri"]
-        reason = item.get("reason")
-        uris.append(uri)
-        reposts.append(isinstance(reason, Mapping)
-                       and "reasonRepost" in str(reason.get("$type") or ""))
         if uri not in refs_by_uri:
-            refs_by_uri[uri] = post_media(post, source=source, now=now)
+            try:
+                refs_by_uri[uri] = post_media(post, source=source, now=now)
+            except Exception as error:  # noqa: BLE001 - a post is the unit of isolation
+                reason = f"bluesky: unreadable post ({type(error).__name__}: {error})"
+                skipped.append((uri, reason))
+                log.warning("source_entry_failed", source=source, entry=uri, reason=reason)
+                refs_by_uri[uri] = []
+        reason_field = item.get("reason")
+        uris.append(uri)
+        reposts.append(isinstance(reason_field, Mapping)
+                       and "reasonRepost" in str(reason_field.get("$type") or ""))
     cursor = data.get("cursor") if isinstance(data.get("cursor"), str) else None
     return FeedPage(uris=uris, reposts=reposts, refs_by_uri=refs_by_uri,
-                    cursor=cursor or None)
+                    cursor=cursor or None, skipped=skipped)
 
 
 def post_media(post: Mapping[str, Any], *, source: str, now: float) -> list[MediaRef]:
@@ -114,14 +145,12 @@ def post_media(post: Mapping[str, Any], *, source: str, now: float) -> list[Medi
     uri = str(post.get("uri"))
     author = as_mapping(post.get("author"))
     record = as_mapping(post.get("record"))
-    handle = author.get("handle") if isinstance(author.get("handle"), str) else None
-    did = author.get("did") if isinstance(author.get("did"), str) else None
+    handle = _text(author.get("handle"))
+    did = _text(author.get("did"))
     rkey = uri.rsplit("/", 1)[-1]
     profile = handle if handle and handle != "handle.invalid" else did
     post_url = f"https://bsky.app/profile/{profile}/post/{rkey}" if profile else None
-    labels = active_labels([*_list(post.get("labels")), *_list(author.get("labels"))], now)
-    labels |= self_labels(record)
-    flags = tuple(f"{KIND}:label:{value}" for value in sorted(labels & NSFW_LABELS))
+    flags = nsfw_flags(post, now)
     tags = lower_unique(list(_hashtags(record)))
     posted_at = record.get("createdAt") if isinstance(record.get("createdAt"), str) else (
         post.get("indexedAt") if isinstance(post.get("indexedAt"), str) else None)
@@ -136,32 +165,56 @@ def post_media(post: Mapping[str, Any], *, source: str, now: float) -> list[Medi
     return refs
 
 
+def nsfw_flags(post: Mapping[str, Any], now: float) -> tuple[str, ...]:
+    """The NSFW flags of a post view: its labels, its author's labels and its self-labels."""
+    author = as_mapping(post.get("author"))
+    values = (active_labels(_list(post.get("labels")), now)
+              | active_labels(_list(author.get("labels")), now)
+              | self_labels(as_mapping(post.get("record"))))
+    return tuple(f"{KIND}:label:{value}" for value in sorted(values) if value in NSFW_LABELS)
+
+
 def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _text(value: object) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
 def active_labels(labels: Iterable[Any], now: float) -> set[str]:
-    """Label values in force: not expired, and not cancelled by a negation from the same labeler."""
-    applied: set[tuple[str, str]] = set()
-    negated: set[tuple[str, str]] = set()
+    """Label values in force among one subject's labels.
+
+    A label whose `exp` is past does not count. A negation (`neg: true`) removes an earlier
+    label with the same value from the same labeler (`src`); a label applied again after its
+    negation is in force again. Labels are taken in creation order (`cts`) when each has one,
+    else in the order given.
+    """
+    decoded: list[tuple[float | None, tuple[str, str], bool]] = []
     for label in labels:
-        if not isinstance(label, Mapping) or not isinstance(label.get("val"), str):
+        if not isinstance(label, Mapping) or not _text(label.get("val")):
             continue
         expires = parse_iso_timestamp(label.get("exp"))
         if expires is not None and expires <= now:
             continue
-        key = (str(label.get("src") or ""), label["val"])
-        (negated if label.get("neg") is True else applied).add(key)
-    return {value for src, value in applied if (src, value) not in negated}
+        key = (str(label.get("src") or ""), str(label["val"]).strip().lower())
+        decoded.append((parse_iso_timestamp(label.get("cts")), key, label.get("neg") is True))
+    if all(created is not None for created, _, _ in decoded):
+        decoded.sort(key=lambda entry: entry[0] or 0.0)  # stable: ties keep their order
+    in_force: dict[tuple[str, str], bool] = {}
+    for _, key, negation in decoded:
+        in_force[key] = not negation
+    return {value for (_, value), applied in in_force.items() if applied}
 
 
 def self_labels(record: Mapping[str, Any]) -> set[str]:
     """Values of the self-labels in a post record (com.atproto.label.defs#selfLabels)."""
-    labels = record.get("labels")
-    if not isinstance(labels, Mapping) or "selfLabels" not in str(labels.get("$type") or ""):
+    labels = as_mapping(record.get("labels"))
+    kind = labels.get("$type")
+    if kind is not None and "selfLabels" not in str(kind):
         return set()
-    return {value["val"] for value in _list(labels.get("values"))
-            if isinstance(value, Mapping) and isinstance(value.get("val"), str)}
+    return {text.lower() for value in _list(labels.get("values"))
+            if isinstance(value, Mapping) and (text := _text(value.get("val")))}
 
 
 def _hashtags(record: Mapping[str, Any]) -> Iterable[str]:
@@ -188,16 +241,16 @@ def _embed_media(embed: object) -> list[tuple[str, str, str | None]]:
     elif kind.startswith("app.bsky.embed.gallery"):
         items = _list(embed.get("items"))
     elif kind.startswith("app.bsky.embed.video"):
-        playlist = embed.get("playlist")
-        return [(str(playlist), "", "bluesky: video")] if is_http_url(playlist) else []
+        playlist = _text(embed.get("playlist"))
+        return [(playlist, "", "bluesky: video")] if playlist else []
     else:
         return []
     media: list[tuple[str, str, str | None]] = []
     for image in items:
-        if isinstance(image, Mapping) and is_http_url(image.get("fullsize")):
-            alt = image.get("alt")
-            media.append((str(image["fullsize"]), alt.strip() if isinstance(alt, str) else "",
-                          None))
+        # Only a missing URL drops an image; another scheme is recorded downstream.
+        if isinstance(image, Mapping) and (url := _text(image.get("fullsize"))):
+            alt = _text(image.get("alt")) or ""
+            media.append((url, alt, None))
     return media
 
 
@@ -268,8 +321,9 @@ class BlueskySource:
         budget = MAX_PAGES_PER_POLL
         new_uris: list[str] = []
         refs: list[MediaRef] = []
+        skipped: list[tuple[str, str]] = []
 
-        top = await self._sweep(None, seen, new_uris, refs, budget, now,
+        top = await self._sweep(None, seen, new_uris, refs, skipped, budget, now,
                                 limit_items=self.backfill if first_poll else None)
         budget -= top.pages
         retry_after_s = top.retry_after_s
@@ -283,7 +337,7 @@ class BlueskySource:
         else:
             next_backlog = backlog
             if backlog is not None and budget > 0 and retry_after_s is None:
-                rest = await self._sweep(backlog, seen, new_uris, refs, budget, now)
+                rest = await self._sweep(backlog, seen, new_uris, refs, skipped, budget, now)
                 retry_after_s = rest.retry_after_s
                 next_backlog = rest.unfinished
 
@@ -293,10 +347,11 @@ class BlueskySource:
             new_state["backlog"] = next_backlog
         return PollResult(refs=tuple(refs), cursor=dump_cursor(new_state),
                           full=next_backlog is not None and retry_after_s is None,
-                          retry_after_s=retry_after_s)
+                          retry_after_s=retry_after_s, skipped=tuple(skipped))
 
     async def _sweep(self, api_cursor: str | None, seen: set[str], new_uris: list[str],
-                     refs: list[MediaRef], budget: int, now: float,
+                     refs: list[MediaRef], skipped: list[tuple[str, str]], budget: int,
+                     now: float,
                      limit_items: int | None = None) -> _Sweep:
         """Read pages from `api_cursor` until a seen (non-repost) post, the end or the budget."""
         pages = 0
@@ -306,6 +361,7 @@ class BlueskySource:
                                                                       limit_items - taken))
             page, wait_s = await self._page(api_cursor, limit, now)
             pages += 1
+            skipped.extend(page.skipped)
             met_seen = False
             for uri, repost in zip(page.uris, page.reposts, strict=True):
                 if uri in seen:
