@@ -344,9 +344,8 @@ def gelbooru_xml(body: bytes, source: str,
                                   f"wall or a bot challenge?); check base_url and api")
     try:
         root = parse_xml(text)
-    except UnsafeXmlError as error:
-        raise SourceError(source, f"booru XML from {where} declares a DOCTYPE or entities "
-                                  f"({error}); refused") from None
+    except UnsafeXmlError:
+        raise SourceError(source, _refusal(where)) from None
     except ParseError as error:
         return _recover_posts(text, source, where, error)
     if root.tag == "response" and root.get("success") == "false":
@@ -357,6 +356,12 @@ def gelbooru_xml(body: bytes, source: str,
     return [_post_fields(element) for element in root if element.tag == "post"]
 
 
+def _refusal(where: str) -> str:
+    return (f"booru XML from {where} declares a DOCTYPE or entities; refused (entity "
+            f"expansion and external references are how XML bombs and file reads work); "
+            f"check base_url and api")
+
+
 def _recover_posts(text: str, source: str, where: str,
                    error: ParseError) -> list[dict[str, str] | MalformedEntry]:
     """The well-formed <post> elements of a page that is not well-formed as a whole."""
@@ -364,8 +369,7 @@ def _recover_posts(text: str, source: str, where: str,
     if root is None:
         raise SourceError(source, f"malformed booru XML from {where}: {error}")
     if _DECLARATIONS.search(text, 0, root.start()):
-        raise SourceError(source, f"booru XML from {where} declares a DOCTYPE or entities; "
-                                  f"refused")
+        raise SourceError(source, _refusal(where))
     entries: list[dict[str, str] | MalformedEntry] = []
     for match in _POST_ELEMENT.finditer(text, root.end()):
         try:

@@ -163,7 +163,7 @@ def parse_json(source: str, body: bytes, url: str = "") -> Any:
     """Decode a JSON body; anything else is a SourceError naming the URL."""
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # deep nesting recurses
         where = f" from {redact_query(url)}" if url else ""
         raise SourceError(source, f"not JSON{where}: {error}") from None
 
