@@ -42,11 +42,8 @@ MAX_POST_ID = 2**63 - 1  # SQLite's and every booru's id range
 _RATING_WORDS = {"general": "g", "safe": "g", "sensitive": "s", "questionable": "q",
                  "explicit": "e"}
 _SCHEME = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*:")
-# One <post> element: self-closing, or with children (Gelbooru 0.2.5 XML). Quoted values may
-# hold ">"; the alternatives never overlap, so matching stays linear.
-_POST_ELEMENT = re.compile(
-    r"""<post\b(?:[^>"']|"[^"]*"|'[^']*')*?/>|<post\b(?:[^>"']|"[^"]*"|'[^']*')*>.*?</post\s*>""",
-    re.DOTALL)
+# Where each <post> element starts ("<posts" is the root, not a post).
+_POST_START = re.compile(r"<post\b")
 _POSTS_ROOT = re.compile(r"<posts\b")
 _DECLARATIONS = re.compile(r"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 # An HTML page's DOCTYPE is no attack: say what the page is instead of refusing "a DTD".
@@ -370,10 +367,14 @@ def _recover_posts(text: str, source: str, where: str,
         raise SourceError(source, f"malformed booru XML from {where}: {error}")
     if _DECLARATIONS.search(text, 0, root.start()):
         raise SourceError(source, _refusal(where))
+    end = text.rfind("</posts")
+    body = text[root.end():end if end > root.end() else len(text)]
+    # Each post runs to where the next begins: linear, whatever a broken post contains.
+    starts = [match.start() for match in _POST_START.finditer(body)]
     entries: list[dict[str, str] | MalformedEntry] = []
-    for match in _POST_ELEMENT.finditer(text, root.end()):
+    for start, stop in zip(starts, [*starts[1:], len(body)], strict=True):
         try:
-            entries.append(_post_fields(parse_xml(match.group(0))))
+            entries.append(_post_fields(parse_xml(body[start:stop].strip())))
         except (ParseError, UnsafeXmlError) as post_error:
             entries.append(MalformedEntry(f"booru: malformed <post> element ({post_error})"))
     read = sum(not isinstance(entry, MalformedEntry) for entry in entries)
