@@ -371,6 +371,8 @@ def _recover_posts(text: str, source: str, where: str,
     body = text[root.end():end if end > root.end() else len(text)]
     # Each post runs to where the next begins: linear, whatever a broken post contains.
     starts = [match.start() for match in _POST_START.finditer(body)]
+    if not starts:
+        raise SourceError(source, f"malformed booru XML from {where}: {error}")
     entries: list[dict[str, str] | MalformedEntry] = []
     for start, stop in zip(starts, [*starts[1:], len(body)], strict=True):
         try:
