@@ -266,7 +266,7 @@ class TestOneBadEntryAmongGood:
     def test_gelbooru_xml(self, bad: str, key: str, raw: bool) -> None:
         """One post with any text in a field (raw, even unescaped) keeps the other posts."""
         value = f'"{bad}"' if raw else quoteattr(bad)
-        rows = [f'<post id="3" file_url="https://img.example/3.jpg" md5="ab"/>',
+        rows = ['<post id="3" file_url="https://img.example/3.jpg" md5="ab"/>',
                 f'<post id="2" {key}={value} file_url="https://img.example/2.jpg"/>',
                 '<post id="1" file_url="https://img.example/1.jpg" md5="cd"/>']
         body = ('<?xml version="1.0" encoding="UTF-8"?><posts>' + "".join(rows)
