@@ -226,7 +226,9 @@ def _hashtags(record: Mapping[str, Any]) -> Iterable[str]:
                     and feature.get("$type") == "app.bsky.richtext.facet#tag"
                     and isinstance(feature.get("tag"), str)):
                 yield feature["tag"].lstrip("#")
-    yield from (string_list(record.get("tags")) or [])
+    tags = record.get("tags")
+    yield from ([tags] if isinstance(tags, str) else
+                [tag for tag in _list(tags) if isinstance(tag, str)])
 
 
 def _embed_media(embed: object) -> list[tuple[str, str, str | None]]:
