@@ -72,7 +72,6 @@ MAX_PAGES_PER_POLL = 10
 MAX_BACKFILL_PAGES = 50
 THROTTLED = {"danbooru": frozenset({429}), "gelbooru": frozenset({429}),
              "moebooru": frozenset({421, 429})}
-_int = int_value
 
 
 def id_bounds(api: str, after: int | None, below: int | None) -> list[str]:
@@ -139,7 +138,7 @@ class BooruSource:
 
     async def _poll_danbooru(self, state: dict[str, Any],
                              now: float) -> tuple[list[Post], dict[str, Any], bool]:
-        after = _int(state.get("after"))
+        after = int_value(state.get("after"))
         posts: list[Post] = []
         if after is None:
             wanted = max(1, min(self.limit, self.backfill))
@@ -171,10 +170,10 @@ class BooruSource:
 
     async def _poll_sweep(self, state: dict[str, Any],
                           now: float) -> tuple[list[Post], dict[str, Any], bool]:
-        after = _int(state.get("after"))
-        below = _int(state.get("below"))
-        top = _int(state.get("top"))
-        taken = _int(state.get("taken")) or 0
+        after = int_value(state.get("after"))
+        below = int_value(state.get("below"))
+        top = int_value(state.get("top"))
+        taken = int_value(state.get("taken")) or 0
         backfilling = after is None
         posts: list[Post] = []
         for _ in range(MAX_PAGES_PER_POLL):
@@ -283,7 +282,7 @@ def validate(settings: Mapping[str, Any]) -> list[str]:
     for key in ("login", "api_key"):
         if key in settings and (not isinstance(settings[key], str) or not settings[key]):
             problems.append(f"{key}: must be a non-empty string")
-    if "user_id" in settings and _int(settings["user_id"]) is None:
+    if "user_id" in settings and int_value(settings["user_id"]) is None:
         problems.append("user_id: must be your numeric Gelbooru user id")
     if api == "gelbooru" and ("api_key" in settings) != ("user_id" in settings):
         problems.append("user_id: Gelbooru needs both api_key and user_id "
