@@ -117,10 +117,24 @@ def outcome(parse: Callable[[], list[MediaRef]]) -> list[MediaRef] | None:
         except SourceError:
             refs = None
     assert not [entry for entry in logs if entry["event"] == "source_entry_failed"], logs
-    if refs is not None:
-        assert all(isinstance(ref, MediaRef) and isinstance(ref.url, str) and ref.url
-                   for ref in refs)
+    for ref in refs or []:
+        assert isinstance(ref, MediaRef) and isinstance(ref.url, str) and ref.url
+        assert storable(ref), ref
     return refs
+
+
+def storable(ref: MediaRef) -> bool:
+    """Whether every text of `ref` can be stored as UTF-8 (no lone surrogate)."""
+    texts = [ref.url, ref.source, ref.post_url, ref.author, ref.dedup_key, ref.md5,
+             ref.posted_at, ref.skip_reason, *ref.flags, *ref.tags,
+             *(text for pair in ref.extra for text in pair)]
+    try:
+        for text in texts:
+            if text is not None:
+                text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def mastodon(body: bytes) -> list[MediaRef] | None:
@@ -273,3 +287,22 @@ class TestOneBadEntryAmongGood:
                 + "</posts>").encode("utf-8", errors="surrogatepass")
         ids = booru_ids(booru(body, "gelbooru"))
         assert ids[0] == "3" and ids[-1] == "1"
+
+
+class TestStorable:
+    def test_lone_surrogates_become_replacement_characters(self) -> None:
+        """A lone surrogate escaped in an API's JSON reaches no MediaRef field."""
+        lone = "x\ud800y"
+        masto = status(7, tags=(lone,), acct=lone, media=[attachment(1, url=f"https://a/{lone}")])
+        sky = post(1, hashtags=(lone,))
+        sky["author"]["handle"] = lone
+        danbooru = danbooru_post(7, tags=lone)
+        danbooru["file_url"] = f"https://a/{lone}"
+        results = [mastodon(json.dumps([masto]).encode()),
+                   bluesky(json.dumps({"feed": [{"post": sky}]}).encode()),
+                   booru(json.dumps([danbooru]).encode(), "danbooru")]
+        for refs in results:
+            assert refs
+            assert any("x\ufffdy" in " ".join([ref.url, *ref.tags, ref.author or ""])
+                       for ref in refs)
+
