@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -55,9 +56,8 @@ def post(number: int, *, embed: dict[str, Any] | None = None, labels: list[Any] 
 
 
 def label(value: str, *, neg: bool = False, exp: str | None = None,
-          src: str = LABELER) -> dict[str, Any]:
-    item: dict[str, Any] = {"src": src, "uri": "at://x", "val": value,
-                            "cts": "2025-06-01T00:00:00.000Z"}
+          src: str = LABELER, cts: str = "2025-06-01T00:00:00.000Z") -> dict[str, Any]:
+    item: dict[str, Any] = {"src": src, "uri": "at://x", "val": value, "cts": cts}
     if neg:
         item["neg"] = True
     if exp:
@@ -82,8 +82,18 @@ class TestLabels:
         ([label("nudity", exp="2025-06-16T00:00:00Z")], {"nudity"}),
         ([label("sexual"), label("graphic-media"), {"val": 3}, "junk"],
          {"sexual", "graphic-media"}),
+        ([label("porn", cts="2025-06-01T00:00:00Z"),
+          label("porn", neg=True, cts="2025-06-02T00:00:00Z"),
+          label("porn", cts="2025-06-03T00:00:00Z")], {"porn"}),
+        ([label("porn", neg=True, cts="2025-06-02T00:00:00Z"),
+          label("porn", cts="2025-06-01T00:00:00Z")], set()),
+        ([label("porn", cts="2025-06-03T00:00:00Z"),
+          label("porn", neg=True, cts="2025-06-02T00:00:00Z")], {"porn"}),
+        ([label("porn"), label("porn", neg=True, exp="2025-06-01T00:00:00Z")], {"porn"}),
+        ([label("Sexual-Figurative")], {"sexual-figurative"}),
     ], ids=["none", "one", "negated", "negated-by-other-labeler", "expired", "not-expired",
-            "junk-ignored"])
+            "junk-ignored", "reapplied-after-negation", "negation-after-label-by-cts",
+            "negation-before-label-by-cts", "expired-negation", "case"])
     def test_active_labels(self, labels: list[Any], active: set[str]) -> None:
         """Labels count unless expired or negated by the labeler that applied them."""
         assert active_labels(labels, NOW) == active
@@ -117,12 +127,34 @@ class TestParseFeed:
           "external": {"uri": "https://example.org", "thumb": "https://cdn.bsky.app/x"}}, []),
         ({"$type": "app.bsky.embed.record#view", "record": {}}, []),
         ({"$type": "app.bsky.embed.images#view",
-          "images": [{"fullsize": "javascript:alert(1)"}]}, []),
-    ], ids=["record-with-media", "gallery", "external", "quote", "bad-url"])
+          "images": [{"fullsize": ""}, {"fullsize": None}, {"thumb": "https://x.example/t"},
+                     "junk", {"fullsize": 5}]}, []),
+    ], ids=["record-with-media", "gallery", "external", "quote", "no-url"])
     def test_embeds(self, embed: dict[str, Any], expected: list[str]) -> None:
         """Images are found in images, recordWithMedia and gallery views, and nowhere else."""
         refs = parse_feed(page(post(1, embed=embed)), source="sky", now=NOW)
         assert [ref.url.rsplit("/", 1)[1].split("@")[0] for ref in refs] == expected
+
+    @pytest.mark.parametrize("url", ["javascript:alert(1)", "data:image/png;base64,AAAA",
+                                     "file:///etc/passwd", "ftp://cdn.example/1.jpg"])
+    def test_other_schemes_are_yielded(self, url: str) -> None:
+        """A fullsize URL with another scheme is yielded for the pipeline to reject, not dropped."""
+        embed = {"$type": "app.bsky.embed.images#view", "images": [{"fullsize": url}]}
+        (ref,) = parse_feed(page(post(1, embed=embed)), source="sky", now=NOW)
+        assert ref.url == url and ref.skip_reason is None
+
+    def test_malformed_item_costs_only_itself(self) -> None:
+        """Junk items and a post with wrong types among good ones never lose the good ones."""
+        bad = post(2)
+        bad |= {"author": 5, "labels": {"val": "porn"}, "record": [1],
+                "embed": {"$type": 7, "images": "x"}}
+        body = json.dumps({"feed": [{"post": post(1)}, None, {"post": {"uri": 3}}, {"x": 1},
+                                    {"post": bad}, {"post": post(3)}]}).encode()
+        page_read = bluesky.read_page(body, source="sky", now=NOW)
+        refs = parse_feed(body, source="sky", now=NOW)
+        assert [ref.url.rsplit("/", 1)[1] for ref in refs] == ["cid1@jpeg", "cid3@jpeg"]
+        assert [reason for _, reason in page_read.skipped] == [
+            "bluesky: feed item without a post uri"] * 3
 
     def test_video_skipped(self) -> None:
         """A video embed is yielded with a skip reason."""
@@ -147,6 +179,38 @@ class TestParseFeed:
         """Post, account and self labels in the NSFW set become flags on every image."""
         refs = parse_feed(page(post(1, embed=images(1, 2), **kwargs)), source="sky", now=NOW)
         assert [ref.flags for ref in refs] == [flags, flags]
+
+    @pytest.mark.parametrize("value", ["porn", "sexual", "sexual-figurative", "nudity",
+                                       "graphic-media", "gore", "nsfw"])
+    @pytest.mark.parametrize("where", ["labels", "author_labels", "self_labels"])
+    def test_whole_vocabulary_flags(self, value: str, where: str) -> None:
+        """Every adult/graphic label flags the post, wherever it sits."""
+        labels: list[Any] = [value] if where == "self_labels" else [label(value)]
+        (ref,) = parse_feed(page(post(1, **{where: labels})), source="sky", now=NOW)
+        assert ref.flags == (f"bluesky:label:{value}",)
+
+    @pytest.mark.parametrize("where", ["labels", "author_labels"])
+    def test_negated_or_expired_figurative_does_not_flag(self, where: str) -> None:
+        """A negated or expired sexual-figurative label on the post or author flags nothing."""
+        negated = [label("sexual-figurative"), label("sexual-figurative", neg=True)]
+        expired = [label("sexual-figurative", exp="2025-06-15T15:06:39Z")]
+        for labels in (negated, expired):
+            (ref,) = parse_feed(page(post(1, **{where: labels})), source="sky", now=NOW)
+            assert ref.flags == ()
+
+    def test_self_labels_without_type(self) -> None:
+        """Self-labels are read from record.labels.values even without a $type."""
+        item = post(1)
+        item["record"]["labels"] = {"values": [{"val": "porn"}, {"val": 3}, "junk"]}
+        (ref,) = parse_feed(page(item), source="sky", now=NOW)
+        assert ref.flags == ("bluesky:label:porn",)
+
+    def test_vocabulary_is_documented(self) -> None:
+        """Every label that quarantines is named in README.md and config.toml."""
+        root = Path(__file__).resolve().parent.parent
+        for document in ("README.md", "config.toml"):
+            text = (root / document).read_text()
+            assert all(value in text for value in bluesky.NSFW_LABELS), document
 
     @pytest.mark.parametrize("body", [b"[]", b"nope", b'{"feed": 3}'])
     def test_bad_bodies(self, body: bytes) -> None:

@@ -93,12 +93,77 @@ class TestParseStatuses:
         ("video", "mastodon: video attachment"),
         ("gifv", "mastodon: gifv attachment (an MP4 video)"),
         ("audio", "mastodon: audio attachment"),
-        ("unknown", "mastodon: unknown attachment"),
     ])
     def test_non_images_skipped_with_reason(self, kind: str, reason: str) -> None:
-        """Video, gifv, audio and unknown attachments are yielded with a skip reason."""
-        (ref,) = parse([status(7, media=[attachment(1, kind=kind)])])
+        """Video, gifv and audio attachments are yielded with a skip reason, and logged."""
+        with capture_logs() as logs:
+            (ref,) = parse([status(7, media=[attachment(1, kind=kind)])])
         assert ref.skip_reason == reason
+        assert [entry["reason"] for entry in logs
+                if entry["event"] == "mastodon_media_skipped"] == [reason]
+
+    @pytest.mark.parametrize("kind", ["unknown", None, "", "Unknown", "document", 7])
+    def test_unknown_type_fetches_remote_url(self, kind: object) -> None:
+        """An unknown (or missing, or unfamiliar) type is fetched from remote_url; bytes decide."""
+        item = attachment(1, kind="image", url="https://mastodon.example/media_proxy/1/original",
+                          remote_url="https://remote.example/media/1.jpg")
+        item["type"] = kind
+        (ref,) = parse([status(7, media=[item])])
+        assert ref.url == "https://remote.example/media/1.jpg"
+        assert ref.skip_reason is None
+
+    def test_unknown_type_without_remote_url_uses_url(self) -> None:
+        """An unknown attachment with no remote_url is fetched from url."""
+        (ref,) = parse([status(7, media=[attachment(1, kind="unknown")])])
+        assert ref.url == "https://files.example/media/1.jpg" and ref.skip_reason is None
+
+    @pytest.mark.parametrize("url", ["javascript:alert(1)", "data:image/png;base64,AAAA",
+                                     "file:///etc/passwd", "ftp://files.example/1.jpg"])
+    def test_other_schemes_are_yielded(self, url: str) -> None:
+        """A media URL with another scheme is yielded, for the pipeline to reject, not dropped."""
+        (ref,) = parse([status(7, media=[attachment(1, url=url)])])
+        assert ref.url == url
+
+    def test_http_candidate_wins_over_other_scheme(self) -> None:
+        """When url has another scheme and remote_url is http(s), the http(s) one is fetched."""
+        (ref,) = parse([status(7, media=[attachment(
+            1, url="javascript:alert(1)", remote_url="https://remote.example/1.jpg")])])
+        assert ref.url == "https://remote.example/1.jpg"
+
+    def test_odd_attachments_cost_only_themselves(self) -> None:
+        """Odd attachment shapes cost only that attachment; the good ones of the status stay."""
+        odd: list[Any] = [
+            None, "junk", 5, ["nested"],
+            {"id": "1", "type": "unknown", "url": None, "remote_url": None},
+            {"id": "2", "type": "image", "url": None, "remote_url": None,
+             "preview_url": "https://files.example/small/2.jpg"},
+            {"id": "3", "type": "image", "url": "https://files.example/3.jpg", "meta": {}},
+            {"id": "4", "type": ["image"], "url": 17, "remote_url": "https://r.example/4.jpg"},
+            {"id": "5", "type": "video", "url": ""},
+        ]
+        statuses = [status(7, created_at="2020-01-01T00:00:00Z", media=odd)]
+        with capture_logs() as logs:
+            media = mastodon.status_media(statuses, source="m", instance=INSTANCE, now=NOW)
+        assert [ref.url for ref in media.refs] == ["https://files.example/3.jpg",
+                                                   "https://r.example/4.jpg"]
+        reasons = [reason for _, reason in media.skipped]
+        assert reasons.count("mastodon: attachment is not an object") == 4
+        assert {"mastodon: unknown attachment without a URL",
+                "mastodon: image attachment without a URL",
+                "mastodon: video attachment without a URL"} <= set(reasons)
+        assert sum(entry["event"] == "mastodon_media_without_url" for entry in logs) == 3
+
+    @pytest.mark.parametrize("field", ["media_attachments", "tags", "account", "uri",
+                                       "created_at", "spoiler_text"])
+    @pytest.mark.parametrize("value", [5, "text", {"a": 1}, [None, 3], None, 10**30])
+    def test_wrong_types_in_a_status_cost_nothing_else(self, field: str, value: object) -> None:
+        """A wrong type in any field of one status never loses the other statuses of the page."""
+        bad = status(8)
+        bad[field] = value
+        refs = parse([status(7), bad, status(9)])
+        urls = [ref.url for ref in refs]
+        assert urls[0] == "https://files.example/media/7.jpg"
+        assert urls[-1] == "https://files.example/media/9.jpg"
 
     def test_remote_url_fallback(self) -> None:
         """A null `url` falls back to `remote_url`."""

@@ -13,16 +13,19 @@ where that sweep stopped, which the next poll finishes.
 
 Images come from `app.bsky.embed.images#view` (`images[].fullsize`), from
 `app.bsky.embed.recordWithMedia#view` (under `media`) and from `app.bsky.embed.gallery#view`
-(`items[].fullsize`); videos are yielded with a skip reason. NSFW signals are labels with
-the values porn, sexual, nudity, graphic-media (and the older gore) on the post, on the
-author's account, or self-applied in the record; `neg` cancels a label and an expired `exp`
-is ignored. Hashtags (facets and the record's `tags`) become tags.
+(`items[].fullsize`); videos are yielded with a skip reason. NSFW signals are the labels of
+`NSFW_LABELS` (the adult and graphic vocabulary of Bluesky's moderation service: porn,
+sexual, sexual-figurative, nudity, graphic-media, and the older gore and nsfw) on the post,
+on the author's account, or self-applied in the record; a negation (`neg`) removes an
+earlier label with the same value from the same labeler, and a label whose `exp` has passed
+does not count. Hashtags (facets and the record's `tags`) become tags. Pages are read by
+`bluesky_posts`: a malformed feed item costs only that item.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -31,16 +34,22 @@ import structlog
 
 from crawler.errors import SourceError
 from crawler.sources.base import Document, HttpClient, PollResult, Source, SourceContext
+from crawler.sources.bluesky_posts import (
+    NSFW_LABELS,
+    FeedPage,
+    active_labels,
+    nsfw_flags,
+    parse_feed,
+    post_media,
+    read_page,
+    self_labels,
+)
 from crawler.sources.common import (
-    as_mapping,
     document_cap,
     dump_cursor,
     header,
     is_http_url,
     load_cursor,
-    lower_unique,
-    parse_iso_timestamp,
-    parse_json,
     raise_for_status,
     string_list,
 )
@@ -48,6 +57,9 @@ from storage.records import MediaRef
 
 if TYPE_CHECKING:
     from crawler.config import SourceConfig
+
+__all__ = ["NSFW_LABELS", "BlueskySource", "FeedPage", "active_labels", "create",
+           "nsfw_flags", "parse_feed", "post_media", "read_page", "self_labels", "validate"]
 
 log = structlog.get_logger()
 
@@ -60,145 +72,12 @@ MAX_PAGES_PER_POLL = 10
 DEFAULT_BACKFILL = 100
 MAX_BACKFILL = 2000
 SEEN_KEPT = 300
-NSFW_LABELS = frozenset({"porn", "sexual", "nudity", "graphic-media", "gore"})
 DEFAULT_RATE_LIMIT_WAIT_S = 300.0
 ENDPOINTS = {
     "actor": "app.bsky.feed.getAuthorFeed",
     "feed": "app.bsky.feed.getFeed",
     "list": "app.bsky.feed.getListFeed",
 }
-
-
-@dataclass(frozen=True)
-class FeedPage:
-    """One page of a feed: its items' post URIs (in order), repost markers, media, cursor."""
-
-    uris: list[str]
-    reposts: list[bool]
-    refs_by_uri: dict[str, list[MediaRef]]
-    cursor: str | None
-
-
-def parse_feed(body: bytes, *, source: str, now: float) -> list[MediaRef]:
-    """The media of one feed page (getAuthorFeed / getFeed / getListFeed JSON)."""
-    page = read_page(body, source=source, now=now)
-    return [ref for uri in dict.fromkeys(page.uris) for ref in page.refs_by_uri[uri]]
-
-
-def read_page(body: bytes, *, source: str, now: float) -> FeedPage:
-    """Decode a feed page into post URIs and their media refs."""
-    data = parse_json(source, body)
-    if not isinstance(data, Mapping) or not isinstance(data.get("feed"), list):
-        raise SourceError(source, "expected a feed object with a \"feed\" array")
-    uris: list[str] = []
-    reposts: list[bool] = []
-    refs_by_uri: dict[str, list[MediaRef]] = {}
-    for item in data["feed"]:
-        post = item.get("post") if isinstance(item, Mapping) else None
-        if not isinstance(post, Mapping) or not isinstance(post.get("uri"), str):
-            continue
-        uri = post["uri"]
-        reason = item.get("reason")
-        uris.append(uri)
-        reposts.append(isinstance(reason, Mapping)
-                       and "reasonRepost" in str(reason.get("$type") or ""))
-        if uri not in refs_by_uri:
-            refs_by_uri[uri] = post_media(post, source=source, now=now)
-    cursor = data.get("cursor") if isinstance(data.get("cursor"), str) else None
-    return FeedPage(uris=uris, reposts=reposts, refs_by_uri=refs_by_uri,
-                    cursor=cursor or None)
-
-
-def post_media(post: Mapping[str, Any], *, source: str, now: float) -> list[MediaRef]:
-    """The media of one post view, with its labels as flags and its hashtags as tags."""
-    uri = str(post.get("uri"))
-    author = as_mapping(post.get("author"))
-    record = as_mapping(post.get("record"))
-    handle = author.get("handle") if isinstance(author.get("handle"), str) else None
-    did = author.get("did") if isinstance(author.get("did"), str) else None
-    rkey = uri.rsplit("/", 1)[-1]
-    profile = handle if handle and handle != "handle.invalid" else did
-    post_url = f"https://bsky.app/profile/{profile}/post/{rkey}" if profile else None
-    labels = active_labels([*_list(post.get("labels")), *_list(author.get("labels"))], now)
-    labels |= self_labels(record)
-    flags = tuple(f"{KIND}:label:{value}" for value in sorted(labels & NSFW_LABELS))
-    tags = lower_unique(list(_hashtags(record)))
-    posted_at = record.get("createdAt") if isinstance(record.get("createdAt"), str) else (
-        post.get("indexedAt") if isinstance(post.get("indexedAt"), str) else None)
-    refs: list[MediaRef] = []
-    for index, (url, alt, skip_reason) in enumerate(_embed_media(post.get("embed"))):
-        extra = (("description", alt[:1000]),) if alt else ()
-        refs.append(MediaRef(
-            url=url, source=source, post_url=post_url, author=handle or did, flags=flags,
-            tags=tags, dedup_key=f"{uri}#media{index}", posted_at=posted_at,
-            skip_reason=skip_reason, extra=extra,
-        ))
-    return refs
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def active_labels(labels: Iterable[Any], now: float) -> set[str]:
-    """Label values in force: not expired, and not cancelled by a negation from the same labeler."""
-    applied: set[tuple[str, str]] = set()
-    negated: set[tuple[str, str]] = set()
-    for label in labels:
-        if not isinstance(label, Mapping) or not isinstance(label.get("val"), str):
-            continue
-        expires = parse_iso_timestamp(label.get("exp"))
-        if expires is not None and expires <= now:
-            continue
-        key = (str(label.get("src") or ""), label["val"])
-        (negated if label.get("neg") is True else applied).add(key)
-    return {value for src, value in applied if (src, value) not in negated}
-
-
-def self_labels(record: Mapping[str, Any]) -> set[str]:
-    """Values of the self-labels in a post record (com.atproto.label.defs#selfLabels)."""
-    labels = record.get("labels")
-    if not isinstance(labels, Mapping) or "selfLabels" not in str(labels.get("$type") or ""):
-        return set()
-    return {value["val"] for value in _list(labels.get("values"))
-            if isinstance(value, Mapping) and isinstance(value.get("val"), str)}
-
-
-def _hashtags(record: Mapping[str, Any]) -> Iterable[str]:
-    for facet in _list(record.get("facets")):
-        if not isinstance(facet, Mapping):
-            continue
-        for feature in _list(facet.get("features")):
-            if (isinstance(feature, Mapping)
-                    and feature.get("$type") == "app.bsky.richtext.facet#tag"
-                    and isinstance(feature.get("tag"), str)):
-                yield feature["tag"].lstrip("#")
-    yield from (string_list(record.get("tags")) or [])
-
-
-def _embed_media(embed: object) -> list[tuple[str, str, str | None]]:
-    """(url, alt, skip_reason) for each media item of an embed view."""
-    if not isinstance(embed, Mapping):
-        return []
-    kind = str(embed.get("$type") or "")
-    if kind.startswith("app.bsky.embed.recordWithMedia"):
-        return _embed_media(embed.get("media"))
-    if kind.startswith("app.bsky.embed.images"):
-        items = _list(embed.get("images"))
-    elif kind.startswith("app.bsky.embed.gallery"):
-        items = _list(embed.get("items"))
-    elif kind.startswith("app.bsky.embed.video"):
-        playlist = embed.get("playlist")
-        return [(str(playlist), "", "bluesky: video")] if is_http_url(playlist) else []
-    else:
-        return []
-    media: list[tuple[str, str, str | None]] = []
-    for image in items:
-        if isinstance(image, Mapping) and is_http_url(image.get("fullsize")):
-            alt = image.get("alt")
-            media.append((str(image["fullsize"]), alt.strip() if isinstance(alt, str) else "",
-                          None))
-    return media
 
 
 def rate_limit_wait_s(document: Document, now: float) -> float | None:
@@ -268,8 +147,9 @@ class BlueskySource:
         budget = MAX_PAGES_PER_POLL
         new_uris: list[str] = []
         refs: list[MediaRef] = []
+        skipped: list[tuple[str, str]] = []
 
-        top = await self._sweep(None, seen, new_uris, refs, budget, now,
+        top = await self._sweep(None, seen, new_uris, refs, skipped, budget, now,
                                 limit_items=self.backfill if first_poll else None)
         budget -= top.pages
         retry_after_s = top.retry_after_s
@@ -283,7 +163,7 @@ class BlueskySource:
         else:
             next_backlog = backlog
             if backlog is not None and budget > 0 and retry_after_s is None:
-                rest = await self._sweep(backlog, seen, new_uris, refs, budget, now)
+                rest = await self._sweep(backlog, seen, new_uris, refs, skipped, budget, now)
                 retry_after_s = rest.retry_after_s
                 next_backlog = rest.unfinished
 
@@ -293,10 +173,11 @@ class BlueskySource:
             new_state["backlog"] = next_backlog
         return PollResult(refs=tuple(refs), cursor=dump_cursor(new_state),
                           full=next_backlog is not None and retry_after_s is None,
-                          retry_after_s=retry_after_s)
+                          retry_after_s=retry_after_s, skipped=tuple(skipped))
 
     async def _sweep(self, api_cursor: str | None, seen: set[str], new_uris: list[str],
-                     refs: list[MediaRef], budget: int, now: float,
+                     refs: list[MediaRef], skipped: list[tuple[str, str]], budget: int,
+                     now: float,
                      limit_items: int | None = None) -> _Sweep:
         """Read pages from `api_cursor` until a seen (non-repost) post, the end or the budget."""
         pages = 0
@@ -306,6 +187,7 @@ class BlueskySource:
                                                                       limit_items - taken))
             page, wait_s = await self._page(api_cursor, limit, now)
             pages += 1
+            skipped.extend(page.skipped)
             met_seen = False
             for uri, repost in zip(page.uris, page.reposts, strict=True):
                 if uri in seen:

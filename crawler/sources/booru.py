@@ -20,277 +20,58 @@ Ratings are normalised to g/s/q/e: Danbooru's letters as they are; Gelbooru's wo
 (general, sensitive, questionable, explicit; and the old "safe" / "s" meaning general);
 Moebooru's s (safe) as g. Each post gets the tag "rating:<r>", and the flag
 "booru:rating:<r>" when r is in `nsfw_ratings`. Gelbooru-0.2 sites such as safebooru.org
-answer XML (or a bare JSON array); XML with a DOCTYPE or entity declaration is refused.
+answer XML (or a bare JSON array). Pages are read by `booru_posts`: one malformed post costs
+only that post, and XML declaring a DOCTYPE or entities is refused.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
-from xml.etree import ElementTree
+from urllib.parse import urlencode
 
 from crawler.errors import SourceError
 from crawler.sources.base import Document, HttpClient, PollResult, Source, SourceContext
+from crawler.sources.booru_posts import (
+    DEFAULT_NSFW_RATINGS,
+    IMAGE_EXTENSIONS,
+    KIND,
+    RATINGS,
+    Post,
+    int_value,
+    normalize_rating,
+    parse_booru,
+    parse_posts,
+    posts_to_refs,
+    read_posts,
+)
 from crawler.sources.common import (
     document_cap,
     dump_cursor,
     is_http_url,
-    iso_from_epoch,
     load_cursor,
-    lower_unique,
-    parse_json,
     raise_for_status,
     redact_query,
 )
-from storage.records import MediaRef
 
 if TYPE_CHECKING:
     from crawler.config import SourceConfig
 
-KIND = "booru"
+__all__ = ["IMAGE_EXTENSIONS", "BooruSource", "Post", "create", "id_bounds",
+           "normalize_rating", "parse_booru", "parse_posts", "posts_to_refs", "validate"]
+
 APIS = ("danbooru", "gelbooru", "moebooru")
 KEYS = frozenset({"base_url", "tags", "api", "login", "api_key", "user_id", "limit",
                   "backfill", "nsfw_ratings"})
-RATINGS = ("g", "s", "q", "e")
-DEFAULT_NSFW_RATINGS = ("q", "e")
 MAX_LIMIT = {"danbooru": 200, "gelbooru": 100, "moebooru": 100}
 DEFAULT_LIMIT = 100
 DEFAULT_BACKFILL = 200
 MAX_BACKFILL = 5000
 MAX_PAGES_PER_POLL = 10
 MAX_BACKFILL_PAGES = 50
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "avif"})
 THROTTLED = {"danbooru": frozenset({429}), "gelbooru": frozenset({429}),
              "moebooru": frozenset({421, 429})}
-
-_RATING_WORDS = {"general": "g", "safe": "g", "sensitive": "s", "questionable": "q",
-                 "explicit": "e"}
-
-
-def normalize_rating(api: str, raw: object) -> str | None:
-    """The g/s/q/e rating of a post as its API spells it, else None."""
-    if not isinstance(raw, str) or not raw.strip():
-        return None
-    value = raw.strip().lower()
-    if value in _RATING_WORDS:
-        return _RATING_WORDS[value]
-    if value not in RATINGS:
-        return None
-    if api == "danbooru":
-        return value
-    # Moebooru and pre-2022 Gelbooru: s is "safe", not Danbooru's "sensitive".
-    return "g" if value == "s" else value
-
-
-@dataclass(frozen=True)
-class Post:
-    """One post, reduced to what the source needs, whatever API it came from."""
-
-    id: int
-    file_url: str | None
-    md5: str | None
-    rating: str | None
-    tags: tuple[str, ...]
-    post_url: str
-    author: str | None = None
-    posted_at: str | None = None
-    file_ext: str | None = None
-    deleted: bool = False
-    extra: tuple[tuple[str, str], ...] = field(default=())
-
-
-def parse_posts(body: bytes, *, api: str, base_url: str, source: str = KIND) -> list[Post]:
-    """The posts of one API page (JSON, or XML for Gelbooru-0.2 sites); newest first."""
-    base = base_url.rstrip("/")
-    if api == "danbooru":
-        data = parse_json(source, body)
-        if not isinstance(data, list):
-            raise SourceError(source, f"expected a JSON array of posts from {base}")
-        return [post for item in data if (post := _danbooru_post(item, base))]
-    if api == "moebooru":
-        data = parse_json(source, body)
-        if not isinstance(data, list):
-            raise SourceError(source, f"expected a JSON array of posts from {base}")
-        return [post for item in data if (post := _moebooru_post(item, base))]
-    # Byte-order marks and UTF-16's NULs aside, does it start like XML?
-    probe = body[:1024].replace(b"\x00", b"").lstrip(b"\xef\xbb\xbf\xfe\xff \t\r\n")
-    if not body.strip():
-        return []  # Gelbooru 0.2 answers an empty body when nothing matches
-    items: list[Any]
-    if probe.startswith(b"<"):
-        items = list(_gelbooru_xml(body, source))
-    else:
-        data = parse_json(source, body)
-        if isinstance(data, Mapping):  # Gelbooru 0.2.5: {"@attributes": ..., "post": [...]}
-            posts = data.get("post") or []
-            items = [posts] if isinstance(posts, Mapping) else list(posts)
-        elif isinstance(data, list):  # Gelbooru 0.2 JSON (safebooru): a bare array
-            items = data
-        else:
-            raise SourceError(source, f"unexpected Gelbooru answer from {base}")
-    return [post for item in items if (post := _gelbooru_post(item, base))]
-
-
-def posts_to_refs(posts: list[Post], *, source: str, nsfw_ratings: frozenset[str]) -> list[MediaRef]:
-    """MediaRefs for posts: ratings as tags and flags; hidden, deleted and videos skipped."""
-    refs: list[MediaRef] = []
-    for post in posts:
-        tags = list(post.tags)
-        flags: tuple[str, ...] = ()
-        if post.rating:
-            tags.append(f"rating:{post.rating}")
-            if post.rating in nsfw_ratings:
-                flags = (f"{KIND}:rating:{post.rating}",)
-        ext = (post.file_ext or _extension(post.file_url) or "").lower()
-        skip_reason = None
-        if post.deleted:
-            skip_reason = "booru: deleted post"
-        elif not post.file_url or not post.md5:
-            skip_reason = "booru: post hidden at this account's level (no file_url/md5)"
-        elif ext and ext not in IMAGE_EXTENSIONS:
-            skip_reason = f"booru: not an image ({ext})"
-        url = post.file_url if post.file_url else post.post_url
-        refs.append(MediaRef(
-            url=url, source=source, post_url=post.post_url, author=post.author, flags=flags,
-            tags=lower_unique(tags), md5=post.md5, posted_at=post.posted_at,
-            skip_reason=skip_reason, extra=post.extra,
-        ))
-    return refs
-
-
-def parse_booru(body: bytes, *, api: str, base_url: str, source: str,
-                nsfw_ratings: frozenset[str] = frozenset(DEFAULT_NSFW_RATINGS)) -> list[MediaRef]:
-    """The media of one API page."""
-    posts = parse_posts(body, api=api, base_url=base_url, source=source)
-    return posts_to_refs(posts, source=source, nsfw_ratings=nsfw_ratings)
-
-
-def _extension(url: str | None) -> str | None:
-    if not url:
-        return None
-    path = urlsplit(url).path
-    return path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else None
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
-
-
-def _text(value: object) -> str | None:
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _absolute(url: object, base: str) -> str | None:
-    text = _text(url)
-    if text is None:
-        return None
-    if text.startswith("//"):
-        text = f"{urlsplit(base).scheme}:{text}"
-    elif text.startswith("/"):
-        text = f"{base}{text}"
-    return text if is_http_url(text) else None
-
-
-def _split_tags(value: object) -> tuple[str, ...]:
-    text = _text(value)
-    return tuple(html.unescape(text).split()) if text else ()
-
-
-def _extra(post_id: int, source_url: object) -> tuple[tuple[str, str], ...]:
-    extra = [("booru_id", str(post_id))]
-    if (text := _text(source_url)) is not None:
-        extra.append(("source_url", text[:1000]))
-    return tuple(extra)
-
-
-def _danbooru_post(item: object, base: str) -> Post | None:
-    if not isinstance(item, Mapping) or (post_id := _int(item.get("id"))) is None:
-        return None
-    artists = _split_tags(item.get("tag_string_artist"))
-    return Post(
-        id=post_id, file_url=_absolute(item.get("file_url"), base),
-        md5=(_text(item.get("md5")) or "").lower() or None,
-        rating=normalize_rating("danbooru", item.get("rating")),
-        tags=_split_tags(item.get("tag_string")), post_url=f"{base}/posts/{post_id}",
-        author=" ".join(artists) or None, posted_at=_text(item.get("created_at")),
-        file_ext=_text(item.get("file_ext")),
-        deleted=item.get("is_deleted") is True,
-        extra=_extra(post_id, item.get("source")),
-    )
-
-
-def _moebooru_post(item: object, base: str) -> Post | None:
-    if not isinstance(item, Mapping) or (post_id := _int(item.get("id"))) is None:
-        return None
-    created = item.get("created_at")
-    posted_at = iso_from_epoch(float(created)) if isinstance(created, int | float) and not \
-        isinstance(created, bool) else None
-    return Post(
-        id=post_id, file_url=_absolute(item.get("file_url"), base),
-        md5=(_text(item.get("md5")) or "").lower() or None,
-        rating=normalize_rating("moebooru", item.get("rating")),
-        tags=_split_tags(item.get("tags")), post_url=f"{base}/post/show/{post_id}",
-        author=_text(item.get("author")), posted_at=posted_at,
-        file_ext=_text(item.get("file_ext")),
-        deleted=item.get("status") == "deleted",
-        extra=_extra(post_id, item.get("source")),
-    )
-
-
-def _gelbooru_post(item: object, base: str) -> Post | None:
-    if not isinstance(item, Mapping) or (post_id := _int(item.get("id"))) is None:
-        return None
-    file_url = _absolute(item.get("file_url"), base)
-    md5 = _text(item.get("md5")) or _text(item.get("hash"))
-    if file_url is None and _text(item.get("directory")) and _text(item.get("image")):
-        # Gelbooru 0.2 JSON gives the file's place, not its URL.
-        file_url = _absolute(f"/images/{item['directory']}/{item['image']}", base)
-    return Post(
-        id=post_id, file_url=file_url, md5=md5.lower() if md5 else None,
-        rating=normalize_rating("gelbooru", item.get("rating")),
-        tags=_split_tags(item.get("tags")),
-        post_url=f"{base}/index.php?page=post&s=view&id={post_id}",
-        author=_text(item.get("owner")), posted_at=_gelbooru_time(item.get("created_at")),
-        deleted=item.get("status") == "deleted",
-        extra=_extra(post_id, item.get("source")),
-    )
-
-
-def _gelbooru_time(value: object) -> str | None:
-    text = _text(value)
-    if text is None:
-        return None
-    try:
-        return datetime.strptime(text, "%a %b %d %H:%M:%S %z %Y").isoformat()
-    except ValueError:
-        return text
-
-
-def _gelbooru_xml(body: bytes, source: str) -> list[dict[str, str]]:
-    """Posts from Gelbooru-0.2 XML; any DTD is refused (no entity can be declared)."""
-    plain = body.replace(b"\x00", b"")
-    if b"<!DOCTYPE" in plain or b"<!ENTITY" in plain:
-        raise SourceError(source, "booru XML declares a DOCTYPE or entities; refused")
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError as error:
-        raise SourceError(source, f"malformed booru XML: {error}") from None
-    if root.tag == "response" and root.get("success") == "false":
-        raise SourceError(source, f"booru refused the search: {root.get('reason') or ''}")
-    if root.tag != "posts":
-        raise SourceError(source, f"unexpected booru XML root <{root.tag}>")
-    return [dict(element.attrib) for element in root if element.tag == "post"]
 
 
 def id_bounds(api: str, after: int | None, below: int | None) -> list[str]:
@@ -334,6 +115,7 @@ class BooruSource:
         self._api_key = api_key
         self._user_id = user_id
         self._max_bytes = max_bytes
+        self._skipped: list[tuple[str, str]] = []  # entries the current poll skipped
 
     def __repr__(self) -> str:  # never show credentials
         return f"BooruSource(name={self.name!r}, api={self.api!r}, tags={self.tags!r})"
@@ -345,16 +127,18 @@ class BooruSource:
     async def poll(self, cursor: str | None, now: float) -> PollResult:
         """Read the posts newer than the cursor (the first poll: the newest `backfill`)."""
         state = load_cursor(cursor)
+        self._skipped = []
         if self.api == "danbooru":
             posts, state, full = await self._poll_danbooru(state, now)
         else:
             posts, state, full = await self._poll_sweep(state, now)
         refs = posts_to_refs(posts, source=self.name, nsfw_ratings=self.nsfw_ratings)
-        return PollResult(refs=tuple(refs), cursor=dump_cursor(state), full=full)
+        return PollResult(refs=tuple(refs), cursor=dump_cursor(state), full=full,
+                          skipped=tuple(self._skipped))
 
     async def _poll_danbooru(self, state: dict[str, Any],
                              now: float) -> tuple[list[Post], dict[str, Any], bool]:
-        after = _int(state.get("after"))
+        after = int_value(state.get("after"))
         posts: list[Post] = []
         if after is None:
             wanted = max(1, min(self.limit, self.backfill))
@@ -386,10 +170,10 @@ class BooruSource:
 
     async def _poll_sweep(self, state: dict[str, Any],
                           now: float) -> tuple[list[Post], dict[str, Any], bool]:
-        after = _int(state.get("after"))
-        below = _int(state.get("below"))
-        top = _int(state.get("top"))
-        taken = _int(state.get("taken")) or 0
+        after = int_value(state.get("after"))
+        below = int_value(state.get("below"))
+        top = int_value(state.get("top"))
+        taken = int_value(state.get("taken")) or 0
         backfilling = after is None
         posts: list[Post] = []
         for _ in range(MAX_PAGES_PER_POLL):
@@ -430,7 +214,10 @@ class BooruSource:
         url, headers = self._request(page=page, limit=limit or self.limit, bounds=bounds or [])
         document = await self._http.get_document(url, headers=headers, max_bytes=self._max_bytes)
         self._check(document, now)
-        return parse_posts(document.body, api=self.api, base_url=self.base_url, source=self.name)
+        read = read_posts(document.body, api=self.api, base_url=self.base_url,
+                          source=self.name, url=document.url)
+        self._skipped.extend(read.skipped)
+        return read.posts
 
     def _check(self, document: Document, now: float) -> None:
         if document.status in (401, 403):
@@ -495,7 +282,7 @@ def validate(settings: Mapping[str, Any]) -> list[str]:
     for key in ("login", "api_key"):
         if key in settings and (not isinstance(settings[key], str) or not settings[key]):
             problems.append(f"{key}: must be a non-empty string")
-    if "user_id" in settings and _int(settings["user_id"]) is None:
+    if "user_id" in settings and int_value(settings["user_id"]) is None:
         problems.append("user_id: must be your numeric Gelbooru user id")
     if api == "gelbooru" and ("api_key" in settings) != ("user_id" in settings):
         problems.append("user_id: Gelbooru needs both api_key and user_id "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -160,12 +161,34 @@ def raise_for_status(source: str, document: Document, now: float,
 
 
 def parse_json(source: str, body: bytes, url: str = "") -> Any:
-    """Decode a JSON body; anything else is a SourceError naming the URL."""
+    """Decode a JSON body; anything else is a SourceError naming the URL.
+
+    Lone surrogates (``"\\ud800"`` escapes, or encoded in the bytes) become U+FFFD: no
+    string from the network may be one that cannot be stored as UTF-8.
+    """
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+        return _storable(json.loads(body))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # deep nesting recurses
         where = f" from {redact_query(url)}" if url else ""
         raise SourceError(source, f"not JSON{where}: {error}") from None
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(value: Any) -> Any:
+    """`value` (decoded JSON) with every lone surrogate in its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _LONE_SURROGATE.sub("\ufffd", value)
+        return value
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value
 
 
 def as_mapping(value: object) -> Mapping[str, Any]:

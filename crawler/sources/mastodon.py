@@ -13,6 +13,8 @@ whatever lay between when more than a page arrived.) Pages come newest first eve
 server; they compare as integers (by length, then lexically). The first poll pages back
 from the top with `max_id` until `backfill` statuses were read.
 
+Statuses and attachments are read by `mastodon_statuses`.
+
 The cursor is `{"min_id": ..., "account_id": ...}`.
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -29,21 +30,31 @@ import structlog
 from crawler.errors import SourceError
 from crawler.sources.base import Document, HttpClient, PollResult, Source, SourceContext
 from crawler.sources.common import (
-    as_mapping,
     document_cap,
     dump_cursor,
     header,
     is_http_url,
     load_cursor,
-    lower_unique,
     parse_iso_timestamp,
     parse_json,
     raise_for_status,
 )
-from storage.records import MediaRef
+from crawler.sources.mastodon_statuses import (
+    PENDING_MEDIA_WINDOW_S,
+    SKIP_REASONS,
+    StatusMedia,
+    attachment_kind,
+    attachment_url,
+    parse_statuses,
+    status_media,
+)
 
 if TYPE_CHECKING:
     from crawler.config import SourceConfig
+
+__all__ = ["PENDING_MEDIA_WINDOW_S", "SKIP_REASONS", "MastodonSource", "StatusMedia",
+           "attachment_kind", "attachment_url", "create", "id_key", "parse_statuses",
+           "status_media", "validate"]
 
 log = structlog.get_logger()
 
@@ -54,17 +65,8 @@ PAGE_LIMIT = 40  # the API's maximum
 MAX_PAGES_PER_POLL = 10
 DEFAULT_BACKFILL = 200
 MAX_BACKFILL = 5000
-# An attachment without a URL is usually still being processed; wait this long for it.
-PENDING_MEDIA_WINDOW_S = 3600.0
 DEFAULT_RATE_LIMIT_WAIT_S = 300.0
 ACCESS_DENIED = frozenset({401, 403, 422})
-SKIP_REASONS = {
-    "video": "mastodon: video attachment",
-    "gifv": "mastodon: gifv attachment (an MP4 video)",
-    "audio": "mastodon: audio attachment",
-}
-
-
 def id_key(status_id: str) -> tuple[int, str]:
     """Sort key for Mastodon ids: numeric strings of any length, compared as integers."""
     return (len(status_id), status_id)
@@ -76,93 +78,6 @@ def max_id(ids: list[str]) -> str | None:
 
 def min_id(ids: list[str]) -> str | None:
     return min(ids, key=id_key) if ids else None
-
-
-@dataclass(frozen=True)
-class StatusMedia:
-    """Media from a page of statuses; `pending_ids` are statuses whose media has no URL yet."""
-
-    refs: list[MediaRef]
-    status_ids: list[str]
-    pending_ids: list[str]
-
-
-def parse_statuses(body: bytes, *, source: str, instance: str, now: float) -> list[MediaRef]:
-    """The media of a JSON array of statuses (a timeline page)."""
-    statuses = parse_json(source, body)
-    if not isinstance(statuses, list):
-        raise SourceError(source, "expected a JSON array of statuses")
-    return status_media(statuses, source=source, instance=instance, now=now).refs
-
-
-def status_media(statuses: list[Any], *, source: str, instance: str,
-                 now: float) -> StatusMedia:
-    """Media refs of decoded statuses: reblogs resolved, non-images marked with a skip reason."""
-    refs: list[MediaRef] = []
-    ids: list[str] = []
-    pending: list[str] = []
-    host = urlsplit(instance).hostname or ""
-    for status in statuses:
-        if not isinstance(status, Mapping) or not isinstance(status.get("id"), str):
-            continue
-        ids.append(status["id"])
-        reblog = status.get("reblog")
-        original: Mapping[str, Any] = reblog if isinstance(reblog, Mapping) else status
-        status_refs, waiting = _original_media(original, source=source, host=host, now=now)
-        refs.extend(status_refs)
-        if waiting:
-            pending.append(status["id"])
-    return StatusMedia(refs=refs, status_ids=ids, pending_ids=pending)
-
-
-def _original_media(status: Mapping[str, Any], *, source: str, host: str,
-                    now: float) -> tuple[list[MediaRef], bool]:
-    uri = status.get("uri") if isinstance(status.get("uri"), str) else None
-    post_url = status.get("url") if is_http_url(status.get("url")) else (
-        uri if is_http_url(uri) else None)
-    account = as_mapping(status.get("account"))
-    acct = account.get("acct") if isinstance(account.get("acct"), str) else None
-    if acct and "@" not in acct and host:
-        acct = f"{acct}@{host}"
-    flags = (f"{KIND}:sensitive",) if status.get("sensitive") is True else ()
-    tags = lower_unique([str(tag.get("name") or "") for tag in status.get("tags") or []
-                         if isinstance(tag, Mapping)])
-    extra: list[tuple[str, str]] = []
-    spoiler = status.get("spoiler_text")
-    if isinstance(spoiler, str) and spoiler.strip():
-        extra.append(("spoiler_text", spoiler.strip()))
-    posted_at = status.get("created_at") if isinstance(status.get("created_at"), str) else None
-    created_s = parse_iso_timestamp(posted_at)
-
-    refs: list[MediaRef] = []
-    waiting = False
-    for index, attachment in enumerate(status.get("media_attachments") or []):
-        if not isinstance(attachment, Mapping):
-            continue
-        url = next((candidate for candidate in (attachment.get("url"),
-                                                attachment.get("remote_url"))
-                    if is_http_url(candidate)), None)
-        kind = str(attachment.get("type") or "unknown")
-        if url is None:
-            if kind == "image" and (created_s is None
-                                    or now - created_s < PENDING_MEDIA_WINDOW_S):
-                waiting = True
-            else:
-                log.info("mastodon_media_without_url", source=source, post_url=post_url,
-                         type=kind)
-            continue
-        skip_reason = None if kind == "image" else SKIP_REASONS.get(
-            kind, f"mastodon: {kind} attachment")
-        description = attachment.get("description")
-        item_extra = list(extra)
-        if isinstance(description, str) and description.strip():
-            item_extra.append(("description", description.strip()[:1000]))
-        refs.append(MediaRef(
-            url=url, source=source, post_url=post_url, author=acct, flags=flags, tags=tags,
-            dedup_key=f"{uri}#media{index}" if uri else None,
-            posted_at=posted_at, skip_reason=skip_reason, extra=tuple(item_extra),
-        ))
-    return refs, waiting
 
 
 def rate_limit_wait_s(document: Document, now: float) -> float | None:
@@ -341,7 +256,8 @@ class MastodonSource:
         if retry_after_s is not None:
             full = False
         return PollResult(refs=tuple(media.refs), cursor=dump_cursor(state), full=full,
-                          retry_after_s=retry_after_s, notice=notice)
+                          retry_after_s=retry_after_s, notice=notice,
+                          skipped=tuple(media.skipped))
 
     async def _backfill(self, path: str, now: float, statuses: list[Any]) -> float | None:
         older_than: str | None = None
