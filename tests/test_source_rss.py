@@ -90,10 +90,11 @@ class TestParseFeed:
               "&lt;img src=&quot;data:image/png;base64,AAAA&quot;&gt;"
               "&lt;img src=&quot;https://t.example.org/px.gif&quot; width=&quot;1&quot; "
               "height=&quot;1&quot;&gt;&lt;/p&gt;</description>"),
-         ["https://example.org/posts/7/pics/a.jpg"]),
+         ["https://example.org/posts/7/pics/a.jpg", "data:image/png;base64,AAAA"]),
         (item("https://example.org/p/1",
               '<enclosure url="ftp://example.org/1.jpg" type="image/jpeg"/>'
-              '<enclosure url="javascript:alert(1)" type="image/jpeg"/>'), []),
+              '<enclosure url="javascript:alert(1)" type="image/jpeg"/>'),
+         ["ftp://example.org/1.jpg", "javascript:alert(1)"]),
         (item("https://example.org/p/1",
               '<enclosure url="https://cdn.example.org/1.jpg" type="image/jpeg"/>')
          + item("https://example.org/p/2",
@@ -116,9 +117,13 @@ class TestParseFeed:
           "https://c.example/loose-1.jpg", "https://c.example/loose-2.jpg"]),
     ], ids=["enclosure", "video-enclosure", "relative-enclosure", "group-not-thumbnail",
             "thumbnail-when-nothing-larger", "typed-media-content", "html-images",
-            "non-http", "same-url-once", "largest-rendition-per-group"])
+            "other-schemes-yielded", "same-url-once", "largest-rendition-per-group"])
     def test_media_found(self, items: str, expected: list[str]) -> None:
-        """Each kind of media reference yields exactly the http(s) image URLs it names."""
+        """Each kind of media reference yields exactly the image URLs it names, any scheme.
+
+        URLs that are not http(s) are yielded for the pipeline to record as rejected
+        (`bad_scheme`), never dropped here.
+        """
         assert urls(rss_feed(items)) == expected
 
     @pytest.mark.parametrize(("channel", "item_rating", "flagged"), [
