@@ -268,14 +268,25 @@ RENDITION_RULES: tuple[tuple[re.Pattern[str], re.Pattern[str], str], ...] = (
 )
 
 
+# Query parameters that image CDNs use for a rendition's size (Photon, imgix, the Guardian's
+# signed `s`); two URLs of one item differing only in these are renditions of one picture.
+SIZE_PARAMETERS = frozenset({"w", "h", "width", "height", "resize", "fit", "quality", "q",
+                             "dpr", "auto", "format", "fm", "crop", "s", "sz", "size", "ssl",
+                             "strip"})
+
+
 def picture_identity(url: str) -> str:
     """The URL without a CDN's size marker: equal for two renditions of one picture."""
-    match = re.match(r"([a-z][a-z0-9+.-]*://)([^/?#]*)([^?#]*)(.*)$", url, re.IGNORECASE | re.DOTALL)
+    match = re.match(r"([a-z][a-z0-9+.-]*://)([^/?#]*)([^?#]*)(\?[^#]*)?(.*)$", url,
+                     re.IGNORECASE | re.DOTALL)
     if not match:
         return url
-    scheme, authority, path, rest = match.groups()
+    scheme, authority, path, query, fragment = match.groups()
     host = authority.rpartition("@")[2].split(":", 1)[0].lower()
     for host_pattern, path_pattern, replacement in RENDITION_RULES:
         if host_pattern.search(host):
             path = path_pattern.sub(replacement, path, count=1)
-    return scheme.lower() + authority.lower() + path + rest
+    kept = [pair for pair in (query or "")[1:].split("&")
+            if pair and pair.split("=", 1)[0].lower() not in SIZE_PARAMETERS]
+    query = "?" + "&".join(kept) if kept else ""
+    return scheme + authority + path + query + fragment

@@ -62,6 +62,8 @@ ACCEPT = ("application/rss+xml, application/atom+xml, application/xml;q=0.9, "
           "text/xml;q=0.8, */*;q=0.1")
 # Media RSS ratings that mean "adult" (urn:simple is the default scheme).
 ADULT_RATINGS = frozenset({"adult", "nc-17", "x", "xxx", "tv-ma", "r18", "r-18"})
+# Category schemes whose text is a space-separated list of tags (Flickr's media:category).
+SPACE_SEPARATED_TAG_SCHEMES = frozenset({"urn:flickr:tags"})
 # How many dropped images one poll's log line lists (the counts cover them all).
 MAX_LOGGED_DROPS = 50
 # Problems feedparser reports for perfectly readable feeds served with a vague content type.
@@ -275,9 +277,12 @@ class _Picture:
 class _ItemPictures:
     """The pictures of one item: non-pictures dropped, one URL per picture (the largest)."""
 
-    def __init__(self) -> None:
+    def __init__(self, thumbnails: frozenset[str] = frozenset()) -> None:
         self.pictures: list[_Picture] = []
         self.dropped: list[Dropped] = []
+        # The item's declared thumbnails: an inline <img> of one of them, beside the
+        # media:content it is the thumbnail of, is not another picture.
+        self.thumbnails = thumbnails
 
     def add(self, raw: Any, bases: list[str | None], *, width: int | None = None,
             height: int | None = None, file_size: int = 0, is_default: bool = False,
@@ -291,6 +296,9 @@ class _ItemPictures:
             self.dropped.append(Dropped(clean_text(url), "unencodable"))
             return
         why = not_a_picture(url, width=width, height=height, **where)
+        if not why and not explicit and url in self.thumbnails and any(
+                picture.explicit for picture in self.pictures):
+            why = "thumbnail"
         if why:
             self.dropped.append(Dropped(url, why))
             return
@@ -321,7 +329,10 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
     entry_base = (_xml_base(entry.get("title_detail"), base_url)
                   or _xml_base(entry.get("summary_detail"), base_url))
     bases = [entry_base, post_url, base_url]
-    item = _ItemPictures()
+    thumbnails = _largest_first(entry.get("media_thumbnail") or [])
+    item = _ItemPictures(frozenset(
+        resolve_url(thumbnail["url"], bases) for thumbnail in thumbnails
+        if isinstance(thumbnail.get("url"), str)))
 
     for enclosure in entry.get("enclosures") or []:
         if _is_image(enclosure.get("type"), None, enclosure.get("href")):
@@ -346,13 +357,13 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
     if not urls:
         # A thumbnail is only worth having when the item offers nothing larger; of several,
         # the largest declared (width x height, then fileSize), not the first listed.
-        thumbnails = _ItemPictures()
-        for thumbnail in _largest_first(entry.get("media_thumbnail") or []):
-            thumbnails.add(thumbnail.get("url"), bases,
-                           width=_number(thumbnail.get("width")) or None,
-                           height=_number(thumbnail.get("height")) or None)
-        item.dropped.extend(thumbnails.dropped)
-        urls = [picture.url for picture in thumbnails.pictures][:1]
+        largest = _ItemPictures()
+        for thumbnail in thumbnails:
+            largest.add(thumbnail.get("url"), bases,
+                        width=_number(thumbnail.get("width")) or None,
+                        height=_number(thumbnail.get("height")) or None)
+        item.dropped.extend(largest.dropped)
+        urls = [picture.url for picture in largest.pictures][:1]
     if not urls:
         # A podcast episode's own picture (itunes:image); the channel's logo is no episode's.
         episode_image = entry.get("image")
@@ -366,9 +377,7 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
     if adult is None:
         adult = channel_adult
     flags = (f"{KIND}:rating:adult",) if adult else ()
-    terms = [clean_text(str(tag.get("term") or tag.get("label") or ""))
-             for tag in entry.get("tags") or [] if isinstance(tag, Mapping)]
-    tags = lower_unique(terms)
+    tags = lower_unique([clean_text(term) for term in _terms(entry.get("tags"))])
     author = entry.get("author")
     posted_at = _posted_at(entry)
     refs = [MediaRef(url=url, source=source, post_url=post_url,
@@ -376,6 +385,18 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
                      tags=tags, posted_at=posted_at)
             for url in urls]
     return refs, item.dropped
+
+
+def _terms(tags: Any) -> Iterable[str]:
+    """The category terms of an entry (term, else label); space-separated schemes split."""
+    for tag in tags or []:
+        if not isinstance(tag, Mapping):
+            continue
+        term = str(tag.get("term") or tag.get("label") or "")
+        if str(tag.get("scheme") or "").strip().lower() in SPACE_SEPARATED_TAG_SCHEMES:
+            yield from term.split()
+        else:
+            yield term
 
 
 def _largest_first(thumbnails: list[Any]) -> list[Mapping[str, Any]]:
