@@ -215,20 +215,8 @@ class _ImageCollector(HTMLParser):
         width = declared_pixels(values.get("width"))
         height = declared_pixels(values.get("height"))
         src = values.get("src", "").strip()
-        lazy: tuple[str, int | None] | None = None
-        for name in LAZY_SRCSET_ATTRIBUTES:
-            lazy = lazy or largest_candidate(values.get(name, ""))
-        for name in ORIGINAL_ATTRIBUTES:
-            text = values.get(name, "").strip()
-            if text and not text.lower().startswith("data:"):
-                lazy = (text, None)
-        if lazy is None:
-            for name in LAZY_ATTRIBUTES:
-                text = values.get(name, "").strip()
-                if text and not text.lower().startswith("data:"):
-                    lazy = (text, None)
-                    break
-        chosen = lazy
+        lazy = _lazy_source(values)
+        chosen = _named(values, ORIGINAL_ATTRIBUTES) or lazy
         if chosen is None:
             srcset = largest_candidate(values.get("srcset", ""))
             if srcset is not None and srcset[0] != src:
@@ -238,12 +226,31 @@ class _ImageCollector(HTMLParser):
                 return
             chosen = (src, None)
         url, srcset_width = chosen
+        # With a lazy loader's attribute present, src only holds its placeholder.
+        placeholder = src if lazy is not None and src and src != url else None
         self.images.append(HtmlImage(
             url=url, width=srcset_width or width, height=None if srcset_width else height,
             classes=values.get("class", ""), link=self._links[-1] if self._links else "",
-            containers=tuple(item[1] for item in self._open),
-            placeholder=(src or None) if lazy is not None else None,
+            containers=tuple(item[1] for item in self._open), placeholder=placeholder,
             from_srcset=srcset_width is not None))
+
+
+def _named(values: dict[str, str], names: tuple[str, ...]) -> tuple[str, int | None] | None:
+    """The first of `names` holding a URL that is not a data: placeholder."""
+    for name in names:
+        text = values.get(name, "").strip()
+        if text and not text.lower().startswith("data:"):
+            return text, None
+    return None
+
+
+def _lazy_source(values: dict[str, str]) -> tuple[str, int | None] | None:
+    """The picture a lazy loader would put in place: its srcset's largest, else its src."""
+    for name in LAZY_SRCSET_ATTRIBUTES:
+        candidate = largest_candidate(values.get(name, ""))
+        if candidate is not None:
+            return candidate
+    return _named(values, LAZY_ATTRIBUTES)
 
 
 def html_images(html: str) -> list[HtmlImage]:

@@ -316,8 +316,8 @@ class _ItemPictures:
                                                      item.file_size, item.is_default,
                                                      item.explicit))
             urls.append(best.url)
-            self.dropped.extend(Dropped(item.url, "smaller_rendition") for item in renditions
-                                if item.url != best.url)
+            smaller = dict.fromkeys(item.url for item in renditions if item.url != best.url)
+            self.dropped.extend(Dropped(url, "smaller_rendition") for url in smaller)
         return list(dict.fromkeys(urls))
 
 
