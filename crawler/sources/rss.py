@@ -296,8 +296,9 @@ class _ItemPictures:
             self.dropped.append(Dropped(clean_text(url), "unencodable"))
             return
         why = not_a_picture(url, width=width, height=height, **where)
-        if not why and not explicit and url in self.thumbnails and any(
-                picture.explicit for picture in self.pictures):
+        explicit_urls = {picture.url for picture in self.pictures if picture.explicit}
+        if not why and not explicit and url in self.thumbnails and explicit_urls \
+                and url not in explicit_urls:
             why = "thumbnail"
         if why:
             self.dropped.append(Dropped(url, why))
