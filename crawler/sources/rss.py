@@ -325,8 +325,10 @@ class _ItemPictures:
 def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
                 channel_adult: bool | None, superseded: set[str]
                 ) -> tuple[list[MediaRef], list[Dropped]]:
-    link = entry.get("link")
-    post_url = clean_text(link) if isinstance(link, str) and is_http_url(link) else None
+    # FeedBurner's link goes through its redirector; origLink is the publisher's own page.
+    post_url = next((clean_text(link) for link in (entry.get("feedburner_origlink"),
+                                                  entry.get("link"))
+                     if isinstance(link, str) and is_http_url(link)), None)
     entry_base = (_xml_base(entry.get("title_detail"), base_url)
                   or _xml_base(entry.get("summary_detail"), base_url))
     bases = [entry_base, post_url, base_url]
@@ -385,7 +387,7 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
                      author=clean_text(str(author)) if author else None, flags=flags,
                      tags=tags, posted_at=posted_at)
             for url in urls]
-    return refs, item.dropped
+    return refs, list(dict.fromkeys(item.dropped))
 
 
 def _terms(tags: Any) -> Iterable[str]:
