@@ -388,3 +388,64 @@ class TestRssSource:
                     == make_source("https://a.example", http, "y").query_key())
             assert (make_source("https://a.example", http).query_key()
                     != make_source("https://b.example", http).query_key())
+
+
+class TestIsolation:
+    @staticmethod
+    def failing_on_second_post(monkeypatch: pytest.MonkeyPatch) -> None:
+        """Make the real entry reader fail on the entry linking /p/2, as a bug would."""
+        real = rss._entry_refs
+
+        def entry_refs(entry: Any, **keywords: Any) -> Any:
+            if str(entry.get("link", "")).endswith("/p/2"):
+                raise RuntimeError("boom in entry 2")
+            return real(entry, **keywords)
+        monkeypatch.setattr(rss, "_entry_refs", entry_refs)
+
+    def test_failing_entry_costs_that_entry(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An entry that fails is reported with its reason; the entries around it still yield."""
+        self.failing_on_second_post(monkeypatch)
+        body = rss_feed("".join(
+            item(f"https://example.org/p/{number}",
+                 f'<enclosure url="https://e.org/{number}.jpg" type="image/jpeg"/>')
+            for number in (1, 2, 3)))
+        result = rss.read_feed(body, source="feed", base_url=BASE)
+        assert [ref.url for ref in result.refs] == ["https://e.org/1.jpg", "https://e.org/3.jpg"]
+        assert result.failed_entries == (("https://example.org/p/2",
+                                          "RuntimeError: boom in entry 2"),)
+
+    async def test_failing_entry_logged_and_counted(self,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        """A poll with a failing entry succeeds, logs the entry and lists it as skipped."""
+        self.failing_on_second_post(monkeypatch)
+        server = FeedServer()
+        for number in (1, 2, 3):
+            server.add(number)
+        async with serve(server.app) as base, http_client(base) as http:
+            with capture_logs() as logs:
+                result = await make_source(base, http).poll(None, now=0.0)
+        assert [ref.url for ref in result.refs] == [f"{base}/img/3.jpg", f"{base}/img/1.jpg"]
+        (failed,) = [entry for entry in logs if entry["event"] == "feed_entry_failed"]
+        assert failed["entry"] == f"{base}/p/2" and "boom" in failed["reason"]
+        assert result.skipped == ((f"{base}/p/2", "entry_failed: RuntimeError: boom in entry 2"),)
+        assert result.cursor is not None
+
+    def test_feedparser_failure_is_source_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Should feedparser itself raise on a body, the poll fails with a SourceError naming
+        the feed, never with feedparser's exception."""
+        def broken_parse(*arguments: Any, **keywords: Any) -> Any:
+            raise IndexError("feedparser bug")
+        monkeypatch.setattr(rss.feedparser, "parse", broken_parse)
+        with pytest.raises(SourceError, match=r"feed\.xml could not be parsed.*IndexError"):
+            rss.parse_feed(rss_feed(""), source="feed", base_url=BASE)
+
+    def test_unencodable_url_dropped(self) -> None:
+        """A URL that cannot be stored as UTF-8 (a lone surrogate) is dropped and reported;
+        other text is made storable with U+FFFD."""
+        pictures = rss._ItemPictures()
+        pictures.add("https://e.org/a\ud800.jpg", [BASE])
+        pictures.add("https://e.org/ok.jpg", [BASE])
+        assert pictures.best() == ["https://e.org/ok.jpg"]
+        assert [item.why for item in pictures.dropped] == ["unencodable"]
+        assert rss.clean_text("tag\ud800") == "tag\ufffd"
+        assert rss.clean_text("\U0001f453 ok") == "\U0001f453 ok"
