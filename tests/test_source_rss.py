@@ -15,6 +15,7 @@ from crawler.config import SourceConfig
 from crawler.errors import FetchError, SourceError
 from crawler.sources import rss
 from crawler.sources.base import SourceContext
+from crawler.sources.item_pictures import ItemPictures, clean_text
 from tests.sourcehttp import http_client, serve
 
 BASE = "https://example.org/feed.xml"
@@ -442,10 +443,10 @@ class TestIsolation:
     def test_unencodable_url_dropped(self) -> None:
         """A URL that cannot be stored as UTF-8 (a lone surrogate) is dropped and reported;
         other text is made storable with U+FFFD."""
-        pictures = rss._ItemPictures()
+        pictures = ItemPictures()
         pictures.add("https://e.org/a\ud800.jpg", [BASE])
         pictures.add("https://e.org/ok.jpg", [BASE])
         assert pictures.best() == ["https://e.org/ok.jpg"]
         assert [item.why for item in pictures.dropped] == ["unencodable"]
-        assert rss.clean_text("tag\ud800") == "tag\ufffd"
-        assert rss.clean_text("\U0001f453 ok") == "\U0001f453 ok"
+        assert clean_text("tag\ud800") == "tag\ufffd"
+        assert clean_text("\U0001f453 ok") == "\U0001f453 ok"

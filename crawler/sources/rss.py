@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin
 
 import feedparser
 import structlog
@@ -47,7 +46,14 @@ from crawler.sources.common import (
     lower_unique,
     raise_for_status,
 )
-from crawler.sources.html_images import html_images, not_a_picture, picture_identity
+from crawler.sources.html_images import html_images
+from crawler.sources.item_pictures import (
+    Dropped,
+    ItemPictures,
+    clean_text,
+    number,
+    resolve_url,
+)
 from storage.records import MediaRef
 
 if TYPE_CHECKING:
@@ -114,14 +120,6 @@ def _rendition_size(attributes: Mapping[str, str]) -> tuple[int, int, int]:
         return int(value) if value.isdigit() else 0
     return (number("width") * number("height"), number("filesize"),
             1 if attributes.get("isdefault", "").lower() == "true" else 0)
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """An image of an item that is not yielded, and why (`feedflare`, `lazy_placeholder`...)."""
-
-    url: str
-    why: str
 
 
 @dataclass(frozen=True)
@@ -210,34 +208,6 @@ def _entry_name(entry: object, index: int) -> str:
     return f"entry #{index + 1}"
 
 
-def clean_text(text: str) -> str:
-    """`text` storable as UTF-8: lone surrogates (from odd character references) become U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
-
-
-def resolve_url(raw: str, bases: Iterable[str | None]) -> str:
-    """`raw` made absolute against the first base that can resolve it; never raises.
-
-    A URL that no base can resolve (an unparsable host such as ``img.example.jp：8080``) comes
-    back as written (stripped), so that the pipeline records it as rejected `bad_url`.
-    """
-    text = raw.strip()
-    if not text:
-        return ""
-    for base in bases:
-        if not base:
-            continue
-        try:
-            return urljoin(base, text)
-        except ValueError:
-            continue
-    return text
-
-
 def _is_adult(rating: Any) -> bool | None:
     """True/False for a Media RSS rating, None when there is none."""
     if not isinstance(rating, Mapping):
@@ -258,70 +228,6 @@ def _xml_base(detail: Any, base_url: str) -> str | None:
     return None
 
 
-def _number(value: Any) -> int:
-    text = str(value or "").strip()
-    return int(text) if text.isdigit() and len(text) <= 12 else 0
-
-
-@dataclass(frozen=True)
-class _Picture:
-    """A candidate picture of an item: its resolved URL and what it declares about its size."""
-
-    url: str
-    area: int = 0
-    file_size: int = 0
-    is_default: bool = False
-    explicit: bool = True
-
-
-class _ItemPictures:
-    """The pictures of one item: non-pictures dropped, one URL per picture (the largest)."""
-
-    def __init__(self, thumbnails: frozenset[str] = frozenset()) -> None:
-        self.pictures: list[_Picture] = []
-        self.dropped: list[Dropped] = []
-        # The item's declared thumbnails: an inline <img> of one of them, beside the
-        # media:content it is the thumbnail of, is not another picture.
-        self.thumbnails = thumbnails
-
-    def add(self, raw: Any, bases: list[str | None], *, width: int | None = None,
-            height: int | None = None, file_size: int = 0, is_default: bool = False,
-            explicit: bool = True, **where: Any) -> None:
-        if not isinstance(raw, str) or not raw.strip():
-            return
-        url = resolve_url(raw, bases)
-        try:
-            url.encode("utf-8")
-        except UnicodeEncodeError:
-            self.dropped.append(Dropped(clean_text(url), "unencodable"))
-            return
-        why = not_a_picture(url, width=width, height=height, **where)
-        explicit_urls = {picture.url for picture in self.pictures if picture.explicit}
-        if not why and not explicit and url in self.thumbnails and explicit_urls \
-                and url not in explicit_urls:
-            why = "thumbnail"
-        if why:
-            self.dropped.append(Dropped(url, why))
-            return
-        area = (width or 0) * (height or 0) if width and height else (width or 0) ** 2
-        self.pictures.append(_Picture(url, area, file_size, is_default, explicit))
-
-    def best(self) -> list[str]:
-        """One URL per picture, in first-seen order: the largest rendition of each."""
-        groups: dict[str, list[_Picture]] = {}
-        for picture in self.pictures:
-            groups.setdefault(picture_identity(picture.url), []).append(picture)
-        urls: list[str] = []
-        for identity, renditions in groups.items():
-            best = max(renditions, key=lambda item: (item.url == identity, item.area,
-                                                     item.file_size, item.is_default,
-                                                     item.explicit))
-            urls.append(best.url)
-            smaller = dict.fromkeys(item.url for item in renditions if item.url != best.url)
-            self.dropped.extend(Dropped(url, "smaller_rendition") for url in smaller)
-        return list(dict.fromkeys(urls))
-
-
 def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
                 channel_adult: bool | None, superseded: set[str]
                 ) -> tuple[list[MediaRef], list[Dropped]]:
@@ -333,7 +239,7 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
                   or _xml_base(entry.get("summary_detail"), base_url))
     bases = [entry_base, post_url, base_url]
     thumbnails = _largest_first(entry.get("media_thumbnail") or [])
-    item = _ItemPictures(frozenset(
+    item = ItemPictures(frozenset(
         resolve_url(thumbnail["url"], bases) for thumbnail in thumbnails
         if isinstance(thumbnail.get("url"), str)))
 
@@ -344,9 +250,9 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
         if content.get("url") in superseded:
             continue
         if _is_image(content.get("type"), content.get("medium"), content.get("url")):
-            item.add(content.get("url"), bases, width=_number(content.get("width")) or None,
-                     height=_number(content.get("height")) or None,
-                     file_size=_number(content.get("filesize")),
+            item.add(content.get("url"), bases, width=number(content.get("width")) or None,
+                     height=number(content.get("height")) or None,
+                     file_size=number(content.get("filesize")),
                      is_default=str(content.get("isdefault") or "").lower() == "true")
     for fragment, fragment_base in _html_fragments(entry, base_url):
         fragment_bases = [fragment_base, post_url, base_url]
@@ -360,18 +266,18 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
     if not urls:
         # A thumbnail is only worth having when the item offers nothing larger; of several,
         # the largest declared (width x height, then fileSize), not the first listed.
-        largest = _ItemPictures()
+        largest = ItemPictures()
         for thumbnail in thumbnails:
             largest.add(thumbnail.get("url"), bases,
-                        width=_number(thumbnail.get("width")) or None,
-                        height=_number(thumbnail.get("height")) or None)
+                        width=number(thumbnail.get("width")) or None,
+                        height=number(thumbnail.get("height")) or None)
         item.dropped.extend(largest.dropped)
         urls = [picture.url for picture in largest.pictures][:1]
     if not urls:
         # A podcast episode's own picture (itunes:image); the channel's logo is no episode's.
         episode_image = entry.get("image")
         if isinstance(episode_image, Mapping):
-            episode = _ItemPictures()
+            episode = ItemPictures()
             episode.add(episode_image.get("href"), bases)
             item.dropped.extend(episode.dropped)
             urls = episode.best()
@@ -406,8 +312,8 @@ def _largest_first(thumbnails: list[Any]) -> list[Mapping[str, Any]]:
     """Thumbnails by declared width x height, then fileSize, then isDefault; stable."""
     items = [thumbnail for thumbnail in thumbnails if isinstance(thumbnail, Mapping)]
     return sorted(items, key=lambda item: (
-        _number(item.get("width")) * _number(item.get("height")),
-        _number(item.get("filesize")), str(item.get("isdefault") or "").lower() == "true"),
+        number(item.get("width")) * number(item.get("height")),
+        number(item.get("filesize")), str(item.get("isdefault") or "").lower() == "true"),
         reverse=True)
 
 
