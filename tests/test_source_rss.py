@@ -450,3 +450,20 @@ class TestIsolation:
         assert [item.why for item in pictures.dropped] == ["unencodable"]
         assert clean_text("tag\ud800") == "tag\ufffd"
         assert clean_text("\U0001f453 ok") == "\U0001f453 ok"
+
+    async def test_dropped_images_logged_with_a_cap(self) -> None:
+        """Dropped images are counted in full, listed up to the cap, and returned as skipped."""
+        server = FeedServer()
+        buttons = "".join(f'&lt;img src="https://feeds.example.org/~ff/Blog?d={number}"&gt;'
+                          for number in range(rss.MAX_LOGGED_DROPS + 10))
+        server.body_override = rss_feed(item("/p/1", f"<description>{buttons}</description>"
+                                             '<enclosure url="/1.jpg" type="image/jpeg"/>'))
+        async with serve(server.app) as base, http_client(base) as http:
+            with capture_logs() as logs:
+                result = await make_source(base, http).poll(None, now=0.0)
+        assert [ref.url for ref in result.refs] == [f"{base}/1.jpg"]
+        (dropped,) = [entry for entry in logs if entry["event"] == "feed_images_dropped"]
+        assert dropped["counts"] == {"feedflare": rss.MAX_LOGGED_DROPS + 10}
+        assert len(dropped["dropped"]) == rss.MAX_LOGGED_DROPS
+        assert len(result.skipped) == rss.MAX_LOGGED_DROPS + 10
+        assert result.skipped[0] == ("https://feeds.example.org/~ff/Blog?d=0", "feedflare")
