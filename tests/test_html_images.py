@@ -123,6 +123,8 @@ class TestPictureIdentity:
         ("https://64.media.tumblr.com/a/b/s640x960/c.jpg",
          "https://64.media.tumblr.com/a/b/s1280x1920/c.jpg", True),
         ("https://i.example/x.jpg?width=140&s=1", "https://i.example/x.jpg?width=460&s=2", True),
+        ("https://c.example/v/1_n.jpg?stp=dst-jpg_s640x640&oh=00_a&oe=6",
+         "https://c.example/v/1_n.jpg?stp=dst-jpg&oh=00_b&oe=6", True),
         ("https://a.example/img.php?id=1", "https://a.example/img.php?id=2", False),
         ("https://a.example/one.jpg", "https://a.example/two.jpg", False),
         ("https://example.org/1_ab12_m.jpg", "https://example.org/1_ab12_b.jpg", False),

@@ -275,11 +275,12 @@ RENDITION_RULES: tuple[tuple[re.Pattern[str], re.Pattern[str], str], ...] = (
 )
 
 
-# Query parameters that image CDNs use for a rendition's size (Photon, imgix, the Guardian's
-# signed `s`); two URLs of one item differing only in these are renditions of one picture.
+# Query parameters that image CDNs use for a rendition's size and its signature (Photon,
+# imgix, the Guardian's `s`, Meta's `stp`/`oh`/`oe`); two URLs of one item differing only in
+# these are renditions of one picture.
 SIZE_PARAMETERS = frozenset({"w", "h", "width", "height", "resize", "fit", "quality", "q",
                              "dpr", "auto", "format", "fm", "crop", "s", "sz", "size", "ssl",
-                             "strip"})
+                             "strip", "stp", "oh", "oe"})
 
 
 def picture_identity(url: str) -> str:
