@@ -231,10 +231,30 @@ def _xml_base(detail: Any, base_url: str) -> str | None:
 def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
                 channel_adult: bool | None, superseded: set[str]
                 ) -> tuple[list[MediaRef], list[Dropped]]:
+    """The refs of one entry (its pictures with the post's fields) and what was dropped."""
     # FeedBurner's link goes through its redirector; origLink is the publisher's own page.
     post_url = next((clean_text(link) for link in (entry.get("feedburner_origlink"),
                                                   entry.get("link"))
                      if isinstance(link, str) and is_http_url(link)), None)
+    urls, dropped = _entry_pictures(entry, base_url=base_url, post_url=post_url,
+                                    superseded=superseded)
+    adult = _is_adult(entry.get("media_rating"))
+    if adult is None:
+        adult = channel_adult
+    flags = (f"{KIND}:rating:adult",) if adult else ()
+    tags = lower_unique([clean_text(term) for term in _terms(entry.get("tags"))])
+    author = entry.get("author")
+    posted_at = _posted_at(entry)
+    refs = [MediaRef(url=url, source=source, post_url=post_url,
+                     author=clean_text(str(author)) if author else None, flags=flags,
+                     tags=tags, posted_at=posted_at)
+            for url in urls]
+    return refs, dropped
+
+
+def _entry_pictures(entry: Mapping[str, Any], *, base_url: str, post_url: str | None,
+                    superseded: set[str]) -> tuple[list[str], list[Dropped]]:
+    """One URL per picture of an entry, the largest rendition; and what was dropped, once."""
     entry_base = (_xml_base(entry.get("title_detail"), base_url)
                   or _xml_base(entry.get("summary_detail"), base_url))
     bases = [entry_base, post_url, base_url]
@@ -281,19 +301,7 @@ def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
             episode.add(episode_image.get("href"), bases)
             item.dropped.extend(episode.dropped)
             urls = episode.best()
-
-    adult = _is_adult(entry.get("media_rating"))
-    if adult is None:
-        adult = channel_adult
-    flags = (f"{KIND}:rating:adult",) if adult else ()
-    tags = lower_unique([clean_text(term) for term in _terms(entry.get("tags"))])
-    author = entry.get("author")
-    posted_at = _posted_at(entry)
-    refs = [MediaRef(url=url, source=source, post_url=post_url,
-                     author=clean_text(str(author)) if author else None, flags=flags,
-                     tags=tags, posted_at=posted_at)
-            for url in urls]
-    return refs, list(dict.fromkeys(item.dropped))
+    return urls, list(dict.fromkeys(item.dropped))
 
 
 def _terms(tags: Any) -> Iterable[str]:
