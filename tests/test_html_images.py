@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from crawler.sources.html_images import (
+    MAX_OPEN_CONTAINERS,
     html_images,
     largest_candidate,
     not_a_picture,
@@ -52,6 +55,14 @@ class TestHtmlImages:
         """An image after a share container has closed is not inside it."""
         images = html_images('<div class="sharedaddy"><img src="a.png"></div><img src="b.jpg">')
         assert [image.containers for image in images] == [("sharedaddy",), ()]
+
+    def test_hostile_nesting_is_linear(self) -> None:
+        """Thousands of unclosed classed elements and stray end tags are read in bounded time."""
+        hostile = '<div class="a">' * 30_000 + "</span>" * 30_000 + '<img src="x.jpg">'
+        started = time.monotonic()
+        (image,) = html_images(hostile)
+        assert time.monotonic() - started < 2.0
+        assert len(image.containers) == MAX_OPEN_CONTAINERS
 
     def test_empty_sources_skipped(self) -> None:
         """An <img> with no source at all gives nothing."""

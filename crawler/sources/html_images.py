@@ -25,6 +25,9 @@ LAZY_ATTRIBUTES = ("data-lazy-src", "data-src", "data-original", "data-lazy", "d
 # Jetpack's carousel names the original upload, larger than any srcset candidate.
 ORIGINAL_ATTRIBUTES = ("data-orig-file",)
 LAZY_SRCSET_ATTRIBUTES = ("data-lazy-srcset", "data-srcset")
+# How many enclosing elements with a class are remembered: bounds the work per tag on
+# hostile HTML (share buttons sit a few levels deep).
+MAX_OPEN_CONTAINERS = 64
 # Images declared this small (width or height, in CSS pixels) are icons, not pictures.
 TRACKING_PIXEL_MAX = 1
 ICON_MAX = 32
@@ -194,7 +197,7 @@ class _ImageCollector(HTMLParser):
             self._image(values)
         elif tag == "a":
             self._links.append(values.get("href", "").strip())
-        elif values.get("class"):
+        elif values.get("class") and len(self._open) < MAX_OPEN_CONTAINERS:
             self._open.append((tag, values["class"]))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
