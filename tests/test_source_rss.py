@@ -15,6 +15,7 @@ from crawler.config import SourceConfig
 from crawler.errors import FetchError, SourceError
 from crawler.sources import rss
 from crawler.sources.base import SourceContext
+from crawler.sources.item_pictures import ItemPictures, clean_text
 from tests.sourcehttp import http_client, serve
 
 BASE = "https://example.org/feed.xml"
@@ -90,10 +91,11 @@ class TestParseFeed:
               "&lt;img src=&quot;data:image/png;base64,AAAA&quot;&gt;"
               "&lt;img src=&quot;https://t.example.org/px.gif&quot; width=&quot;1&quot; "
               "height=&quot;1&quot;&gt;&lt;/p&gt;</description>"),
-         ["https://example.org/posts/7/pics/a.jpg"]),
+         ["https://example.org/posts/7/pics/a.jpg", "data:image/png;base64,AAAA"]),
         (item("https://example.org/p/1",
               '<enclosure url="ftp://example.org/1.jpg" type="image/jpeg"/>'
-              '<enclosure url="javascript:alert(1)" type="image/jpeg"/>'), []),
+              '<enclosure url="javascript:alert(1)" type="image/jpeg"/>'),
+         ["ftp://example.org/1.jpg", "javascript:alert(1)"]),
         (item("https://example.org/p/1",
               '<enclosure url="https://cdn.example.org/1.jpg" type="image/jpeg"/>')
          + item("https://example.org/p/2",
@@ -116,9 +118,13 @@ class TestParseFeed:
           "https://c.example/loose-1.jpg", "https://c.example/loose-2.jpg"]),
     ], ids=["enclosure", "video-enclosure", "relative-enclosure", "group-not-thumbnail",
             "thumbnail-when-nothing-larger", "typed-media-content", "html-images",
-            "non-http", "same-url-once", "largest-rendition-per-group"])
+            "other-schemes-yielded", "same-url-once", "largest-rendition-per-group"])
     def test_media_found(self, items: str, expected: list[str]) -> None:
-        """Each kind of media reference yields exactly the http(s) image URLs it names."""
+        """Each kind of media reference yields exactly the image URLs it names, any scheme.
+
+        URLs that are not http(s) are yielded for the pipeline to record as rejected
+        (`bad_scheme`), never dropped here.
+        """
         assert urls(rss_feed(items)) == expected
 
     @pytest.mark.parametrize(("channel", "item_rating", "flagged"), [
@@ -383,3 +389,81 @@ class TestRssSource:
                     == make_source("https://a.example", http, "y").query_key())
             assert (make_source("https://a.example", http).query_key()
                     != make_source("https://b.example", http).query_key())
+
+
+class TestIsolation:
+    @staticmethod
+    def failing_on_second_post(monkeypatch: pytest.MonkeyPatch) -> None:
+        """Make the real entry reader fail on the entry linking /p/2, as a bug would."""
+        real = rss._entry_refs
+
+        def entry_refs(entry: Any, **keywords: Any) -> Any:
+            if str(entry.get("link", "")).endswith("/p/2"):
+                raise RuntimeError("boom in entry 2")
+            return real(entry, **keywords)
+        monkeypatch.setattr(rss, "_entry_refs", entry_refs)
+
+    def test_failing_entry_costs_that_entry(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An entry that fails is reported with its reason; the entries around it still yield."""
+        self.failing_on_second_post(monkeypatch)
+        body = rss_feed("".join(
+            item(f"https://example.org/p/{number}",
+                 f'<enclosure url="https://e.org/{number}.jpg" type="image/jpeg"/>')
+            for number in (1, 2, 3)))
+        result = rss.read_feed(body, source="feed", base_url=BASE)
+        assert [ref.url for ref in result.refs] == ["https://e.org/1.jpg", "https://e.org/3.jpg"]
+        assert result.failed_entries == (("https://example.org/p/2",
+                                          "RuntimeError: boom in entry 2"),)
+
+    async def test_failing_entry_logged_and_counted(self,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        """A poll with a failing entry succeeds, logs the entry and lists it as skipped."""
+        self.failing_on_second_post(monkeypatch)
+        server = FeedServer()
+        for number in (1, 2, 3):
+            server.add(number)
+        async with serve(server.app) as base, http_client(base) as http:
+            with capture_logs() as logs:
+                result = await make_source(base, http).poll(None, now=0.0)
+        assert [ref.url for ref in result.refs] == [f"{base}/img/3.jpg", f"{base}/img/1.jpg"]
+        (failed,) = [entry for entry in logs if entry["event"] == "feed_entry_failed"]
+        assert failed["entry"] == f"{base}/p/2" and "boom" in failed["reason"]
+        assert result.skipped == ((f"{base}/p/2", "entry_failed: RuntimeError: boom in entry 2"),)
+        assert result.cursor is not None
+
+    def test_feedparser_failure_is_source_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Should feedparser itself raise on a body, the poll fails with a SourceError naming
+        the feed, never with feedparser's exception."""
+        def broken_parse(*arguments: Any, **keywords: Any) -> Any:
+            raise IndexError("feedparser bug")
+        monkeypatch.setattr(rss.feedparser, "parse", broken_parse)
+        with pytest.raises(SourceError, match=r"feed\.xml could not be parsed.*IndexError"):
+            rss.parse_feed(rss_feed(""), source="feed", base_url=BASE)
+
+    def test_unencodable_url_dropped(self) -> None:
+        """A URL that cannot be stored as UTF-8 (a lone surrogate) is dropped and reported;
+        other text is made storable with U+FFFD."""
+        pictures = ItemPictures()
+        pictures.add("https://e.org/a\ud800.jpg", [BASE])
+        pictures.add("https://e.org/ok.jpg", [BASE])
+        assert pictures.best() == ["https://e.org/ok.jpg"]
+        assert [item.why for item in pictures.dropped] == ["unencodable"]
+        assert clean_text("tag\ud800") == "tag\ufffd"
+        assert clean_text("\U0001f453 ok") == "\U0001f453 ok"
+
+    async def test_dropped_images_logged_with_a_cap(self) -> None:
+        """Dropped images are counted in full, listed up to the cap, and returned as skipped."""
+        server = FeedServer()
+        buttons = "".join(f'&lt;img src="https://feeds.example.org/~ff/Blog?d={number}"&gt;'
+                          for number in range(rss.MAX_LOGGED_DROPS + 10))
+        server.body_override = rss_feed(item("/p/1", f"<description>{buttons}</description>"
+                                             '<enclosure url="/1.jpg" type="image/jpeg"/>'))
+        async with serve(server.app) as base, http_client(base) as http:
+            with capture_logs() as logs:
+                result = await make_source(base, http).poll(None, now=0.0)
+        assert [ref.url for ref in result.refs] == [f"{base}/1.jpg"]
+        (dropped,) = [entry for entry in logs if entry["event"] == "feed_images_dropped"]
+        assert dropped["counts"] == {"feedflare": rss.MAX_LOGGED_DROPS + 10}
+        assert len(dropped["dropped"]) == rss.MAX_LOGGED_DROPS
+        assert len(result.skipped) == rss.MAX_LOGGED_DROPS + 10
+        assert result.skipped[0] == ("https://feeds.example.org/~ff/Blog?d=0", "feedflare")

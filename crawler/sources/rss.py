@@ -6,6 +6,15 @@ parsing: feedparser keeps "safe" internal entities, and even those allow a quadr
 
 Keys: `url` (the feed). The cursor holds the validators of the last 200 response
 (`{"etag": ..., "last_modified": ...}`); a 304 yields nothing and keeps the cursor.
+
+Which pictures an item yields (one URL per picture, the largest rendition): image
+enclosures, image `media:content` (the largest of each `media:group`), and the `<img>` of
+its HTML read as a lazy loader would (crawler/sources/html_images.py); when none, its largest
+`media:thumbnail`; when none, its own `itunes:image`. Share buttons, feed-flare, tracking
+pixels, avatars and icons are dropped and logged (`feed_images_dropped`). URLs of any scheme
+are yielded (the pipeline rejects what it cannot fetch); an unparsable URL is yielded as
+written (rejected `bad_url` downstream). One failing entry is logged (`feed_entry_failed`)
+and costs that entry only.
 """
 
 from __future__ import annotations
@@ -17,11 +26,10 @@ import io
 import re
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin
 
 import feedparser
 import structlog
@@ -38,6 +46,14 @@ from crawler.sources.common import (
     lower_unique,
     raise_for_status,
 )
+from crawler.sources.html_images import html_images
+from crawler.sources.item_pictures import (
+    Dropped,
+    ItemPictures,
+    clean_text,
+    number,
+    resolve_url,
+)
 from storage.records import MediaRef
 
 if TYPE_CHECKING:
@@ -52,6 +68,10 @@ ACCEPT = ("application/rss+xml, application/atom+xml, application/xml;q=0.9, "
           "text/xml;q=0.8, */*;q=0.1")
 # Media RSS ratings that mean "adult" (urn:simple is the default scheme).
 ADULT_RATINGS = frozenset({"adult", "nc-17", "x", "xxx", "tv-ma", "r18", "r-18"})
+# Category schemes whose text is a space-separated list of tags (Flickr's media:category).
+SPACE_SEPARATED_TAG_SCHEMES = frozenset({"urn:flickr:tags"})
+# How many dropped images one poll's log line lists (the counts cover them all).
+MAX_LOGGED_DROPS = 50
 # Problems feedparser reports for perfectly readable feeds served with a vague content type.
 _BENIGN_BOZO = (feedparser.CharacterEncodingOverride, feedparser.NonXMLContentType)
 
@@ -104,15 +124,21 @@ def _rendition_size(attributes: Mapping[str, str]) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class FeedResult:
-    """What a feed body gave: the media, and why the feed was malformed (if it was)."""
+    """What a feed body gave: the media, why the feed was malformed (if it was), what was
+    left out (`dropped`) and the entries that failed, as (entry, reason)."""
 
     refs: list[MediaRef]
     problem: str | None = None
+    dropped: tuple[Dropped, ...] = ()
+    failed_entries: tuple[tuple[str, str], ...] = ()
 
 
 def parse_feed(body: bytes, *, source: str, base_url: str,
                content_type: str | None = None) -> list[MediaRef]:
-    """The media of a feed body; raise SourceError when it is not a feed at all."""
+    """The media of a feed body; raise SourceError when it is not a feed at all.
+
+    SourceError is the only exception: one bad URL costs that URL, one bad entry that entry.
+    """
     return read_feed(body, source=source, base_url=base_url, content_type=content_type).refs
 
 
@@ -120,19 +146,25 @@ def read_feed(body: bytes, *, source: str, base_url: str,
               content_type: str | None = None) -> FeedResult:
     """Parse a feed body into media refs, reporting (not raising for) a malformed feed.
 
-    `base_url` is where the feed was fetched from; relative URLs resolve against it
-    (or the feed's xml:base), images in item HTML against the item's link.
+    `base_url` is where the feed was fetched from. A relative URL resolves against the
+    xml:base in force where it sits (per content element for HTML), else the entry's link,
+    else `base_url`. Raises SourceError only; an entry that fails is reported, not raised.
     """
     if b"<!ENTITY" in body.replace(b"\x00", b""):
         raise SourceError(source, f"feed at {base_url} declares XML entities; refused")
     response_headers = {"content-location": base_url,
                         "content-type": content_type or "application/xml"}
-    with warnings.catch_warnings():
-        # feedparser warns about its own deprecated key mappings; never let that fail a poll.
-        warnings.simplefilter("ignore")
-        # HTML is left unresolved by feedparser: images in an item resolve against its link.
-        parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
-                                  resolve_relative_uris=False, sanitize_html=True)
+    try:
+        with warnings.catch_warnings():
+            # feedparser warns about its own deprecated key mappings; never fail a poll on it.
+            warnings.simplefilter("ignore")
+            # HTML is neither resolved nor sanitised by feedparser: we only read its <img>
+            # tags (sanitising would drop data-src), and resolve them ourselves.
+            parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
+                                      resolve_relative_uris=False, sanitize_html=False)
+    except Exception as error:  # noqa: BLE001 -- feedparser failing on a body fails this poll
+        raise SourceError(source, f"{base_url} could not be parsed as a feed: "
+                                  f"{type(error).__name__}: {error}") from None
     entries = list(parsed.get("entries") or [])
     if not parsed.get("version") and not entries:
         cause = parsed.get("bozo_exception")
@@ -141,17 +173,39 @@ def read_feed(body: bytes, *, source: str, base_url: str,
     problem = None
     if parsed.get("bozo") and not isinstance(parsed.get("bozo_exception"), _BENIGN_BOZO):
         problem = str(parsed.get("bozo_exception") or "malformed feed")
-    channel_adult = _is_adult(parsed.get("feed", {}).get("media_rating"))
+    channel = parsed.get("feed")
+    channel_adult = _is_adult(channel.get("media_rating")) if isinstance(channel, Mapping) \
+        else None
     superseded = smaller_renditions(body) if b":group" in body else set()
     refs: list[MediaRef] = []
+    dropped: list[Dropped] = []
+    failed: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for entry in entries:
-        for ref in _entry_refs(entry, source=source, base_url=base_url,
-                               channel_adult=channel_adult, superseded=superseded):
+    for index, entry in enumerate(entries):
+        try:
+            entry_refs, entry_dropped = _entry_refs(
+                entry, source=source, base_url=base_url, channel_adult=channel_adult,
+                superseded=superseded)
+        except Exception as error:  # noqa: BLE001 -- one entry costs that entry only
+            failed.append((_entry_name(entry, index), f"{type(error).__name__}: {error}"))
+            continue
+        dropped.extend(entry_dropped)
+        for ref in entry_refs:
             if ref.url not in seen:
                 seen.add(ref.url)
                 refs.append(ref)
-    return FeedResult(refs=refs, problem=problem)
+    return FeedResult(refs=refs, problem=problem, dropped=tuple(dropped),
+                      failed_entries=tuple(failed))
+
+
+def _entry_name(entry: object, index: int) -> str:
+    """How a log names an entry: its id or link, else its position."""
+    if isinstance(entry, Mapping):
+        for key in ("id", "link"):
+            value = entry.get(key)
+            if isinstance(value, str) and value:
+                return clean_text(value)[:300]
+    return f"entry #{index + 1}"
 
 
 def _is_adult(rating: Any) -> bool | None:
@@ -164,49 +218,111 @@ def _is_adult(rating: Any) -> bool | None:
     return content in ADULT_RATINGS
 
 
+def _xml_base(detail: Any, base_url: str) -> str | None:
+    """The xml:base feedparser reports for an element, when the feed declared one."""
+    if not isinstance(detail, Mapping):
+        return None
+    base = detail.get("base")
+    if isinstance(base, str) and base and base != base_url:
+        return base
+    return None
+
+
 def _entry_refs(entry: Mapping[str, Any], *, source: str, base_url: str,
-                channel_adult: bool | None, superseded: set[str]) -> list[MediaRef]:
-    link = entry.get("link")
-    post_url = link if is_http_url(link) else None
-    item_base = str(entry.get("title_detail", {}).get("base") or base_url) if isinstance(
-        entry.get("title_detail"), Mapping) else base_url
-    html_base = post_url or item_base
-
-    primary: list[str] = []
-    for enclosure in entry.get("enclosures") or []:
-        if _is_image(enclosure.get("type"), None, enclosure.get("href")):
-            primary.append(urljoin(item_base, str(enclosure.get("href") or "")))
-    for content in entry.get("media_content") or []:
-        if content.get("url") in superseded:
-            continue
-        if _is_image(content.get("type"), content.get("medium"), content.get("url")):
-            primary.append(urljoin(item_base, str(content.get("url") or "")))
-    for fragment in _html_fragments(entry):
-        primary.extend(urljoin(html_base, src) for src in _image_sources(fragment))
-    urls = [url for url in primary if is_http_url(url)]
-    if not urls:
-        # A thumbnail is only worth having when the item offers nothing larger.
-        thumbnails = [urljoin(item_base, str(thumbnail.get("url") or ""))
-                      for thumbnail in entry.get("media_thumbnail") or []]
-        urls = [url for url in thumbnails if is_http_url(url)][:1]
-
+                channel_adult: bool | None, superseded: set[str]
+                ) -> tuple[list[MediaRef], list[Dropped]]:
+    """The refs of one entry (its pictures with the post's fields) and what was dropped."""
+    # FeedBurner's link goes through its redirector; origLink is the publisher's own page.
+    post_url = next((clean_text(link) for link in (entry.get("feedburner_origlink"),
+                                                  entry.get("link"))
+                     if isinstance(link, str) and is_http_url(link)), None)
+    urls, dropped = _entry_pictures(entry, base_url=base_url, post_url=post_url,
+                                    superseded=superseded)
     adult = _is_adult(entry.get("media_rating"))
     if adult is None:
         adult = channel_adult
     flags = (f"{KIND}:rating:adult",) if adult else ()
-    terms = [str(tag.get("term") or tag.get("label") or "")
-             for tag in entry.get("tags") or [] if isinstance(tag, Mapping)]
-    tags = lower_unique(terms)
+    tags = lower_unique([clean_text(term) for term in _terms(entry.get("tags"))])
     author = entry.get("author")
     posted_at = _posted_at(entry)
-    refs: list[MediaRef] = []
-    for url in dict.fromkeys(urls):
-        refs.append(MediaRef(
-            url=url, source=source, post_url=post_url,
-            author=str(author) if author else None, flags=flags, tags=tags,
-            posted_at=posted_at,
-        ))
-    return refs
+    refs = [MediaRef(url=url, source=source, post_url=post_url,
+                     author=clean_text(str(author)) if author else None, flags=flags,
+                     tags=tags, posted_at=posted_at)
+            for url in urls]
+    return refs, dropped
+
+
+def _entry_pictures(entry: Mapping[str, Any], *, base_url: str, post_url: str | None,
+                    superseded: set[str]) -> tuple[list[str], list[Dropped]]:
+    """One URL per picture of an entry, the largest rendition; and what was dropped, once."""
+    entry_base = (_xml_base(entry.get("title_detail"), base_url)
+                  or _xml_base(entry.get("summary_detail"), base_url))
+    bases = [entry_base, post_url, base_url]
+    thumbnails = _largest_first(entry.get("media_thumbnail") or [])
+    item = ItemPictures(frozenset(
+        resolve_url(thumbnail["url"], bases) for thumbnail in thumbnails
+        if isinstance(thumbnail.get("url"), str)))
+
+    for enclosure in entry.get("enclosures") or []:
+        if _is_image(enclosure.get("type"), None, enclosure.get("href")):
+            item.add(enclosure.get("href"), bases)
+    for content in entry.get("media_content") or []:
+        if content.get("url") in superseded:
+            continue
+        if _is_image(content.get("type"), content.get("medium"), content.get("url")):
+            item.add(content.get("url"), bases, width=number(content.get("width")) or None,
+                     height=number(content.get("height")) or None,
+                     file_size=number(content.get("filesize")),
+                     is_default=str(content.get("isdefault") or "").lower() == "true")
+    for fragment, fragment_base in _html_fragments(entry, base_url):
+        fragment_bases = [fragment_base, post_url, base_url]
+        for image in html_images(fragment):
+            if image.placeholder:
+                item.dropped.append(Dropped(image.placeholder[:200], "lazy_placeholder"))
+            item.add(image.url, fragment_bases, width=image.width, height=image.height,
+                     explicit=False, classes=image.classes, link=image.link,
+                     containers=image.containers)
+    urls = item.best()
+    if not urls:
+        # A thumbnail is only worth having when the item offers nothing larger; of several,
+        # the largest declared (width x height, then fileSize), not the first listed.
+        largest = ItemPictures()
+        for thumbnail in thumbnails:
+            largest.add(thumbnail.get("url"), bases,
+                        width=number(thumbnail.get("width")) or None,
+                        height=number(thumbnail.get("height")) or None)
+        item.dropped.extend(largest.dropped)
+        urls = [picture.url for picture in largest.pictures][:1]
+    if not urls:
+        # A podcast episode's own picture (itunes:image); the channel's logo is no episode's.
+        episode_image = entry.get("image")
+        if isinstance(episode_image, Mapping):
+            episode = ItemPictures()
+            episode.add(episode_image.get("href"), bases)
+            item.dropped.extend(episode.dropped)
+            urls = episode.best()
+    return urls, list(dict.fromkeys(item.dropped))
+
+
+def _terms(tags: Any) -> Iterable[str]:
+    """The category terms of an entry (term, else label); space-separated schemes split."""
+    for tag in tags or []:
+        if not isinstance(tag, Mapping):
+            continue
+        term = str(tag.get("term") or tag.get("label") or "")
+        if str(tag.get("scheme") or "").strip().lower() in SPACE_SEPARATED_TAG_SCHEMES:
+            yield from term.split()
+        else:
+            yield term
+
+
+def _largest_first(thumbnails: list[Any]) -> list[Mapping[str, Any]]:
+    """Thumbnails by declared width x height, then fileSize, then isDefault; stable."""
+    items = [thumbnail for thumbnail in thumbnails if isinstance(thumbnail, Mapping)]
+    return sorted(items, key=lambda item: (
+        number(item.get("width")) * number(item.get("height")),
+        number(item.get("filesize")), str(item.get("isdefault") or "").lower() == "true"),
+        reverse=True)
 
 
 def _is_image(mime: Any, medium: Any, url: Any) -> bool:
@@ -222,42 +338,19 @@ def _posted_at(entry: Mapping[str, Any]) -> str | None:
     for key in ("published_parsed", "updated_parsed"):
         value = dict.get(entry, key) if isinstance(entry, dict) else entry.get(key)
         if isinstance(value, time.struct_time):
-            return iso_from_epoch(calendar.timegm(value))
+            try:
+                return iso_from_epoch(calendar.timegm(value))
+            except (OverflowError, ValueError, OSError):
+                return None
     return None
 
 
-def _html_fragments(entry: Mapping[str, Any]) -> Iterable[str]:
-    summary = entry.get("summary_detail")
-    if isinstance(summary, Mapping) and "html" in str(summary.get("type") or ""):
-        yield str(summary.get("value") or "")
-    for content in entry.get("content") or []:
-        if isinstance(content, Mapping) and "html" in str(content.get("type") or ""):
-            yield str(content.get("value") or "")
-
-
-class _ImageCollector(HTMLParser):
-    """Collects `<img src>` values, skipping 1×1 tracking pixels."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.sources: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "img":
-            return
-        values = {name: value or "" for name, value in attrs}
-        if values.get("width") in ("0", "1") or values.get("height") in ("0", "1"):
-            return
-        src = values.get("src", "").strip()
-        if src:
-            self.sources.append(src)
-
-
-def _image_sources(html: str) -> list[str]:
-    collector = _ImageCollector()
-    collector.feed(html)
-    collector.close()
-    return collector.sources
+def _html_fragments(entry: Mapping[str, Any], base_url: str) -> Iterable[tuple[str, str | None]]:
+    """Each HTML text of an entry with the xml:base in force for it (None when undeclared)."""
+    details = [entry.get("summary_detail"), *(entry.get("content") or [])]
+    for detail in details:
+        if isinstance(detail, Mapping) and "html" in str(detail.get("type") or ""):
+            yield str(detail.get("value") or ""), _xml_base(detail, base_url)
 
 
 class RssSource:
@@ -296,10 +389,21 @@ class RssSource:
         if result.problem:
             log.warning("feed_malformed", source=self.name, url=document.url,
                         problem=result.problem, media=len(result.refs))
+        for entry, reason in result.failed_entries:
+            log.warning("feed_entry_failed", source=self.name, url=document.url, entry=entry,
+                        reason=reason)
+        if result.dropped:
+            log.info("feed_images_dropped", source=self.name, url=document.url,
+                     counts=dict(Counter(item.why for item in result.dropped)),
+                     dropped=[{"url": item.url[:200], "why": item.why}
+                              for item in result.dropped[:MAX_LOGGED_DROPS]])
         validators = {"etag": header(document, "ETag"),
                       "last_modified": header(document, "Last-Modified")}
         new_state = {key: value for key, value in validators.items() if value}
-        return PollResult(refs=tuple(result.refs), cursor=dump_cursor(new_state))
+        skipped = ([(entry, f"entry_failed: {reason}") for entry, reason in result.failed_entries]
+                   + [(item.url, item.why) for item in result.dropped])
+        return PollResult(refs=tuple(result.refs), cursor=dump_cursor(new_state),
+                          skipped=tuple(skipped))
 
 
 def validate(settings: Mapping[str, Any]) -> list[str]:
