@@ -25,7 +25,6 @@ import html
 import io
 import re
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from crawler.sources.common import (
     raise_for_status,
 )
 from crawler.sources.html_images import html_images
+from crawler.sources.xmlsafe import declares_entities
 from crawler.sources.item_pictures import (
     Dropped,
     ItemPictures,
@@ -150,19 +150,19 @@ def read_feed(body: bytes, *, source: str, base_url: str,
     xml:base in force where it sits (per content element for HTML), else the entry's link,
     else `base_url`. Raises SourceError only; an entry that fails is reported, not raised.
     """
-    if b"<!ENTITY" in body.replace(b"\x00", b""):
+    if declares_entities(body):
         raise SourceError(source, f"feed at {base_url} declares XML entities; refused")
     response_headers = {"content-location": base_url,
                         "content-type": content_type or "application/xml"}
     try:
-        with warnings.catch_warnings():
-            # feedparser warns about its own deprecated key mappings; never fail a poll on it.
-            warnings.simplefilter("ignore")
-            # HTML is neither resolved nor sanitised by feedparser: we only read its <img>
-            # tags (sanitising would drop data-src), and resolve them ourselves.
-            parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
-                                      resolve_relative_uris=False, sanitize_html=False)
-    except Exception as error:  # noqa: BLE001 -- feedparser failing on a body fails this poll
+        # No warnings.catch_warnings() here: it swaps the process-wide filter list and is
+        # not thread-safe (parses run in worker threads). feedparser's deprecation warnings
+        # come from its key aliases, which this module never reads (plain dict.get).
+        # HTML is neither resolved nor sanitised by feedparser: we only read its <img>
+        # tags (sanitising would drop data-src), and resolve them ourselves.
+        parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
+                                  resolve_relative_uris=False, sanitize_html=False)
+    except Exception as error:
         raise SourceError(source, f"{base_url} could not be parsed as a feed: "
                                   f"{type(error).__name__}: {error}") from None
     entries = list(parsed.get("entries") or [])
@@ -186,7 +186,7 @@ def read_feed(body: bytes, *, source: str, base_url: str,
             entry_refs, entry_dropped = _entry_refs(
                 entry, source=source, base_url=base_url, channel_adult=channel_adult,
                 superseded=superseded)
-        except Exception as error:  # noqa: BLE001 -- one entry costs that entry only
+        except Exception as error:
             failed.append((_entry_name(entry, index), f"{type(error).__name__}: {error}"))
             continue
         dropped.extend(entry_dropped)

@@ -19,13 +19,15 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 import defusedxml.ElementTree
 
-__all__ = ["ParseError", "UnsafeXmlError", "clean_xml_text", "parse_xml", "xml_text"]
+__all__ = ["ParseError", "UnsafeXmlError", "clean_xml_text", "declares_entities", "parse_xml",
+           "xml_text"]
 
 # Characters XML 1.0 allows: #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-].
 _ILLEGAL_CHARACTERS = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _CHARACTER_REFERENCE = re.compile(r"&#(?:x([0-9A-Fa-f]+)|([0-9]+));")
 _DECLARATION = re.compile(r"\A\s*<\?xml\b[^>]*\?>")
-_DECLARED_ENCODING = re.compile(rb"""\A\s*<\?xml\b[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_DECLARED_ENCODING = re.compile(
+    rb"""\A\s*<\?xml\b[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
     (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
@@ -96,3 +98,37 @@ def parse_xml(text: str) -> Element:
     except defusedxml.DefusedXmlException as error:
         raise UnsafeXmlError(str(error) or type(error).__name__) from None
     return root
+
+
+_PROLOG_TOKEN = re.compile(r"\s+|<!--.*?-->|<\?.*?\?>", re.DOTALL)
+_ENTITY_DECLARATION = re.compile(r"<!ENTITY\b", re.IGNORECASE)
+
+
+def declares_entities(body: bytes) -> bool:
+    """Whether the document's DOCTYPE declares entities (the only place XML allows that).
+
+    Only the prolog is read: comments, processing instructions and the DOCTYPE before the
+    root element. A ``<!ENTITY`` quoted in CDATA, a comment or an attribute is text, and a
+    DOCTYPE without an internal subset (RSS 0.91's public DTD) declares nothing.
+    """
+    text = xml_text(body)
+    position = 0
+    while True:
+        token = _PROLOG_TOKEN.match(text, position)
+        if token is None or token.end() == position:
+            break
+        position = token.end()
+    if not text.startswith("<!DOCTYPE", position) and not text.startswith("<!doctype", position):
+        return False
+    depth, index = 0, position
+    # The DOCTYPE ends at the first '>' outside its internal subset '[...]'.
+    while index < len(text):
+        char = text[index]
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(0, depth - 1)
+        elif char == ">" and depth == 0:
+            break
+        index += 1
+    return _ENTITY_DECLARATION.search(text, position, index + 1) is not None
