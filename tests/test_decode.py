@@ -236,31 +236,54 @@ class TestRejections:
             ("PDF", lambda: PDF_DOCUMENT, "not_an_image"),
             ("JSON", lambda: b'{"error": "rate limited"}', "not_an_image"),
             ("JPEG signature only", lambda: b"\xff\xd8\xff", "truncated"),
-            ("BMP", lambda: encode(photo((16, 16)), "BMP"), "format_not_allowed:BMP"),
-            ("TIFF", lambda: encode(photo((16, 16)), "TIFF"), "format_not_allowed:TIFF"),
-            ("PNG bomb 100000x100000", lambda: png_declaring(100_000, 100_000), "too_many_pixels"),
+            ("ICO", lambda: encode(photo((16, 16)), "ICO"), "format_not_allowed: ICO"),
+            (
+                "PNG bomb 100000x100000",
+                lambda: png_declaring(100_000, 100_000),
+                "too_wide: 100000 > 7680",
+            ),
             (
                 "PNG in Pillow's warning band",
                 lambda: png_declaring(9_500, 9_500),
-                "too_many_pixels",
+                "too_wide: 9500 > 7680",
             ),
-            ("PNG one column too wide", lambda: png_declaring(7_681, 16), "too_many_pixels"),
-            ("PNG one row too long", lambda: png_declaring(16, 7_681), "too_many_pixels"),
-            ("PNG too wide on both sides", lambda: png_declaring(4_321, 4_321), "too_many_pixels"),
+            ("PNG one column too wide", lambda: png_declaring(7_681, 16), "too_wide: 7681 > 7680"),
+            ("PNG one row too long", lambda: png_declaring(16, 7_681), "too_tall: 7681 > 7680"),
+            (
+                "PNG over the short cap on both sides",
+                lambda: png_declaring(4_321, 4_321),
+                "too_tall: 4321 > 4320",
+            ),
             (
                 "JPEG declaring 60000x60000",
                 lambda: jpeg_declaring(60_000, 60_000),
-                "too_many_pixels",
+                "too_wide: 60000 > 7680",
             ),
-            ("JPEG declaring 65535x4000", lambda: jpeg_declaring(65_535, 4_000), "too_many_pixels"),
-            ("WebP canvas 16383x16383", lambda: webp_declaring(16_383, 16_383), "too_many_pixels"),
-            ("WebP canvas 10000x10000", lambda: webp_declaring(10_000, 10_000), "too_many_pixels"),
+            (
+                "JPEG declaring 65535x4000",
+                lambda: jpeg_declaring(65_535, 4_000),
+                "too_wide: 65535 > 7680",
+            ),
+            (
+                "WebP canvas 16383x16383",
+                lambda: webp_declaring(16_383, 16_383),
+                "too_wide: 16383 > 7680",
+            ),
+            (
+                "WebP canvas 10000x10000",
+                lambda: webp_declaring(10_000, 10_000),
+                "too_wide: 10000 > 7680",
+            ),
             ("PNG with broken IDAT", png_with_broken_pixels, "corrupt"),
-            ("GIF with 5000 frames", lambda: gif_with_frames(5_000), "too_many_frames"),
+            (
+                "GIF with 5000 frames",
+                lambda: gif_with_frames(5_000),
+                "too_many_frames: 5000 > 1000",
+            ),
             (
                 "GIF frame beyond screen",
                 lambda: gif_with_large_first_frame(9_500, 9_500),
-                "too_many_pixels",
+                "too_wide: 9500 > 7680",
             ),
         ],
     )
@@ -305,9 +328,10 @@ class TestRejections:
         ("limits", "size", "reason"),
         [
             (DecodeLimits(max_width=64, max_height=48), (64, 48), None),
-            (DecodeLimits(max_width=64, max_height=48), (65, 10), "too_many_pixels"),
-            (DecodeLimits(max_width=64, max_height=48), (10, 65), "too_many_pixels"),
-            (DecodeLimits(max_width=64, max_height=48), (49, 49), "too_many_pixels"),
+            (DecodeLimits(max_width=64, max_height=48), (65, 10), "too_wide: 65 > 64"),
+            (DecodeLimits(max_width=64, max_height=48), (10, 65), "too_tall: 65 > 64"),
+            (DecodeLimits(max_width=64, max_height=48), (49, 49), "too_tall: 49 > 48"),
+            (DecodeLimits(max_width=64, max_height=48), (30, 49), None),
             (DecodeLimits(max_width=64, max_height=48), (48, 48), None),
             (DecodeLimits(max_width=64, max_height=48), (48, 64), None),
         ],
@@ -319,7 +343,7 @@ class TestRejections:
         size: tuple[int, int],
         reason: str | None,
     ) -> None:
-        """An image exactly at the caps passes; one pixel over either cap does not."""
+        """An image exactly at the caps passes; one pixel over names the side and the cap."""
         data = encode(photo(size), "PNG")
         if reason is None:
             assert decode_bytes(write_file, data, limits).width == size[0]
@@ -328,7 +352,11 @@ class TestRejections:
 
     @pytest.mark.parametrize(
         ("frames", "max_frames", "reason"),
-        [(10, 10, None), (11, 10, "too_many_frames"), (5_000, 1_000, "too_many_frames")],
+        [
+            (10, 10, None),
+            (11, 10, "too_many_frames: 11 > 10"),
+            (5_000, 1_000, "too_many_frames: 5000 > 1000"),
+        ],
     )
     def test_frame_cap_boundaries(
         self,
@@ -357,9 +385,8 @@ class TestRejections:
 
     def test_apng_frame_cap(self, write_file: Callable[[bytes, str], Path]) -> None:
         """An animated PNG is held to the frame cap too."""
-        assert (
-            reason_of(write_file, animated("PNG"), DecodeLimits(max_frames=2)) == "too_many_frames"
-        )
+        reason = reason_of(write_file, animated("PNG"), DecodeLimits(max_frames=2))
+        assert reason == "too_many_frames: 3 > 2"
 
     def test_missing_file(self, tmp_path: Path) -> None:
         """A file that is not there is unreadable, not a crash."""
@@ -380,7 +407,7 @@ class TestRejections:
         files = {name: encode(photo((50, 50)), name) for name in ("PNG", "WEBP", "JPEG", "GIF")}
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
         for image_format, data in files.items():
-            assert reason_of(write_file, data) == "too_many_pixels", image_format
+            assert reason_of(write_file, data) == "too_many_pixels: 2500 > 1000", image_format
 
     def test_pillow_globals_are_left_alone(self, write_file: Callable[[bytes, str], Path]) -> None:
         """Decoding never changes Pillow's MAX_IMAGE_PIXELS or LOAD_TRUNCATED_IMAGES."""
@@ -427,8 +454,10 @@ class TestTruncation:
     ) -> None:
         """A file cut anywhere, down to its last byte, is refused as truncated."""
         data = build()
-        cut = len(data) + kept if kept < 0 else int(len(data) * kept)
-        assert reason_of(write_file, data[: int(cut)]) == "truncated"
+        cut = int(len(data) + kept if kept < 0 else len(data) * kept)
+        if name.endswith("GIF") and cut == len(data) - 1:
+            pytest.skip("a GIF without only its trailer byte is whole (TestBrowserTolerance)")
+        assert reason_of(write_file, data[:cut]) == "truncated"
 
     @pytest.mark.parametrize(("name", "build"), TRUNCATABLE)
     def test_truncated_even_if_pillow_is_lenient(
@@ -702,7 +731,7 @@ class TestRealImages:
             pytest.skip("a JPEG XL plugin is installed")
         data = b"\xff\x0a" + bytes(64)
         assert (
-            reason_of(write_file, data, DecodeLimits(formats=("JXL",))) == "format_unsupported:JXL"
+            reason_of(write_file, data, DecodeLimits(formats=("JXL",))) == "unsupported_format: JXL"
         )
 
     def test_decoding_in_threads(
@@ -725,4 +754,4 @@ class TestRealImages:
         paths = [good, bomb, cut] * 20
         with ThreadPoolExecutor(max_workers=8) as pool:
             results = list(pool.map(outcome, paths))
-        assert results == ["JPEG", "too_many_pixels", "truncated"] * 20
+        assert results == ["JPEG", "too_wide: 100000 > 7680", "truncated"] * 20
