@@ -183,17 +183,20 @@ ProgressCallback = Callable[[int, int], None]
 
 
 async def run_import(config: Config, directory: Path, *, recursive: bool = True,
-                     progress: ProgressCallback | None = None) -> ImportReport:
+                     progress: ProgressCallback | None = None,
+                     classifier: Any = None) -> ImportReport:
     """Walk `directory`, file its images through the daemon once, and report every file.
 
     `progress(done, total)` is called now and then with the number of candidate images
-    that reached a final state.
+    that reached a final state. `classifier` is a loaded model to use instead of loading the
+    configured one (the daemon's own seam).
     """
     from crawler.daemon import Daemon
 
     walked = await asyncio.to_thread(walk, directory, recursive=recursive)
     candidates = [entry for entry in walked if entry.skip_reason is None]
-    daemon = Daemon(import_config(config, directory, recursive=recursive), environ=os.environ)
+    daemon = Daemon(import_config(config, directory, recursive=recursive), environ=os.environ,
+                    classifier=classifier)
     rows: dict[str, dict[str, Any]] = {}
     if candidates:
         before = await _rows_by_url(config)
