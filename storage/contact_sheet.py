@@ -82,6 +82,7 @@ def blurred_thumbnail(source: Path, radius: float = DEFAULT_BLUR_RADIUS,
         register_heif_opener()
     with Image.open(source) as image:
         image.draft("RGB", (size, size))
+        image.load()
         frame = to_rgb(image)  # 16-bit and float images scaled, not clipped to white
     frame.thumbnail((size, size), Image.Resampling.BILINEAR)
     if radius > 0:

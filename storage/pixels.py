@@ -45,7 +45,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
         values = np.clip(np.asarray(image, dtype=np.int64), 0, SIXTEEN_BIT_MAX) // 257
-        return Image.fromarray(values.astype(np.uint8), mode="L")
+        return Image.fromarray(values.astype(np.uint8))
     if mode == "F":
         floats = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0,
                                neginf=0.0)
@@ -54,7 +54,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
             scaled = np.clip(floats, 0.0, 1.0) * 255.0
         else:
             scaled = np.clip(floats, 0.0, SIXTEEN_BIT_MAX) / 257.0
-        return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+        return Image.fromarray(np.rint(scaled).astype(np.uint8))
     return image
 
 
