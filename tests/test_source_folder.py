@@ -285,6 +285,16 @@ class TestSniff:
         result = await make_source(path=tmp_path, sniff=True).poll(None, now=later())
         assert paths(result.refs) == {str(tmp_path / "no-extension"), str(tmp_path / "scan.tif")}
 
+    async def test_inbox_moves_only_images(self, tmp_path: Path) -> None:
+        """In inbox mode with `sniff`, images are moved and yielded; a text file stays put."""
+        inbox, done = tmp_path / "inbox", tmp_path / "done"
+        write(inbox / "IMG_0001", data=JPEG_BYTES)
+        write(inbox / "readme.txt", data=b"not a photo")
+        source = make_source(path=inbox, move_to=done, sniff=True)
+        result = await source.poll(None, now=later())
+        assert paths(result.refs) == {str(done / "IMG_0001")}
+        assert (inbox / "readme.txt").exists() and not (done / "readme.txt").exists()
+
     def test_sniff_must_be_a_boolean(self, tmp_path: Path) -> None:
         """A non-boolean `sniff` is a config problem naming the key."""
         assert folder.validate({"path": str(tmp_path), "sniff": "yes"}) == [

@@ -120,7 +120,9 @@ def scan(root: Path, *, extensions: frozenset[str], recursive: bool,
          settled_before_s: float, sniff: bool = False) -> list[FileEntry]:
     """The image files under `root` that have not changed since `settled_before_s`.
 
-    With `sniff`, magic bytes decide what is an image, not `extensions`.
+    With `sniff` the extensions are not consulted: every regular file is listed, and the
+    caller reads the magic bytes (`sniff_file`) of the files it picks, so a poll does not
+    re-read the files behind its watermark.
     """
     entries: list[FileEntry] = []
     pending = [root]
@@ -151,8 +153,6 @@ def scan(root: Path, *, extensions: frozenset[str], recursive: bool,
             except OSError:
                 continue  # vanished while listing
             if stat.st_mtime > settled_before_s:
-                continue
-            if sniff and sniff_file(item.path) is None:
                 continue
             name = Path(item.path).relative_to(root).as_posix()
             entries.append(FileEntry(max(stat.st_mtime_ns, stat.st_ctime_ns), name,
@@ -252,14 +252,21 @@ class FolderSource:
         names_at = ([decode_name(text) for text in raw_names] if raw_names is not None
                     else string_list(state.get("names")) or [])
         selection = select_new(entries, after_ns, names_at)
+        # Files that are not images still move the watermark, so they are sniffed once.
         refs = tuple(file_ref(self.name, self.path / entry.name, entry.name, entry.modified_s)
-                     for entry in selection.chosen)
+                     for entry in selection.chosen if self._is_image(entry))
         new_cursor = dump_cursor({"after_ns": selection.after_ns,
                                   "raw_names": [encode_name(name)
                                                 for name in selection.names_at]})
         return PollResult(refs=refs, cursor=new_cursor, full=selection.full)
 
+    def _is_image(self, entry: FileEntry) -> bool:
+        """Extensions already decided, unless `sniff`: then the magic bytes decide."""
+        return not self.sniff or sniff_file(self.path / entry.name) is not None
+
     def _move_all(self, entries: list[FileEntry], move_to: Path) -> PollResult:
+        # Only images are moved; with `sniff`, other files stay in the folder.
+        entries = [entry for entry in entries if self._is_image(entry)]
         chosen = sorted(entries)[:MAX_FILES_PER_POLL]
         refs: list[MediaRef] = []
         for entry in chosen:
