@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from classifier.base import INPUT_SIZE
 from classifier.errors import DecodeError
+from storage.pixels import to_rgb
 
 RESIZE_SIZE = 256
 CROP_OFFSET = (RESIZE_SIZE - INPUT_SIZE) // 2
@@ -40,10 +41,10 @@ PREPROCESSING_DESCRIPTION: dict[str, object] = {
 def preprocess(image: Image.Image) -> npt.NDArray[np.float32]:
     """Turn a decoded image into the model input, float32 [224, 224, 3], BGR minus the mean.
 
-    Any mode is accepted and converted to RGB (alpha is dropped, as in the reference).
-    Thread-safe: the input image is not modified.
+    Any mode and bit depth is accepted and converted to 8-bit RGB by `storage.pixels.to_rgb`
+    (alpha is dropped, as in the reference). Thread-safe: the input image is not modified.
     """
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    rgb = to_rgb(image, composite_alpha=False)
     resized = rgb.resize((RESIZE_SIZE, RESIZE_SIZE), resample=Image.Resampling.BILINEAR)
     crop = resized.crop(
         (CROP_OFFSET, CROP_OFFSET, CROP_OFFSET + INPUT_SIZE, CROP_OFFSET + INPUT_SIZE)
@@ -69,7 +70,7 @@ def open_image(data: bytes, *, draft: bool = False, path: str | None = None) -> 
         if draft:
             image.draft("RGB", (RESIZE_SIZE, RESIZE_SIZE))
         image.load()
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image, composite_alpha=False)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise DecodeError("undecodable", str(error), path) from error
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import faulthandler
 import getpass
 import io
@@ -24,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from crawler.config import Config, SourceConfig, find_config, load_config
+from crawler.config import Config, find_config, load_config
 from crawler.errors import ConfigError
 from storage.errors import MeganeError, UnknownMediaError
 
@@ -84,13 +83,10 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    config = _load(args)
-    folder = Path(args.directory).resolve()
-    if not folder.is_dir():
-        raise ConfigError(str(folder), [f"{folder}: not a directory; give a folder of images"])
-    source = SourceConfig(kind="folder", name="import", interval_s=60.0,
-                          settings={"path": str(folder), "settle_s": 0})
-    return _daemon_main(dataclasses.replace(config, sources=(source,)), once=True)
+    from crawler.importer import import_command
+
+    return import_command(_load(args), Path(args.directory), recursive=args.recursive,
+                          as_json=args.json)
 
 
 def cmd_media_list(args: argparse.Namespace) -> int:
@@ -416,8 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("once", cmd_once, "poll every source once, process everything pending, exit")
     add("check-config", cmd_check_config, "validate the configuration")
     add("status", cmd_status, "counts per state, tag and source; model; queue", json_flag=True)
-    sub = add("import", cmd_import, "classify and file the images of a local folder")
+    sub = add("import", cmd_import, "classify and file the images of a local folder tree "
+              "(magic bytes decide); ends with a summary of every file", json_flag=True)
     sub.add_argument("directory")
+    sub.add_argument("--no-recursive", dest="recursive", action="store_false",
+                     help="only the folder itself, not its subfolders")
     media = commands.add_parser("media", help="media URLs").add_subparsers(
         dest="media_command", required=True, metavar="SUBCOMMAND")
     sub = add("list", cmd_media_list, "every media URL with its state", media, json_flag=True)

@@ -63,7 +63,7 @@ class ImagesConfig:
     max_width: int = 7680
     max_height: int = 4320
     max_frames: int = 1000
-    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP")
+    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "HEIF")
     jpeg_draft: bool = True
 
 

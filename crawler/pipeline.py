@@ -358,7 +358,8 @@ class Pipeline:
         )
         self.observer.progress("decode")
         log.info("media_decoded", url=work.row.url, sha256=sha256, format=decoded.format,
-                 width=decoded.width, height=decoded.height)
+                 width=decoded.width, height=decoded.height,
+                 repairs=list(decoded.repairs) or None)
         work.phash = phash
         if self.hashes is not None and phash is not None and await self._near_copy(work, phash):
             return

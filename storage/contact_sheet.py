@@ -24,6 +24,7 @@ from PIL import Image, ImageFilter
 
 from storage.catalogue import Catalogue
 from storage.display import make_environment
+from storage.pixels import register_heif_opener, to_rgb
 from storage.placement import (
     PRIVATE_DIR_MODE,
     PRIVATE_FILE_MODE,
@@ -80,9 +81,12 @@ def blurred_thumbnail(source: Path, radius: float = DEFAULT_BLUR_RADIUS,
     The blur is applied at the thumbnail's size, so `radius` is in thumbnail pixels; the
     default (12 of 256) leaves nothing recognisable. Blocking: call it in a thread.
     """
+    if source.suffix.lower() in (".heic", ".heif"):
+        register_heif_opener()
     with Image.open(source) as image:
         image.draft("RGB", (size, size))
-        frame = image.convert("RGB")
+        image.load()
+        frame = to_rgb(image)  # 16-bit and float images scaled, not clipped to white
     frame.thumbnail((size, size), Image.Resampling.BILINEAR)
     if radius > 0:
         frame = frame.filter(ImageFilter.GaussianBlur(radius))

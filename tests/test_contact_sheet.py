@@ -68,6 +68,37 @@ class TestBlurredThumbnail:
                 assert image.mode == "RGB"
 
 
+    def test_sixteen_bit_and_float_images_are_not_white(self, tmp_path: Path) -> None:
+        """16-bit PNG, 32-bit and float TIFF thumbnails show the photo, as its 8-bit one does."""
+        gray = np.asarray(Image.open(io.BytesIO(photo("camera", "PNG"))).convert("L"))
+        eight_bit = tmp_path / "camera-8.png"
+        Image.fromarray(gray).save(eight_bit)
+        expected = np.asarray(Image.open(io.BytesIO(blurred_thumbnail(eight_bit, radius=0))),
+                              dtype=np.float32)
+        for name, array in (
+            ("camera-16.png", gray.astype(np.uint16) * 257),
+            ("camera-32.tif", gray.astype(np.int32) * 257),
+            ("camera-float.tif", gray.astype(np.float32) / 255),
+        ):
+            source = tmp_path / name
+            Image.fromarray(array).save(source)
+            with Image.open(io.BytesIO(blurred_thumbnail(source, radius=0))) as image:
+                pixels = np.asarray(image, dtype=np.float32)
+            assert abs(pixels.mean() - expected.mean()) < 2, name
+            assert pixels.mean() < 200, name
+
+    def test_heic_thumbnail(self, tmp_path: Path) -> None:
+        """A stored HEIC image gets a thumbnail (through pillow-heif)."""
+        import pytest
+
+        pillow_heif = pytest.importorskip("pillow_heif")
+        source = tmp_path / "photo.heic"
+        image = Image.open(io.BytesIO(photo("chelsea"))).convert("RGB")
+        pillow_heif.from_pillow(image).save(source, format="HEIF")
+        with Image.open(io.BytesIO(blurred_thumbnail(source))) as thumbnail:
+            assert thumbnail.format == "JPEG" and max(thumbnail.size) == 256
+
+
 class TestWriteQuarantineIndex:
     def test_index_links_each_image_and_sidecar(self, tmp_path: Path) -> None:
         """Each card links the image, its sidecar and a blurred thumbnail; all files 0600."""

@@ -2,12 +2,22 @@
 
 Keys: `path` (an existing directory), `move_to` (optional: each file is moved there before it
 is yielded, so the folder works as an inbox), `extensions` (default jpg, jpeg, png, gif,
-webp), `recursive` (default false; sub-directory names become tags) and `settle_s` (default
+webp, avif, tif, tiff, bmp, heic, heif), `sniff` (default false: with true, a file's magic
+bytes decide whether it is an image and `extensions` is not consulted; `megane import` uses
+it), `recursive` (default false; sub-directory names become tags) and `settle_s` (default
 2: a file changed less than this long ago may still be being written and waits a poll).
 
 Without `move_to` the cursor is a watermark: the newest change time yielded (the later of
 mtime and ctime, so a file moved in with an old mtime still counts as new) plus the names
 yielded at exactly that time. Hidden files and symbolic links are ignored.
+
+File names are bytes on Linux and need not be UTF-8 (`caf\xe9.jpg` from an old archive).
+They are carried as Python's surrogate-escaped `str` (`os.fsdecode`) inside this module,
+and leave it losslessly: in the URL as percent-encoded bytes (`file:///in/caf%E9.jpg`), in
+the cursor as percent-encoded bytes (`raw_names`), and in logs and tags as a display form
+with U+FFFD for the undecodable bytes (`display_name`). Reading a file is the job of
+`crawler.localcopy`, which refuses anything but a regular file (no symlink swapped in after
+the scan, no FIFO or device).
 """
 
 from __future__ import annotations
@@ -20,10 +30,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import structlog
 
+from classifier.decode import SNIFF_BYTES, sniff_format
 from crawler.errors import SourceError
+from crawler.localcopy import display_name, open_regular
 from crawler.sources.base import PollResult, Source, SourceContext
 from crawler.sources.common import dump_cursor, iso_from_epoch, load_cursor, string_list
 from storage.records import MediaRef
@@ -34,8 +47,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 KIND = "folder"
-KEYS = frozenset({"path", "move_to", "extensions", "recursive", "settle_s"})
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp")
+KEYS = frozenset({"path", "move_to", "extensions", "recursive", "settle_s", "sniff"})
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "avif", "tif", "tiff", "bmp",
+                      "heic", "heif")
 DEFAULT_SETTLE_S = 2.0
 MAX_FILES_PER_POLL = 500
 
@@ -78,9 +92,38 @@ def select_new(entries: Sequence[FileEntry], after_ns: int, names_at: Sequence[s
     return Selection(chosen, newest, tuple(sorted(at_newest)), len(candidates) > limit)
 
 
+def encode_name(name: str) -> str:
+    """A file name as ASCII text that keeps its exact bytes (percent-encoded)."""
+    return quote_from_bytes(os.fsencode(name), safe="/ ")
+
+
+def decode_name(text: str) -> str:
+    """The file name `encode_name` wrote (surrogate-escaped where not UTF-8)."""
+    return os.fsdecode(unquote_to_bytes(text))
+
+
+def sniff_file(path: Path | str) -> str | None:
+    """The image format the file's magic bytes name, or None (not an image, unreadable)."""
+    try:
+        descriptor = open_regular(path)
+    except OSError:
+        return None
+    try:
+        return sniff_format(os.read(descriptor, SNIFF_BYTES))
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+
+
 def scan(root: Path, *, extensions: frozenset[str], recursive: bool,
-         settled_before_s: float) -> list[FileEntry]:
-    """The image files under `root` that have not changed since `settled_before_s`."""
+         settled_before_s: float, sniff: bool = False) -> list[FileEntry]:
+    """The image files under `root` that have not changed since `settled_before_s`.
+
+    With `sniff` the extensions are not consulted: every regular file is listed, and the
+    caller reads the magic bytes (`sniff_file`) of the files it picks, so a poll does not
+    re-read the files behind its watermark.
+    """
     entries: list[FileEntry] = []
     pending = [root]
     while pending:
@@ -88,7 +131,8 @@ def scan(root: Path, *, extensions: frozenset[str], recursive: bool,
         try:
             listing = list(os.scandir(directory))
         except OSError as error:
-            log.warning("folder_unreadable", path=str(directory), error=str(error))
+            log.warning("folder_unreadable", path=display_name(str(directory)),
+                        error=display_name(str(error)))
             continue
         for item in listing:
             if item.name.startswith("."):
@@ -102,7 +146,8 @@ def scan(root: Path, *, extensions: frozenset[str], recursive: bool,
                     continue
                 if not item.is_file(follow_symlinks=False):
                     continue
-                if item.name.rsplit(".", 1)[-1].lower() not in extensions or "." not in item.name:
+                if not sniff and (item.name.rsplit(".", 1)[-1].lower() not in extensions
+                                  or "." not in item.name):
                     continue
                 stat = item.stat(follow_symlinks=False)
             except OSError:
@@ -146,10 +191,21 @@ def move_into(source: Path, destination_dir: Path, name: str) -> Path:
 
 
 def file_ref(source: str, path: Path, name: str, modified_s: float) -> MediaRef:
-    """The MediaRef for a file: its absolute file:// URL; sub-directories become tags."""
-    tags = tuple(part.lower() for part in Path(name).parent.parts if part not in ("", "."))
-    return MediaRef(url=path.resolve().as_uri(), source=source, tags=tags,
-                    posted_at=iso_from_epoch(modified_s))
+    """The MediaRef for a file: its absolute file:// URL; sub-directories become tags.
+
+    The URL percent-encodes the name's bytes, so any file name survives the catalogue;
+    `extra` keeps a display form of the name for people.
+    """
+    tags = tuple(display_name(part).lower() for part in Path(name).parent.parts
+                 if part not in ("", "."))
+    return MediaRef(url=file_url(path), source=source, tags=tags,
+                    posted_at=iso_from_epoch(modified_s),
+                    extra=(("file_name", display_name(name)),))
+
+
+def file_url(path: Path) -> str:
+    """The absolute file:// URL of `path`, its bytes percent-encoded (lossless, ASCII)."""
+    return path.resolve().as_uri()
 
 
 class FolderSource:
@@ -158,19 +214,24 @@ class FolderSource:
     kind = KIND
 
     def __init__(self, name: str, path: Path, *, move_to: Path | None,
-                 extensions: frozenset[str], recursive: bool, settle_s: float) -> None:
+                 extensions: frozenset[str], recursive: bool, settle_s: float,
+                 sniff: bool = False) -> None:
         self.name = name
         self.path = path
         self.move_to = move_to
         self.extensions = extensions
         self.recursive = recursive
         self.settle_s = settle_s
+        self.sniff = sniff
 
     def query_key(self) -> str:
-        return dump_cursor({"kind": KIND, "path": str(self.path),
-                            "move_to": str(self.move_to) if self.move_to else None,
-                            "extensions": sorted(self.extensions),
-                            "recursive": self.recursive})
+        key: dict[str, Any] = {"kind": KIND, "path": str(self.path),
+                               "move_to": str(self.move_to) if self.move_to else None,
+                               "extensions": sorted(self.extensions),
+                               "recursive": self.recursive}
+        if self.sniff:
+            key["sniff"] = True
+        return dump_cursor(key)
 
     async def poll(self, cursor: str | None, now: float) -> PollResult:
         """List the folder (in a thread) and yield the files that are new since the cursor."""
@@ -180,21 +241,32 @@ class FolderSource:
         if not self.path.is_dir():
             raise SourceError(self.name, f"folder {self.path} does not exist or is not a folder")
         entries = scan(self.path, extensions=self.extensions, recursive=self.recursive,
-                       settled_before_s=now - self.settle_s)
+                       settled_before_s=now - self.settle_s, sniff=self.sniff)
         if self.move_to is not None:
             return self._move_all(entries, self.move_to)
         state = load_cursor(cursor)
         stored = state.get("after_ns")
         after_ns = stored if isinstance(stored, int) else -1
-        names_at = string_list(state.get("names")) or []
+        raw_names = string_list(state.get("raw_names"))
+        # Cursors written before `raw_names` hold plain (UTF-8) names under "names".
+        names_at = ([decode_name(text) for text in raw_names] if raw_names is not None
+                    else string_list(state.get("names")) or [])
         selection = select_new(entries, after_ns, names_at)
+        # Files that are not images still move the watermark, so they are sniffed once.
         refs = tuple(file_ref(self.name, self.path / entry.name, entry.name, entry.modified_s)
-                     for entry in selection.chosen)
+                     for entry in selection.chosen if self._is_image(entry))
         new_cursor = dump_cursor({"after_ns": selection.after_ns,
-                                  "names": list(selection.names_at)})
+                                  "raw_names": [encode_name(name)
+                                                for name in selection.names_at]})
         return PollResult(refs=refs, cursor=new_cursor, full=selection.full)
 
+    def _is_image(self, entry: FileEntry) -> bool:
+        """Extensions already decided, unless `sniff`: then the magic bytes decide."""
+        return not self.sniff or sniff_file(self.path / entry.name) is not None
+
     def _move_all(self, entries: list[FileEntry], move_to: Path) -> PollResult:
+        # Only images are moved; with `sniff`, other files stay in the folder.
+        entries = [entry for entry in entries if self._is_image(entry)]
         chosen = sorted(entries)[:MAX_FILES_PER_POLL]
         refs: list[MediaRef] = []
         for entry in chosen:
@@ -202,7 +274,9 @@ class FolderSource:
                 moved = move_into(self.path / entry.name, move_to, entry.name)
             except OSError as error:
                 log.warning("folder_move_failed", source=self.name,
-                            path=str(self.path / entry.name), error=str(error))
+                            url=file_url(self.path / entry.name),
+                            file_name=display_name(entry.name),
+                            error=display_name(str(error)))
                 continue
             refs.append(file_ref(self.name, moved, entry.name, entry.modified_s))
         return PollResult(refs=tuple(refs), cursor=None, full=len(entries) > len(chosen))
@@ -241,8 +315,9 @@ def validate(settings: Mapping[str, Any]) -> list[str]:
                 and all(isinstance(item, str) and item.strip(". ") for item in extensions)):
             problems.append("extensions: must be a list of file extensions, "
                             "e.g. [\"jpg\", \"png\"]")
-    if "recursive" in settings and not isinstance(settings["recursive"], bool):
-        problems.append("recursive: must be true or false")
+    for flag in ("recursive", "sniff"):
+        if flag in settings and not isinstance(settings[flag], bool):
+            problems.append(f"{flag}: must be true or false")
     if "settle_s" in settings:
         settle = settings["settle_s"]
         if isinstance(settle, bool) or not isinstance(settle, int | float) or settle < 0:
@@ -260,4 +335,5 @@ def create(config: SourceConfig, context: SourceContext) -> Source:
                            or list(DEFAULT_EXTENSIONS))
     return FolderSource(config.name, path, move_to=move_to, extensions=extensions,
                         recursive=bool(settings.get("recursive", False)),
-                        settle_s=float(settings.get("settle_s", DEFAULT_SETTLE_S)))
+                        settle_s=float(settings.get("settle_s", DEFAULT_SETTLE_S)),
+                        sniff=bool(settings.get("sniff", False)))
