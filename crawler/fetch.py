@@ -56,9 +56,9 @@ from crawler.netguard import (
     host_port_key,
     is_forbidden_address,
     normalize_allowed_hosts,
-    redact_url,
 )
 from crawler.sources.base import Document
+from storage.redact import redact
 
 log = structlog.get_logger("crawler.fetch")
 
@@ -291,7 +291,7 @@ class Fetcher:
         )
 
     async def _with_deadline(self, url: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        shown = redact_url(url)
+        shown = redact(url)
         parsed = check_url(url, allowed_hosts=self._allowed_hosts)
         async with self._host_slots.hold(host_port_key(parsed.raw_host or "", parsed.port)):
             deadline = asyncio.get_running_loop().time() + self._config.timeout_s
@@ -333,7 +333,7 @@ class Fetcher:
             declared = response.content_length
             if declared is not None and declared > max_bytes:
                 raise PermanentFetchError(
-                    redact_url(url), "too_large", f"Content-Length {declared} > {max_bytes}"
+                    redact(url), "too_large", f"Content-Length {declared} > {max_bytes}"
                 )
             return await self._stream_to_spool(url, response, max_bytes)
 
@@ -344,7 +344,7 @@ class Fetcher:
             declared = response.content_length
             if declared is not None and declared > max_bytes:
                 raise PermanentFetchError(
-                    redact_url(url), "too_large", f"Content-Length {declared} > {max_bytes}"
+                    redact(url), "too_large", f"Content-Length {declared} > {max_bytes}"
                 )
             body = bytearray()
             chunks = self._capped_chunks(url, response, max_bytes)
@@ -352,7 +352,7 @@ class Fetcher:
                 async for chunk in chunks:
                     body += chunk
             return Document(
-                url=redact_url(response.url),
+                url=redact(response.url),
                 status=response.status,
                 headers=CIMultiDictProxy(CIMultiDict(response.headers)),
                 body=bytes(body),
@@ -379,19 +379,19 @@ class Fetcher:
                     self._check(url, target)
                     if str(target) in seen:
                         raise PermanentFetchError(
-                            redact_url(url), "redirect_loop", f"back to {redact_url(target)}"
+                            redact(url), "redirect_loop", f"back to {redact(target)}"
                         )
                     if hop >= self._config.max_redirects:
                         raise PermanentFetchError(
-                            redact_url(url), "too_many_redirects",
+                            redact(url), "too_many_redirects",
                             f"more than {self._config.max_redirects}",
                         )
                     seen.add(str(target))
                     if target.origin() != current.origin():
                         for name in _CREDENTIAL_HEADERS:
                             request_headers.popall(name, None)
-                    log.debug("fetch_redirect", url=redact_url(url), status=response.status,
-                              target=redact_url(target))
+                    log.debug("fetch_redirect", url=redact(url), status=response.status,
+                              target=redact(target))
                     current = target
                     continue
                 if not for_document:
@@ -407,8 +407,8 @@ class Fetcher:
         except FetchError as error:
             if target == URL(url):
                 raise
-            detail = f"redirected to {redact_url(target)}: {error.detail}"
-            raise type(error)(redact_url(url), error.reason, detail) from None
+            detail = f"redirected to {redact(target)}: {error.detail}"
+            raise type(error)(redact(url), error.reason, detail) from None
 
     @staticmethod
     def _redirect_target(url: str, current: URL, location: str) -> URL:
@@ -416,7 +416,7 @@ class Fetcher:
             target = current.join(URL(location))
         except (ValueError, TypeError) as error:
             raise PermanentFetchError(
-                redact_url(url), "bad_redirect", _scrub(str(error), url)[:MAX_DETAIL_CHARS]
+                redact(url), "bad_redirect", redact(str(error))[:MAX_DETAIL_CHARS]
             ) from None
         return target.with_fragment(None)
 
@@ -429,7 +429,7 @@ class Fetcher:
             response = await self._session.get(current, headers=headers, allow_redirects=False)
         except BlockedAddressError as error:
             # The connector only knows host:port; name the URL asked for.
-            raise BlockedAddressError(redact_url(url), error.reason, error.detail) from None
+            raise BlockedAddressError(redact(url), error.reason, error.detail) from None
         except (aiohttp.ClientError, OSError, ValueError) as error:
             raise _translate(url, error) from None
         try:
@@ -467,7 +467,7 @@ class Fetcher:
                 encoding = response.headers.get("Content-Encoding", "identity").lower()
                 reason = "too_large" if encoding in ("", "identity") else "decompression_bomb"
                 raise PermanentFetchError(
-                    redact_url(url), reason, f"body over {max_bytes} bytes ({encoding})"
+                    redact(url), reason, f"body over {max_bytes} bytes ({encoding})"
                 )
             yield chunk
 
@@ -493,8 +493,8 @@ class Fetcher:
                 if pending:
                     await _write_in_thread(file, hasher, bytes(pending))
             return Download(
-                url=redact_url(url),
-                final_url=redact_url(response.url),
+                url=redact(url),
+                final_url=redact(response.url),
                 path=path,
                 sha256=hasher.hexdigest(),
                 size=size,
@@ -528,7 +528,7 @@ def _raise_for_status(
     status = response.status
     if 200 <= status < 300:
         return
-    shown = redact_url(url)
+    shown = redact(url)
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
         if retry_after is not None:
@@ -540,23 +540,14 @@ def _raise_for_status(
     raise PermanentFetchError(shown, f"http_{status}", response.reason or "")
 
 
-def _scrub(text: str, url: str) -> str:
-    """`text` with the URL's userinfo password masked (aiohttp quotes URLs in errors)."""
-    try:
-        password = URL(url).password
-    except (ValueError, TypeError):
-        return text
-    return text.replace(password, "***") if password else text
-
-
 def _translate(url: str, error: BaseException) -> FetchError:
     """One aiohttp (or socket) error as a FetchError with a constant reason.
 
     The detail is shortened: aiohttp quotes the offending bytes, which a hostile server
     makes as long as it likes.
     """
-    shown = redact_url(url)
-    text = _scrub(str(error), url)
+    shown = redact(url)
+    text = redact(str(error))
     if len(text) > MAX_DETAIL_CHARS:
         text = text[:MAX_DETAIL_CHARS] + "..."
     if isinstance(error, aiohttp.ClientConnectorError):

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from crawler.logs import configure_logging, redact_text
+from crawler.logs import configure_logging
+from storage.redact import redact
 
 
 @pytest.fixture(autouse=True)
@@ -23,16 +24,16 @@ class TestRedaction:
     @pytest.mark.parametrize(
         ("text", "expected"),
         [
-            ("https://user:hunter2@example.org/a.jpg", "https://user:[redacted]@example.org/a.jpg"),
+            ("https://user:hunter2@example.org/a.jpg", "https://example.org/a.jpg"),
             ("https://e.org/api?access_token=abc123&x=1", "https://e.org/api?access_token=[redacted]&x=1"),
-            ("https://e.org/index.php?api_key=K&user_id=7", "https://e.org/index.php?api_key=[redacted]&user_id=7"),
+            ("https://e.org/index.php?api_key=K&user_id=7", "https://e.org/index.php?api_key=[redacted]&user_id=[redacted]"),
             ("fetch failed: https://e.org/?token=zzz (timeout)", "fetch failed: https://e.org/?token=[redacted] (timeout)"),
             ("https://e.org/plain.jpg", "https://e.org/plain.jpg"),
         ],
     )
     def test_secrets_inside_text_are_masked(self, text: str, expected: str) -> None:
         """Passwords in URLs and token-like query values are masked, other text is kept."""
-        assert redact_text(text) == expected
+        assert redact(text) == expected
 
 
 class TestConfigureLogging:

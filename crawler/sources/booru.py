@@ -45,9 +45,9 @@ from crawler.sources.common import (
     lower_unique,
     parse_json,
     raise_for_status,
-    redact_query,
 )
 from storage.records import MediaRef
+from storage.redact import redact
 
 if TYPE_CHECKING:
     from crawler.config import SourceConfig
@@ -435,7 +435,7 @@ class BooruSource:
     def _check(self, document: Document, now: float) -> None:
         if document.status in (401, 403):
             raise SourceError(self.name, f"HTTP {document.status} from "
-                                         f"{redact_query(document.url)}: check login/api_key "
+                                         f"{redact(document.url)}: check login/api_key "
                                          f"(and user_id on Gelbooru)")
         raise_for_status(self.name, document, now, throttled=THROTTLED[self.api])
 
