@@ -1,10 +1,10 @@
 """HTTP fetching: the one guarded aiohttp session and the `Fetcher` that uses it.
 
 `make_session` builds the process's single `aiohttp.ClientSession` around a
-`GuardedConnector`, which refuses forbidden addresses (see `crawler.netguard`) on the
-address a socket actually connects to: every resolved or literal address is checked after
-resolution (covering DNS answers, the DNS cache and IP literals, which bypass resolvers),
-and again in the socket factory right before `connect()`.
+`GuardedConnector`, which refuses forbidden addresses (see `crawler.netguard`) through
+aiohttp's public seams only: a `GuardedResolver` checks every DNS answer (the DNS cache
+holds only checked answers), and the socket factory checks the address a socket actually
+connects to right before `connect()` (covering IP literals, which bypass resolvers).
 
 `Fetcher.download` streams a media file to the spool directory; `Fetcher.get_document`
 implements the sources' `HttpClient` seam. Both follow redirects themselves, re-validating
@@ -93,49 +93,100 @@ class _BlockedSocketError(OSError):
         self.reason = reason
 
 
-class GuardedConnector(aiohttp.TCPConnector):
-    """A TCPConnector that never connects to a forbidden address.
+class AddressGuard:
+    """The address policy on aiohttp's two public seams: the resolver and the socket factory.
 
-    Two layers, both on resolved addresses (never on the URL's text):
-    `_resolve_host` (aiohttp's one path from a host, literal or name, cached or not, to the
-    addresses it connects to) refuses the whole answer when any address is forbidden; the
-    socket factory (a public aiohttp hook called with the exact socket address right before
-    `connect()`) refuses again, so an aiohttp change that bypasses `_resolve_host` still
-    cannot reach a forbidden address. `allowed_hosts` (`host_port_key` strings) exempts
-    exactly those host:port pairs, and the addresses they resolved to on that port.
+    `GuardedResolver` refuses a whole DNS answer when any address in it is forbidden, so
+    no connection is even tried; `socket_factory` (called with the exact socket address
+    right before `connect()`) refuses again, which also covers IP literals (aiohttp never
+    resolves those) and any path around the resolver. `allowed_hosts` (`host_port_key`
+    strings) exempts exactly those host:port pairs, and the addresses they resolved to on
+    that port.
     """
 
-    def __init__(self, *, allowed_hosts: frozenset[str] = frozenset(), **kwargs: Any) -> None:
-        super().__init__(socket_factory=self._guarded_socket, **kwargs)
-        self._allowed_hosts = allowed_hosts
+    def __init__(self, allowed_hosts: frozenset[str] = frozenset()) -> None:
+        self.allowed_hosts = allowed_hosts
         # (address, port) pairs resolved for an allowed host; bounded by clearing.
         self._exempt_addresses: set[tuple[str, int]] = set()
 
-    async def _resolve_host(
-        self, host: str, port: int, traces: Sequence[Any] | None = None
-    ) -> list[ResolveResult]:
-        results = await super()._resolve_host(host, port, traces=traces)
+    def check_answer(self, host: str, port: int, results: Sequence[ResolveResult]) -> None:
+        """Raise BlockedAddressError unless `host:port` is allowed or every address is public."""
         key = host_port_key(host, port)
-        if key in self._allowed_hosts:
+        if key in self.allowed_hosts:
             if len(self._exempt_addresses) > 1024:
                 self._exempt_addresses.clear()
             self._exempt_addresses.update((result["host"], port) for result in results)
-            return results
+            return
         for result in results:
             reason = is_forbidden_address(result["host"])
             if reason is not None:
                 raise BlockedAddressError(
                     key, f"blocked_address:{reason}", f"{host} resolved to {result['host']}"
                 )
-        return results
 
-    def _guarded_socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
+    def socket_factory(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        """aiohttp's `socket_factory` hook: a socket, unless the address is forbidden."""
         family, type_, proto, _, address = addr_info
         host, port = str(address[0]), int(address[1])
         reason = is_forbidden_address(host)
-        if reason is not None and (host, port) not in self._exempt_addresses:
+        if reason is not None and not self._exempt(host, port):
             raise _BlockedSocketError(host, reason)
         return socket.socket(family=family, type=type_, proto=proto)
+
+    def _exempt(self, host: str, port: int) -> bool:
+        return (host, port) in self._exempt_addresses or (
+            host_port_key(host, port) in self.allowed_hosts
+        )
+
+
+class GuardedResolver(AbstractResolver):
+    """An `aiohttp.abc.AbstractResolver` that filters another resolver's answers.
+
+    `inner` defaults to aiohttp's `DefaultResolver`, which this resolver then owns and
+    closes.
+    """
+
+    def __init__(self, guard: AddressGuard, inner: AbstractResolver | None = None) -> None:
+        self._guard = guard
+        self._inner = inner if inner is not None else aiohttp.DefaultResolver()
+        self._owns_inner = inner is None
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family=family)
+        self._guard.check_answer(host, port, results)
+        return results
+
+    async def close(self) -> None:
+        if self._owns_inner:
+            await self._inner.close()
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that never connects to a forbidden address (see `AddressGuard`).
+
+    Only public constructor arguments are used (`resolver=`, `socket_factory=`); `close`
+    also closes the resolver, which aiohttp leaves to whoever passed it in.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_hosts: frozenset[str] = frozenset(),
+        resolver: AbstractResolver | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.address_guard = AddressGuard(allowed_hosts)
+        self.guarded_resolver = GuardedResolver(self.address_guard, resolver)
+        super().__init__(resolver=self.guarded_resolver,
+                         socket_factory=self.address_guard.socket_factory, **kwargs)
+
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        try:
+            await super().close(abort_ssl=abort_ssl)
+        finally:
+            await self.guarded_resolver.close()
 
 
 def make_session(

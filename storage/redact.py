@@ -45,19 +45,19 @@ _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s\"'<>]*
 # name=value in a query string or free text; also percent-encoded (name%3Dvalue).
 _PAIR = re.compile(
     r"(?P<name>(?:(?<![\w.-])|(?<=%3[fF])|(?<=%26))" + _NAME_PATTERN + r")"
-    r"(?P<equals>=|%3[dD])(?P<value>(?:(?!%26)[^&#\s\"'<>;,)])*)",
+    r"(?P<equals>=|%3[dD])(?P<value>(?:(?!%26)[^&#\s\"'<>;,)\\])*)",
     re.IGNORECASE,
 )
 # "name": "value" (JSON, Python reprs) with either quote.
 _QUOTED = re.compile(
     r"(?P<name>(?P<quote>[\"'])" + _NAME_PATTERN + r"(?P=quote)\s*:\s*)"
-    r"(?P<value>\"[^\"]*\"|'[^']*')",
+    r"(?P<value>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')",
     re.IGNORECASE,
 )
 # Authorization: <scheme> <credentials>, as a header line or a name=value pair.
 _AUTHORIZATION = re.compile(
     r"(?P<name>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)"
-    r"(?P<value>(?:(?:basic|bearer|digest|token|negotiate)\s+)?[^\s\"',;]+)",
+    r"(?P<value>(?:(?:basic|bearer|digest|token|negotiate)\s+)?[^\s\"',;\\]+)",
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(?P<name>\bbearer\s+)(?P<value>[A-Za-z0-9._~+/-]+=*)", re.IGNORECASE)

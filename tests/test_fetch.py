@@ -28,9 +28,9 @@ from crawler.errors import (
     RetryableFetchError,
 )
 from crawler.fetch import (
+    AddressGuard,
     Download,
     Fetcher,
-    GuardedConnector,
     make_session,
     parse_retry_after,
     retry_delay_s,
@@ -749,8 +749,10 @@ class TestAddressGuard:
         async with make_session(http_config()) as session:
             with pytest.raises((BlockedAddressError, aiohttp.ClientError)) as caught:
                 await session.get(url.format(port=server.port))
-        if isinstance(caught.value, BlockedAddressError):
+        if isinstance(caught.value, BlockedAddressError):  # the resolver refused the name
             assert caught.value.reason == "blocked_address:loopback"
+        elif isinstance(caught.value, aiohttp.ClientConnectorError):  # the socket factory
+            assert str(caught.value.os_error).startswith("blocked_address:loopback")
         else:  # aiohttp itself refuses non-canonical numeric hosts
             assert isinstance(caught.value, aiohttp.InvalidURL)
         assert sum(server.hits.paths.values()) == 0
@@ -779,13 +781,11 @@ class TestAddressGuard:
     async def test_socket_factory_layer(self, server: Server, tmp_path: Path) -> None:
         """With the resolver check bypassed, the socket factory still refuses loopback."""
 
-        class SocketGuardOnly(GuardedConnector):
-            async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
-                return await aiohttp.TCPConnector._resolve_host(self, host, port, traces)
-
         config = http_config()
         resolver = FakeResolver({"images.test": ["127.0.0.1"]})
-        connector = SocketGuardOnly(resolver=resolver)
+        # A plain connector with the unchecked resolver: only the socket factory guards it.
+        connector = aiohttp.TCPConnector(resolver=resolver,
+                                         socket_factory=AddressGuard().socket_factory)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
             fetcher = Fetcher(session, config, tmp_path)
             error = await fetch_error(
