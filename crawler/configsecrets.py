@@ -33,9 +33,8 @@ def secret_keys(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
                         f"{name}[{index}]."))
                 elif isinstance(item, str) and redact(item) != item:
                     found.append(f"{name}[{index}]")
-        elif is_secret_name(key) and value not in ("", None):
-            found.append(name)
-        elif isinstance(value, str) and redact(value) != value:
+        elif (is_secret_name(key) and value not in ("", None)) or (
+                isinstance(value, str) and redact(value) != value):
             found.append(name)
     return found
 
