@@ -91,7 +91,7 @@ def redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
-        return {key: REDACTED if isinstance(key, str) and is_secret_name(key) and value[key]
+        return {key: REDACTED if isinstance(key, str) and is_secret_name(key) and item
                 else redact_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [redact_value(item) for item in value]
