@@ -114,20 +114,33 @@ def _local_port(request: web.Request) -> int | None:
     return int(sockname[1]) if isinstance(sockname, tuple) and len(sockname) >= 2 else None
 
 
-@web.middleware
-async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse any Host but a loopback name with our own port (DNS rebinding)."""
-    raw = request.headers.get("Host")
+def host_refusal(raw: str | None, expected_port: int | None) -> tuple[int, str] | None:
+    """None when `raw` (a Host header) names a loopback host with `expected_port`, else
+    the (status, text) to answer with: 400 for a missing or malformed Host, 421 for another.
+
+    Shared by every local HTTP endpoint (the review UI, the metrics endpoint): a hostile
+    name resolving to 127.0.0.1 (DNS rebinding) still sends its own Host.
+    """
     parsed = split_host(raw) if raw else None
     if parsed is None:
-        raise web.HTTPBadRequest(text="400: a Host header of localhost:PORT is required\n")
+        return 400, "400: a Host header of localhost:PORT is required\n"
     host, port = parsed
-    expected_port = _local_port(request)
     if port is None and expected_port == 80:
         port = 80
     if host not in ALLOWED_HOSTNAMES or port != expected_port:
-        raise web.HTTPMisdirectedRequest(
-            text=f"421: this server answers only to 127.0.0.1:{expected_port}\n")
+        return 421, f"421: this server answers only to 127.0.0.1:{expected_port}\n"
+    return None
+
+
+@web.middleware
+async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse any Host but a loopback name with our own port (DNS rebinding)."""
+    refusal = host_refusal(request.headers.get("Host"), _local_port(request))
+    if refusal is not None:
+        status, text = refusal
+        if status == 400:
+            raise web.HTTPBadRequest(text=text)
+        raise web.HTTPMisdirectedRequest(text=text)
     return await handler(request)
 
 
