@@ -6,7 +6,9 @@
 - the values of credential parameters (`SECRET_NAMES`, and names containing one of
   `SECRET_NAME_PARTS`) replaced by `REDACTED`, in a query string, in ``name=value`` text and
   in JSON-style ``"name": "value"`` pairs,
-- Authorization values (``Authorization: Basic ...``) and bearer tokens replaced.
+- Authorization values (``Authorization: Basic ...``) and bearer tokens replaced,
+- every configured credential (`remember_secret`, fed from each source's settings when
+  the source is built) replaced wherever it appears.
 
 It lives in `storage` because every package may import `storage` (SPEC §2): the catalogue
 and the sidecar writer redact at the storage boundary, the CLI and the review UI before
@@ -17,8 +19,10 @@ The function is idempotent and never raises.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote
 
 REDACTED = "[redacted]"
 
@@ -42,6 +46,8 @@ _NAME_PATTERN = (
 )
 # scheme://userinfo@ -> scheme:// (userinfo holds no "/", "?", "#", "@" or space).
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s\"'<>]*@")
+_USERINFO_PARTS = re.compile(
+    r"\b[a-zA-Z][a-zA-Z0-9+.-]*://(?P<user>[^/?#@\s:\"'<>]*)(?::(?P<password>[^/?#@\s\"'<>]*))?@")
 # name=value in a query string or free text; also percent-encoded (name%3Dvalue).
 _PAIR = re.compile(
     r"(?P<name>(?:(?<![\w.-])|(?<=%3[fF])|(?<=%26))" + _NAME_PATTERN + r")"
@@ -63,6 +69,49 @@ _AUTHORIZATION = re.compile(
 _BEARER = re.compile(r"(?P<name>\bbearer\s+)(?P<value>[A-Za-z0-9._~+/-]+=*)", re.IGNORECASE)
 
 
+# Configured credentials, masked wherever they appear (also where no name announces them,
+# e.g. a server echoing a Basic token in an error body). Replaced whole under the lock, so
+# `redact` reads a consistent pattern without taking it.
+MIN_REMEMBERED_CHARS = 6
+_remember_lock = threading.Lock()
+_remembered: frozenset[str] = frozenset()
+_remembered_pattern: re.Pattern[str] | None = None
+
+
+def remember_secret(value: str) -> None:
+    """From now on, in this process, mask `value` (and its URL-encoded forms) everywhere.
+
+    Values shorter than `MIN_REMEMBERED_CHARS` are not remembered: masking them would
+    garble ordinary text; their names still mask them.
+    """
+    global _remembered, _remembered_pattern
+    text = value.strip()
+    if len(text) < MIN_REMEMBERED_CHARS or text in REDACTED:
+        return
+    forms = {text, quote(text, safe=""), quote_plus(text, safe="")}
+    with _remember_lock:
+        if forms <= _remembered:
+            return
+        _remembered = _remembered | forms
+        _remembered_pattern = re.compile("|".join(
+            re.escape(form) for form in sorted(_remembered, key=len, reverse=True)))
+
+
+def remember_secrets_in(settings: Mapping[str, Any]) -> None:
+    """Remember the credentials in a source's settings: values of secret-named keys, and the
+    userinfo and secret query values of any URL among the values."""
+    for key, value in settings.items():
+        if isinstance(value, str | int) and not isinstance(value, bool) and is_secret_name(key):
+            remember_secret(str(value))
+        if isinstance(value, str):
+            for match in _USERINFO_PARTS.finditer(value):
+                for part in match.group("user", "password"):
+                    if part:
+                        remember_secret(unquote(part))
+            for match in _PAIR.finditer(value):
+                remember_secret(unquote(match.group("value")))
+
+
 def is_secret_name(name: str) -> bool:
     """True when a parameter, config or log key called `name` holds a credential."""
     lowered = name.lower()
@@ -72,6 +121,9 @@ def is_secret_name(name: str) -> bool:
 def redact(text: object) -> str:
     """`text` (a URL, an error, any message; `str()` of anything else) without credentials."""
     shown = text if isinstance(text, str) else str(text)
+    remembered = _remembered_pattern
+    if remembered is not None:
+        shown = remembered.sub(REDACTED, shown)
     shown = _USERINFO.sub(r"\g<scheme>", shown)
     shown = _AUTHORIZATION.sub(_masked_authorization, shown)
     shown = _BEARER.sub(lambda match: f"{match.group('name')}{REDACTED}", shown)

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage.redact import REDACTED, is_secret_name, redact, redact_value
+from storage.redact import (
+    REDACTED,
+    is_secret_name,
+    redact,
+    redact_value,
+    remember_secret,
+    remember_secrets_in,
+)
 
 R = REDACTED
 
@@ -99,3 +106,30 @@ class TestRedactValue:
     def test_is_secret_name(self, name: str, secret: bool) -> None:
         """Known names and names containing a secret word count as credentials."""
         assert is_secret_name(name) is secret
+
+
+class TestRememberedSecrets:
+    def test_configured_values_are_masked_anywhere(self) -> None:
+        """A source's configured credentials are masked even where no name announces them."""
+        remember_secrets_in({
+            "api_key": "Rm3mb3rKey01", "login": "remembered-login", "tags": "glasses",
+            "url": "http://feeduser:Fe3dPassw0rd@h.example/f.xml?token=T0kenInUrl99",
+        })
+        text = ("echo: Rm3mb3rKey01 / remembered-login / Fe3dPassw0rd / feeduser / "
+                "T0kenInUrl99 / Rm3mb3rKey01 url-encoded: Fe3dPassw0rd glasses")
+        shown = redact(text)
+        for secret in ("Rm3mb3rKey01", "remembered-login", "Fe3dPassw0rd", "feeduser",
+                       "T0kenInUrl99"):
+            assert secret not in shown
+        assert shown.endswith("glasses")  # tags are no credential
+
+    def test_url_encoded_form_is_masked(self) -> None:
+        """A remembered value with reserved characters is masked in its URL-encoded form too."""
+        remember_secret("p@ss w/rd+1")
+        assert "p%40ss" not in redact("GET /x?h=p%40ss%20w%2Frd%2B1 failed")
+        assert "p%40ss" not in redact("GET /x?h=p%40ss+w%2Frd%2B1 failed")
+
+    def test_short_values_are_not_remembered(self) -> None:
+        """Values too short to mask safely (a user id "7") leave ordinary text alone."""
+        remember_secret("77")
+        assert redact("77 items in 77 s") == "77 items in 77 s"

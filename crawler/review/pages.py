@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from crawler.decide import Policy
 from crawler.review.queries import Filters, Item, ItemDetail
+from storage.redact import redact
 
 KEYS_HELP = (
     "j/k next/previous · u or space unblur · o open · r release · c confirm · "
@@ -124,7 +125,7 @@ def card(item: Item, policy: Policy, csrf: str, next_url: str, tags: Sequence[st
     return (
         f'<article class="card" id="card-{sha}" data-sha="{sha}">{picture(item)}'
         f'<div class="meta"><a class="open" href="/item/{sha}"><code>{sha[:12]}</code></a> '
-        f"{escape(size)}{escape(filed)}<br>{escape(item.reason or '')}<br>"
+        f"{escape(size)}{escape(filed)}<br>{escape(redact(item.reason or ''))}<br>"
         f"{_scores(item, policy)}<br>{escape(', '.join(item.sources))}"
         f'<br><span class="labels">{_labels(item.labels)}</span></div>'
         f"{actions(item, csrf, next_url, tags)}</article>"
@@ -224,7 +225,7 @@ def item_page(detail: ItemDetail, policy: Policy, csrf: str,
     content = (
         f"<p>{steps}<a href=\"/{_attr(item.placement)}\">back to {escape(item.placement)}</a></p>"
         f'<article class="card wide" data-sha="{_attr(item.sha256)}">{picture(item, wide=True)}'
-        f'<div class="meta">{escape(item.placement)}: {escape(item.reason or "")}'
+        f'<div class="meta">{escape(item.placement)}: {escape(redact(item.reason or ""))}'
         f"{escape(' · in ' + ', '.join(item.tags)) if item.tags else ''}<br>"
         f"{escape(item.format or '?')} {item.width or '?'}×{item.height or '?'} · model "
         f"{escape(item.model_version or 'none')} · <code>{escape(item.sha256)}</code></div>"
@@ -241,7 +242,12 @@ def item_page(detail: ItemDetail, policy: Policy, csrf: str,
 
 
 def _link(url: str) -> str:
-    """A link for http(s) URLs only (no javascript: or data: from a hostile feed)."""
+    """A link for http(s) URLs only (no javascript: or data: from a hostile feed).
+
+    Shown and linked without credentials (`storage.redact`): a signed media URL is no
+    business of the page.
+    """
+    url = redact(url)
     if url.startswith(("https://", "http://")):
         return f'<a href="{_attr(url)}" rel="noreferrer noopener" target="_blank">{escape(url)}</a>'
     return escape(url)

@@ -47,7 +47,7 @@ from crawler.sources.common import (
     raise_for_status,
 )
 from storage.records import MediaRef
-from storage.redact import redact
+from storage.redact import redact, remember_secret
 
 if TYPE_CHECKING:
     from crawler.config import SourceConfig
@@ -334,6 +334,11 @@ class BooruSource:
         self._api_key = api_key
         self._user_id = user_id
         self._max_bytes = max_bytes
+        if api == "danbooru" and login and api_key:
+            remember_secret(self._basic_token())  # sent as a header, masked if echoed
+
+    def _basic_token(self) -> str:
+        return base64.b64encode(f"{self._login}:{self._api_key}".encode()).decode()
 
     def __repr__(self) -> str:  # never show credentials
         return f"BooruSource(name={self.name!r}, api={self.api!r}, tags={self.tags!r})"
@@ -448,8 +453,7 @@ class BooruSource:
             if page:
                 params["page"] = page
             if self._login and self._api_key:
-                token = base64.b64encode(f"{self._login}:{self._api_key}".encode()).decode()
-                headers["Authorization"] = f"Basic {token}"
+                headers["Authorization"] = f"Basic {self._basic_token()}"
             return f"{self.base_url}/posts.json?{urlencode(params)}", headers
         if self.api == "moebooru":
             params = {"tags": search, "limit": str(limit), "page": "1"}
