@@ -30,7 +30,7 @@ import aiosqlite
 
 from storage.errors import CatalogueError, UnknownMediaError
 from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
-from storage.redact import redact
+from storage.redact import redact, redact_value
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 15_000
@@ -315,7 +315,8 @@ class Catalogue:
                  redact(ref.post_url) if ref.post_url is not None else None,
                  ref.author, ref.posted_at,
                  ref.md5.lower() if ref.md5 else None, json.dumps(list(ref.flags)),
-                 json.dumps(list(ref.tags)), json.dumps(dict(ref.extra)), state.value, reason,
+                 json.dumps(list(ref.tags)), json.dumps(redact_value(dict(ref.extra))),
+                 state.value, reason,
                  sha256, now, now),
             )
             if cursor.rowcount and cursor.lastrowid is not None:
