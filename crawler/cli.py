@@ -266,10 +266,11 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
             rows = await catalogue.media_for_blob(blob.sha256)
             items.append({
                 "sha256": blob.sha256, "placement": blob.placement.value if blob.placement else None,
-                "reason": blob.reason, "scores": await catalogue.scores_for(blob.sha256),
+                "reason": redact(blob.reason) if blob.reason else blob.reason,
+                "scores": await catalogue.scores_for(blob.sha256),
                 "model_version": blob.model_version,
                 "sources": sorted({row.source for row in rows}),
-                "urls": [row.url for row in rows],
+                "urls": [redact(row.url) for row in rows],
                 "flags": sorted({flag for row in rows for flag in row.flags}),
                 "labels": await catalogue.human_labels_for(blob.sha256),
             })

@@ -4,8 +4,8 @@ Each case runs a real `megane once` (the Daemon, with real sources) against a re
 aiohttp server that fails in one way, or against a closed port or a refused address, with
 the source's credentials in its config. Then every place a user or another local account
 can read is searched for each credential: the JSON log of the run, `megane status` (text
-and --json), `megane media list` (text and --json), every TEXT column of the SQLite
-catalogue, the quarantine sidecars and the review UI's pages.
+and --json), `megane media list` (text and --json), `megane quarantine list --json`, every
+TEXT column of the SQLite catalogue, the quarantine sidecars and the review UI's pages.
 """
 
 from __future__ import annotations
@@ -234,6 +234,8 @@ def collect_places(config_path: Path, log: str,
         "media list": cli_output(capsys, "media", "list", "--config", str(config_path)),
         "media list --json": cli_output(capsys, "media", "list", "--json", "--config",
                                         str(config_path)),
+        "quarantine list --json": cli_output(capsys, "quarantine", "list", "--json",
+                                             "--config", str(config_path)),
         "catalogue": catalogue_text(data_dir / "catalogue.sqlite"),
         "sidecars": "\n".join(path.read_text()
                               for path in sorted((data_dir / "quarantine").glob("*.json"))),
