@@ -31,6 +31,8 @@ from crawler.fetch import (
     AddressGuard,
     Download,
     Fetcher,
+    GuardedConnector,
+    GuardedResolver,
     make_session,
     parse_retry_after,
     retry_delay_s,
@@ -794,6 +796,26 @@ class TestAddressGuard:
         assert isinstance(error, BlockedAddressError)
         assert error.reason == "blocked_address:loopback"
         assert sum(server.hits.paths.values()) == 0
+
+    def test_only_public_seams(self) -> None:
+        """The guard overrides no private aiohttp method; it plugs in as `resolver=` and
+        `socket_factory=` (a minor aiohttp release cannot silently bypass it)."""
+        private = [name for name in vars(GuardedConnector)
+                   if name.startswith("_") and not name.startswith("__")]
+        assert private == []
+        assert issubclass(GuardedResolver, AbstractResolver)
+
+    async def test_resolver_passes_public_answers(self) -> None:
+        """A public answer goes through the resolver unchanged; a private one is refused."""
+        guard = AddressGuard()
+        resolver = GuardedResolver(guard, FakeResolver({"ok.test": ["93.184.215.14"],
+                                                        "bad.test": ["93.184.215.14", "10.0.0.1"]}))
+        [answer] = await resolver.resolve("ok.test", 443)
+        assert answer["host"] == "93.184.215.14"
+        with pytest.raises(BlockedAddressError) as caught:
+            await resolver.resolve("bad.test", 443)
+        assert caught.value.reason == "blocked_address:private"
+        await resolver.close()
 
     async def test_unknown_name(self, make_fetcher: FetcherFactory) -> None:
         """A name that does not resolve is a retryable dns_error."""
