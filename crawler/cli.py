@@ -27,7 +27,7 @@ import structlog
 from crawler.config import Config, SourceConfig, find_config, load_config
 from crawler.errors import ConfigError
 from storage.errors import MeganeError, UnknownMediaError
-from storage.redact import redact
+from storage.redact import redact, remember_secrets_in
 
 EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
 TAG_NAME = re.compile(r"^[a-z0-9_\-]{1,40}$")
@@ -46,6 +46,8 @@ def _load(args: argparse.Namespace) -> Config:
     if getattr(args, "json", False) and log_format == "auto":
         log_format = "json"
     configure_logging(log_format, config.daemon.log_level)
+    for source in config.sources:  # masked in whatever this command prints or logs
+        remember_secrets_in(source.settings)
     return config
 
 
