@@ -26,6 +26,7 @@ import structlog
 from crawler.config import Config, find_config, load_config
 from crawler.errors import ConfigError
 from storage.errors import MeganeError, UnknownMediaError
+from storage.redact import redact, remember_secrets_in
 
 EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
 TAG_NAME = re.compile(r"^[a-z0-9_\-]{1,40}$")
@@ -44,6 +45,8 @@ def _load(args: argparse.Namespace) -> Config:
     if getattr(args, "json", False) and log_format == "auto":
         log_format = "json"
     configure_logging(log_format, config.daemon.log_level)
+    for source in config.sources:  # masked in whatever this command prints or logs
+        remember_secrets_in(source.settings)
     return config
 
 
@@ -64,7 +67,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(path)
     kinds = ", ".join(f"{s.name} ({s.kind})" for s in config.sources) or "none"
     print(f"{path}: ok; data_dir={config.data_dir}; sources: {kinds}")
+    _warn_exposed_secrets(path)
     return EXIT_OK
+
+
+def _warn_exposed_secrets(path: Path) -> None:
+    import tomllib
+
+    from crawler.configsecrets import exposed_secrets_warning
+
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))  # load_config has validated it
+    warning = exposed_secrets_warning(path, raw, path.stat().st_mode)
+    if warning is not None:
+        print(warning, file=sys.stderr)
 
 
 def _daemon_main(config: Config, once: bool) -> int:
@@ -95,7 +110,11 @@ def cmd_media_list(args: argparse.Namespace) -> int:
     async def body() -> list[dict[str, Any]]:
         catalogue = await _open_catalogue(config)
         try:
-            return list(await catalogue.media_list(args.state))
+            # A media URL is normally no secret, but a feed's enclosure may be signed
+            # (?sig=, ?token=): shown redacted, like every other URL the CLI prints.
+            return [{**item, **{key: redact(item[key]) for key in ("url", "post_url", "reason")
+                                if isinstance(item.get(key), str)}}
+                    for item in await catalogue.media_list(args.state)]
         finally:
             await catalogue.close()
 
@@ -123,10 +142,12 @@ async def status_document(config: Config) -> dict[str, Any]:
             sources.append({
                 "name": state.name, "kind": state.kind, "last_poll_at": state.last_poll_at,
                 "last_success_at": state.last_success_at, "last_new_at": state.last_new_at,
-                "last_error": state.last_error, "last_error_at": state.last_error_at,
+                "last_error": redact(state.last_error) if state.last_error else None,
+                "last_error_at": state.last_error_at,
                 "consecutive_errors": state.consecutive_errors,
                 "empty_polls": state.empty_polls, "next_poll_at": state.next_poll_at,
-                "cursor": state.cursor, "notice": state.notice,
+                "cursor": redact(state.cursor) if state.cursor else None,
+                "notice": redact(state.notice) if state.notice else None,
                 "items_total": state.items_total,
                 "quiet": state.empty_polls >= 20,
             })
@@ -243,10 +264,11 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
             rows = await catalogue.media_for_blob(blob.sha256)
             items.append({
                 "sha256": blob.sha256, "placement": blob.placement.value if blob.placement else None,
-                "reason": blob.reason, "scores": await catalogue.scores_for(blob.sha256),
+                "reason": redact(blob.reason) if blob.reason else blob.reason,
+                "scores": await catalogue.scores_for(blob.sha256),
                 "model_version": blob.model_version,
                 "sources": sorted({row.source for row in rows}),
-                "urls": [row.url for row in rows],
+                "urls": [redact(row.url) for row in rows],
                 "flags": sorted({flag for row in rows for flag in row.flags}),
                 "labels": await catalogue.human_labels_for(blob.sha256),
             })

@@ -1,10 +1,10 @@
 """HTTP fetching: the one guarded aiohttp session and the `Fetcher` that uses it.
 
 `make_session` builds the process's single `aiohttp.ClientSession` around a
-`GuardedConnector`, which refuses forbidden addresses (see `crawler.netguard`) on the
-address a socket actually connects to: every resolved or literal address is checked after
-resolution (covering DNS answers, the DNS cache and IP literals, which bypass resolvers),
-and again in the socket factory right before `connect()`.
+`GuardedConnector`, which refuses forbidden addresses (see `crawler.netguard`) through
+aiohttp's public seams only: a `GuardedResolver` checks every DNS answer (the DNS cache
+holds only checked answers), and the socket factory checks the address a socket actually
+connects to right before `connect()` (covering IP literals, which bypass resolvers).
 
 `Fetcher.download` streams a media file to the spool directory; `Fetcher.get_document`
 implements the sources' `HttpClient` seam. Both follow redirects themselves, re-validating
@@ -56,9 +56,9 @@ from crawler.netguard import (
     host_port_key,
     is_forbidden_address,
     normalize_allowed_hosts,
-    redact_url,
 )
 from crawler.sources.base import Document
+from storage.redact import redact
 
 log = structlog.get_logger("crawler.fetch")
 
@@ -93,49 +93,100 @@ class _BlockedSocketError(OSError):
         self.reason = reason
 
 
-class GuardedConnector(aiohttp.TCPConnector):
-    """A TCPConnector that never connects to a forbidden address.
+class AddressGuard:
+    """The address policy on aiohttp's two public seams: the resolver and the socket factory.
 
-    Two layers, both on resolved addresses (never on the URL's text):
-    `_resolve_host` (aiohttp's one path from a host, literal or name, cached or not, to the
-    addresses it connects to) refuses the whole answer when any address is forbidden; the
-    socket factory (a public aiohttp hook called with the exact socket address right before
-    `connect()`) refuses again, so an aiohttp change that bypasses `_resolve_host` still
-    cannot reach a forbidden address. `allowed_hosts` (`host_port_key` strings) exempts
-    exactly those host:port pairs, and the addresses they resolved to on that port.
+    `GuardedResolver` refuses a whole DNS answer when any address in it is forbidden, so
+    no connection is even tried; `socket_factory` (called with the exact socket address
+    right before `connect()`) refuses again, which also covers IP literals (aiohttp never
+    resolves those) and any path around the resolver. `allowed_hosts` (`host_port_key`
+    strings) exempts exactly those host:port pairs, and the addresses they resolved to on
+    that port.
     """
 
-    def __init__(self, *, allowed_hosts: frozenset[str] = frozenset(), **kwargs: Any) -> None:
-        super().__init__(socket_factory=self._guarded_socket, **kwargs)
-        self._allowed_hosts = allowed_hosts
+    def __init__(self, allowed_hosts: frozenset[str] = frozenset()) -> None:
+        self.allowed_hosts = allowed_hosts
         # (address, port) pairs resolved for an allowed host; bounded by clearing.
         self._exempt_addresses: set[tuple[str, int]] = set()
 
-    async def _resolve_host(
-        self, host: str, port: int, traces: Sequence[Any] | None = None
-    ) -> list[ResolveResult]:
-        results = await super()._resolve_host(host, port, traces=traces)
+    def check_answer(self, host: str, port: int, results: Sequence[ResolveResult]) -> None:
+        """Raise BlockedAddressError unless `host:port` is allowed or every address is public."""
         key = host_port_key(host, port)
-        if key in self._allowed_hosts:
+        if key in self.allowed_hosts:
             if len(self._exempt_addresses) > 1024:
                 self._exempt_addresses.clear()
             self._exempt_addresses.update((result["host"], port) for result in results)
-            return results
+            return
         for result in results:
             reason = is_forbidden_address(result["host"])
             if reason is not None:
                 raise BlockedAddressError(
                     key, f"blocked_address:{reason}", f"{host} resolved to {result['host']}"
                 )
-        return results
 
-    def _guarded_socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
+    def socket_factory(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        """aiohttp's `socket_factory` hook: a socket, unless the address is forbidden."""
         family, type_, proto, _, address = addr_info
         host, port = str(address[0]), int(address[1])
         reason = is_forbidden_address(host)
-        if reason is not None and (host, port) not in self._exempt_addresses:
+        if reason is not None and not self._exempt(host, port):
             raise _BlockedSocketError(host, reason)
         return socket.socket(family=family, type=type_, proto=proto)
+
+    def _exempt(self, host: str, port: int) -> bool:
+        return (host, port) in self._exempt_addresses or (
+            host_port_key(host, port) in self.allowed_hosts
+        )
+
+
+class GuardedResolver(AbstractResolver):
+    """An `aiohttp.abc.AbstractResolver` that filters another resolver's answers.
+
+    `inner` defaults to aiohttp's `DefaultResolver`, which this resolver then owns and
+    closes.
+    """
+
+    def __init__(self, guard: AddressGuard, inner: AbstractResolver | None = None) -> None:
+        self._guard = guard
+        self._inner = inner if inner is not None else aiohttp.DefaultResolver()
+        self._owns_inner = inner is None
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family=family)
+        self._guard.check_answer(host, port, results)
+        return results
+
+    async def close(self) -> None:
+        if self._owns_inner:
+            await self._inner.close()
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that never connects to a forbidden address (see `AddressGuard`).
+
+    Only public constructor arguments are used (`resolver=`, `socket_factory=`); `close`
+    also closes the resolver, which aiohttp leaves to whoever passed it in.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_hosts: frozenset[str] = frozenset(),
+        resolver: AbstractResolver | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.address_guard = AddressGuard(allowed_hosts)
+        self.guarded_resolver = GuardedResolver(self.address_guard, resolver)
+        super().__init__(resolver=self.guarded_resolver,
+                         socket_factory=self.address_guard.socket_factory, **kwargs)
+
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        try:
+            await super().close(abort_ssl=abort_ssl)
+        finally:
+            await self.guarded_resolver.close()
 
 
 def make_session(
@@ -291,7 +342,7 @@ class Fetcher:
         )
 
     async def _with_deadline(self, url: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        shown = redact_url(url)
+        shown = redact(url)
         parsed = check_url(url, allowed_hosts=self._allowed_hosts)
         async with self._host_slots.hold(host_port_key(parsed.raw_host or "", parsed.port)):
             deadline = asyncio.get_running_loop().time() + self._config.timeout_s
@@ -333,7 +384,7 @@ class Fetcher:
             declared = response.content_length
             if declared is not None and declared > max_bytes:
                 raise PermanentFetchError(
-                    redact_url(url), "too_large", f"Content-Length {declared} > {max_bytes}"
+                    redact(url), "too_large", f"Content-Length {declared} > {max_bytes}"
                 )
             return await self._stream_to_spool(url, response, max_bytes)
 
@@ -344,7 +395,7 @@ class Fetcher:
             declared = response.content_length
             if declared is not None and declared > max_bytes:
                 raise PermanentFetchError(
-                    redact_url(url), "too_large", f"Content-Length {declared} > {max_bytes}"
+                    redact(url), "too_large", f"Content-Length {declared} > {max_bytes}"
                 )
             body = bytearray()
             chunks = self._capped_chunks(url, response, max_bytes)
@@ -352,7 +403,7 @@ class Fetcher:
                 async for chunk in chunks:
                     body += chunk
             return Document(
-                url=redact_url(response.url),
+                url=redact(response.url),
                 status=response.status,
                 headers=CIMultiDictProxy(CIMultiDict(response.headers)),
                 body=bytes(body),
@@ -379,19 +430,19 @@ class Fetcher:
                     self._check(url, target)
                     if str(target) in seen:
                         raise PermanentFetchError(
-                            redact_url(url), "redirect_loop", f"back to {redact_url(target)}"
+                            redact(url), "redirect_loop", f"back to {redact(target)}"
                         )
                     if hop >= self._config.max_redirects:
                         raise PermanentFetchError(
-                            redact_url(url), "too_many_redirects",
+                            redact(url), "too_many_redirects",
                             f"more than {self._config.max_redirects}",
                         )
                     seen.add(str(target))
                     if target.origin() != current.origin():
                         for name in _CREDENTIAL_HEADERS:
                             request_headers.popall(name, None)
-                    log.debug("fetch_redirect", url=redact_url(url), status=response.status,
-                              target=redact_url(target))
+                    log.debug("fetch_redirect", url=redact(url), status=response.status,
+                              target=redact(target))
                     current = target
                     continue
                 if not for_document:
@@ -407,8 +458,8 @@ class Fetcher:
         except FetchError as error:
             if target == URL(url):
                 raise
-            detail = f"redirected to {redact_url(target)}: {error.detail}"
-            raise type(error)(redact_url(url), error.reason, detail) from None
+            detail = f"redirected to {redact(target)}: {error.detail}"
+            raise type(error)(redact(url), error.reason, detail) from None
 
     @staticmethod
     def _redirect_target(url: str, current: URL, location: str) -> URL:
@@ -416,7 +467,7 @@ class Fetcher:
             target = current.join(URL(location))
         except (ValueError, TypeError) as error:
             raise PermanentFetchError(
-                redact_url(url), "bad_redirect", _scrub(str(error), url)[:MAX_DETAIL_CHARS]
+                redact(url), "bad_redirect", redact(str(error))[:MAX_DETAIL_CHARS]
             ) from None
         return target.with_fragment(None)
 
@@ -429,7 +480,7 @@ class Fetcher:
             response = await self._session.get(current, headers=headers, allow_redirects=False)
         except BlockedAddressError as error:
             # The connector only knows host:port; name the URL asked for.
-            raise BlockedAddressError(redact_url(url), error.reason, error.detail) from None
+            raise BlockedAddressError(redact(url), error.reason, error.detail) from None
         except (aiohttp.ClientError, OSError, ValueError) as error:
             raise _translate(url, error) from None
         try:
@@ -467,7 +518,7 @@ class Fetcher:
                 encoding = response.headers.get("Content-Encoding", "identity").lower()
                 reason = "too_large" if encoding in ("", "identity") else "decompression_bomb"
                 raise PermanentFetchError(
-                    redact_url(url), reason, f"body over {max_bytes} bytes ({encoding})"
+                    redact(url), reason, f"body over {max_bytes} bytes ({encoding})"
                 )
             yield chunk
 
@@ -493,8 +544,8 @@ class Fetcher:
                 if pending:
                     await _write_in_thread(file, hasher, bytes(pending))
             return Download(
-                url=redact_url(url),
-                final_url=redact_url(response.url),
+                url=redact(url),
+                final_url=redact(response.url),
                 path=path,
                 sha256=hasher.hexdigest(),
                 size=size,
@@ -528,7 +579,7 @@ def _raise_for_status(
     status = response.status
     if 200 <= status < 300:
         return
-    shown = redact_url(url)
+    shown = redact(url)
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
         if retry_after is not None:
@@ -540,23 +591,14 @@ def _raise_for_status(
     raise PermanentFetchError(shown, f"http_{status}", response.reason or "")
 
 
-def _scrub(text: str, url: str) -> str:
-    """`text` with the URL's userinfo password masked (aiohttp quotes URLs in errors)."""
-    try:
-        password = URL(url).password
-    except (ValueError, TypeError):
-        return text
-    return text.replace(password, "***") if password else text
-
-
 def _translate(url: str, error: BaseException) -> FetchError:
     """One aiohttp (or socket) error as a FetchError with a constant reason.
 
     The detail is shortened: aiohttp quotes the offending bytes, which a hostile server
     makes as long as it likes.
     """
-    shown = redact_url(url)
-    text = _scrub(str(error), url)
+    shown = redact(url)
+    text = redact(str(error))
     if len(text) > MAX_DETAIL_CHARS:
         text = text[:MAX_DETAIL_CHARS] + "..."
     if isinstance(error, aiohttp.ClientConnectorError):

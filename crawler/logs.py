@@ -1,45 +1,36 @@
 """structlog setup: JSON lines under systemd (or any non-terminal), the console renderer on a
 terminal. Configured once, from `main()`.
 
-Secrets never reach a log line: values of keys that name a secret are masked, and URLs
-lose their password and any token-like query parameter.
+Secrets never reach a log line: `redact_event`, the last processor before the renderer,
+masks values of secret-named keys and every credential inside any string value.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-SECRET_KEYS = re.compile(r"(token|password|passwd|secret|api_key|apikey|authorization|cookie)",
-                         re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
-_SECRET_QUERY = re.compile(
-    r"(?P<key>[?&](?:access_token|token|api_key|apikey|password|key|sig|signature)=)[^&#\s]*",
-    re.IGNORECASE,
-)
-REDACTED = "[redacted]"
+from storage.redact import REDACTED, is_secret_name, redact_value
 
 
-def redact_text(text: str) -> str:
-    """Mask a URL's password and token-like query values inside `text`."""
-    text = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:{REDACTED}@", text)
-    return _SECRET_QUERY.sub(lambda m: f"{m.group('key')}{REDACTED}", text)
-
-
-def redact_secrets(
+def redact_event(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: mask secret-named keys and secrets inside string values."""
+    """structlog processor, last before the renderer: no credential survives it.
+
+    A value under a secret-named key (`storage.redact.is_secret_name`) is replaced whole;
+    every other string, also inside dicts and lists and the formatted traceback, goes
+    through `storage.redact.redact`.
+    """
     for key, value in list(event_dict.items()):
-        if key != "event" and SECRET_KEYS.search(key):
+        if key != "event" and is_secret_name(key):
             event_dict[key] = REDACTED
-        elif isinstance(value, str):
-            event_dict[key] = redact_text(value)
+        else:
+            event_dict[key] = redact_value(value)
     return event_dict
 
 
@@ -59,8 +50,8 @@ def configure_logging(log_format: str = "auto", log_level: str = "info",
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
             structlog.processors.format_exc_info,
+            redact_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

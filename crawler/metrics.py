@@ -16,8 +16,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Self
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Any, Self
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,12 +26,16 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from storage.records import State
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 NAMESPACE = "megane"
 LISTEN_ADDRESS = "127.0.0.1"
@@ -163,5 +167,32 @@ def start_metrics_server(port: int, registry: CollectorRegistry) -> MetricsServe
         return None
     if not 0 < port < 65536:
         raise ValueError(f"metrics port out of range: {port}")
-    server, thread = start_http_server(port, addr=LISTEN_ADDRESS, registry=registry)
+    app = _host_checked(make_wsgi_app(registry))
+    server = make_server(LISTEN_ADDRESS, port, app, ThreadingWSGIServer,
+                         handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     return MetricsServer(server, thread)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: scrapes are frequent and the daemon's log is JSON."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def _host_checked(app: WSGIApplication) -> WSGIApplication:
+    """`app` behind the review UI's Host check (`crawler.review.security.host_refusal`)."""
+    from crawler.review.security import host_refusal
+
+    def checked(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        refusal = host_refusal(environ.get("HTTP_HOST"), int(environ["SERVER_PORT"]))
+        if refusal is None:
+            return app(environ, start_response)
+        status, text = refusal
+        reason = "Bad Request" if status == 400 else "Misdirected Request"
+        start_response(f"{status} {reason}", [("Content-Type", "text/plain; charset=utf-8")])
+        return [text.encode()]
+
+    return checked

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from yarl import URL
 
 from crawler.errors import BlockedAddressError, PermanentFetchError
+from storage.redact import redact
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -221,21 +222,6 @@ def normalize_allowed_hosts(entries: Iterable[str]) -> frozenset[str]:
     return frozenset(normalized)
 
 
-def redact_url(url: str | URL) -> str:
-    """`url` without its userinfo, fit for logs and error messages."""
-    try:
-        parsed = url if isinstance(url, URL) else URL(url)
-        if parsed.user is None and parsed.password is None:
-            return str(parsed)
-        return str(parsed.with_user(None))
-    except (ValueError, TypeError):
-        text = str(url)
-        scheme, separator, rest = text.partition("://")
-        if separator and "@" in rest.split("/", 1)[0]:
-            return f"{scheme}://{rest.split('@', 1)[1]}"
-        return text
-
-
 def check_url(url: str | URL, *, allowed_hosts: frozenset[str] = frozenset()) -> URL:
     """Refuse a URL the crawler must not request; return it parsed.
 
@@ -246,7 +232,7 @@ def check_url(url: str | URL, *, allowed_hosts: frozenset[str] = frozenset()) ->
     from the address and name checks (not from the scheme check).
     This check sees only the URL; the connector checks the address actually connected to.
     """
-    shown = redact_url(url)
+    shown = redact(url)
     try:
         parsed = url if isinstance(url, URL) else URL(url)
         scheme = parsed.scheme.lower()

@@ -1,4 +1,5 @@
-"""Storage: the SQLite catalogue, file placement under data_dir, quarantine files."""
+"""Storage: the SQLite catalogue, file placement under data_dir, quarantine files, and the
+one redactor every package uses before text is stored, logged or shown."""
 
 from storage.catalogue import Catalogue, RescoreItem, SourceState
 from storage.errors import (
@@ -10,6 +11,7 @@ from storage.errors import (
 )
 from storage.placement import DataLayout, place, remove_everywhere, sweep
 from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
+from storage.redact import redact
 
 __all__ = [
     "BlobRow",
@@ -27,6 +29,7 @@ __all__ = [
     "StorageError",
     "UnknownMediaError",
     "place",
+    "redact",
     "remove_everywhere",
     "sweep",
 ]

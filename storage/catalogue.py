@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import (
     AsyncIterator,
@@ -29,9 +30,11 @@ import aiosqlite
 
 from storage.errors import CatalogueError, UnknownMediaError
 from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
+from storage.redact import redact, redact_value
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 15_000
+PRIVATE_FILE_MODE = 0o600
 # No retry is ever scheduled further ahead than this; a row due later than now + this was
 # scheduled by a clock that has since jumped back, and is due now.
 MAX_RETRY_WAIT_S = 4500.0
@@ -83,6 +86,15 @@ class RescoreItem:
 
 def _loads_tuple(text: str | None) -> tuple[str, ...]:
     return tuple(json.loads(text)) if text else ()
+
+
+def _make_private(path: Path) -> None:
+    """Create `path` as 0600 if missing; make it and its -wal/-shm 0600 if they exist."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+    for companion in (path, path.with_name(path.name + "-wal"),
+                      path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(companion, PRIVATE_FILE_MODE)
 
 
 def _media_row(row: sqlite3.Row) -> MediaRow:
@@ -158,8 +170,16 @@ class Catalogue:
 
     @classmethod
     async def open(cls, path: Path) -> Catalogue:
-        """Open (creating and migrating as needed) the catalogue at `path`."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (creating and migrating as needed) the catalogue at `path`.
+
+        The file and its -wal/-shm are private (0600) whatever the umask: SQLite creates
+        the -wal/-shm files with the database file's mode, so the file is made first.
+        """
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(path)
+        except OSError as error:
+            raise CatalogueError(f"{path}: cannot open the catalogue: {error}") from error
         connection = aiosqlite.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             await connection
@@ -280,7 +300,7 @@ class Catalogue:
                 continue
             state, reason, sha256 = State.PENDING, None, None
             if ref.skip_reason:
-                state, reason = State.REJECTED, ref.skip_reason
+                state, reason = State.REJECTED, redact(ref.skip_reason)
             elif ref.md5 and not ref.flags:
                 # A flagged URL is downloaded and decided even when its bytes are known.
                 known = await self._known_by_md5(ref.md5)
@@ -290,9 +310,13 @@ class Catalogue:
                 """INSERT OR IGNORE INTO media (url, dedup_key, source, post_url, author,
                    posted_at, md5, flags, tags, extra, state, reason, sha256, created_at,
                    updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (ref.url, ref.key, ref.source, ref.post_url, ref.author, ref.posted_at,
+                # The URL is what is fetched and stays as given; the post URL is only shown.
+                (ref.url, ref.key, ref.source,
+                 redact(ref.post_url) if ref.post_url is not None else None,
+                 ref.author, ref.posted_at,
                  ref.md5.lower() if ref.md5 else None, json.dumps(list(ref.flags)),
-                 json.dumps(list(ref.tags)), json.dumps(dict(ref.extra)), state.value, reason,
+                 json.dumps(list(ref.tags)), json.dumps(redact_value(dict(ref.extra))),
+                 state.value, reason,
                  sha256, now, now),
             )
             if cursor.rowcount and cursor.lastrowid is not None:
@@ -432,6 +456,7 @@ class Catalogue:
         self, media_id: int, reason: str, next_attempt_at: float, now: float
     ) -> None:
         """A transient failure: back to pending, one attempt more, due at `next_attempt_at`."""
+        reason = redact(reason)
         await self._write(
             """UPDATE media SET state = 'pending', reason = ?, attempts = attempts + 1,
                next_attempt_at = ?, updated_at = ? WHERE id = ?""",
@@ -440,6 +465,7 @@ class Catalogue:
 
     async def defer(self, media_id: int, reason: str, next_attempt_at: float, now: float) -> None:
         """Keep the row's state but try it again no earlier than `next_attempt_at`."""
+        reason = redact(reason)
         await self._write(
             "UPDATE media SET reason = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
             (reason, next_attempt_at, now, media_id),
@@ -449,6 +475,7 @@ class Catalogue:
     async def reject(self, media_id: int, reason: str, now: float,
                      sha256: str | None = None) -> None:
         """A permanent failure: the row is final as rejected; its content, if any, too."""
+        reason = redact(reason)
         if sha256 is not None:
             await self._db.execute(
                 """UPDATE blobs SET placement = 'rejected', reason = ?, updated_at = ?
@@ -708,7 +735,12 @@ class Catalogue:
                 for row in await self._fetchall("SELECT * FROM sources ORDER BY name")]
 
     async def ensure_source(self, name: str, kind: str, query_key: str) -> SourceState:
-        """Register a source; reset its cursor when its query changed since last time."""
+        """Register a source; reset its cursor when its query changed since last time.
+
+        The query key is stored redacted (a feed URL may carry ``?token=``); a change of
+        credentials alone therefore keeps the cursor.
+        """
+        query_key = redact(query_key)
         state = await self.source_state(name)
         if state is None:
             await self._write(
@@ -736,8 +768,8 @@ class Catalogue:
                consecutive_errors = 0, last_error = NULL,
                empty_polls = CASE WHEN ? > 0 THEN 0 ELSE empty_polls + 1 END,
                next_poll_at = ?, notice = ?, items_total = items_total + ? WHERE name = ?""",
-            (cursor, now, now, now, new_items, now, new_items, next_poll_at, notice, new_items,
-             name),
+            (cursor, now, now, now, new_items, now, new_items, next_poll_at,
+             redact(notice) if notice is not None else None, new_items, name),
         )
 
     async def record_poll_error(
@@ -747,7 +779,7 @@ class Catalogue:
             """UPDATE sources SET last_poll_at = ?, first_poll_at = COALESCE(first_poll_at, ?),
                last_error = ?, last_error_at = ?,
                consecutive_errors = consecutive_errors + 1, next_poll_at = ? WHERE name = ?""",
-            (now, now, error, now, next_poll_at, name),
+            (now, now, redact(error), now, next_poll_at, name),
         )
 
     # -- reporting -----------------------------------------------------------------

@@ -3,9 +3,11 @@
 Every HTML page megane writes (the review UI, `quarantine/index.html`) is rendered from a
 Jinja2 template through `make_environment`, which turns autoescape on and passes every
 `{{ value }}` through `display_text`: bidi controls are shown as visible `[U+202E]` marks
-(a right-to-left override in an author name could otherwise make `gpj.exe` read `exe.jpg`)
-and any value longer than `MAX_VALUE_CHARS` is cut. Templates cap fields from sources
-further with the `clip` filter, and link to a URL only where the `linkable` rule allows it.
+(a right-to-left override in an author name could otherwise make `gpj.exe` read `exe.jpg`),
+any value longer than `MAX_VALUE_CHARS` is cut, and credentials are removed
+(`storage.redact.redact`, the last line of defence for URLs and reasons from sources).
+Templates cap fields from sources further with the `clip` filter, and link to a URL only
+where the `linkable` rule allows it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 import jinja2
 from markupsafe import Markup
+
+from storage.redact import redact
 
 
 BIDI_CONTROLS = frozenset(
@@ -64,7 +68,8 @@ def display_text(value: Any) -> Markup:
         return Markup("")
     if isinstance(value, Markup):
         return Markup(neutralise_bidi(str(value)))
-    return Markup(html.escape(neutralise_bidi(clip(str(value), MAX_VALUE_CHARS)), quote=True))
+    text = redact(clip(str(value), MAX_VALUE_CHARS))
+    return Markup(html.escape(neutralise_bidi(text), quote=True))
 
 
 def never_link(url: object) -> bool:

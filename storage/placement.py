@@ -26,6 +26,7 @@ from typing import Any
 
 from storage.errors import PlacementError
 from storage.records import Placement
+from storage.redact import redact_value
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -75,15 +76,20 @@ class DataLayout:
         return self.root / "cache"
 
     def ensure(self) -> None:
-        """Create the folders with their modes (quarantine, held, spool, store private)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the folders with their modes, whatever the umask (SPEC §5).
+
+        data_dir itself and everything in it but library/ is private (0700): the catalogue
+        holds post URLs and authors of quarantined items. library/ is readable on purpose.
+        """
+        self.root.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(self.root, PRIVATE_DIR_MODE)
         for path, mode in (
             (self.library, PUBLIC_DIR_MODE),
             (self.quarantine, PRIVATE_DIR_MODE),
             (self.held, PRIVATE_DIR_MODE),
             (self.spool, PRIVATE_DIR_MODE),
             (self.store, PRIVATE_DIR_MODE),
-            (self.models, PUBLIC_DIR_MODE),
+            (self.models, PRIVATE_DIR_MODE),
             (self.cache, PRIVATE_DIR_MODE),
         ):
             path.mkdir(exist_ok=True)
@@ -292,7 +298,8 @@ def place(
                 try:
                     write_file_atomic(
                         layout.sidecar(sha256),
-                        json.dumps(dict(sidecar), indent=2, sort_keys=True).encode(),
+                        json.dumps(redact_value(dict(sidecar)), indent=2,
+                                   sort_keys=True).encode(),
                         PRIVATE_FILE_MODE,
                     )
                 except OSError as error:

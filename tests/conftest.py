@@ -162,10 +162,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     import aiosqlite
 
-    leaked = [
+    alive = [
         connection for connection in gc.get_objects()
         if isinstance(connection, aiosqlite.Connection) and connection._thread.is_alive()
     ]
+    for connection in alive:
+        if not connection._running:  # closed: its thread is on its way out; let it finish
+            connection._thread.join(timeout=5.0)
+    leaked = [connection for connection in alive if connection._thread.is_alive()]
     for connection in leaked:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -28,9 +28,11 @@ from crawler.errors import (
     RetryableFetchError,
 )
 from crawler.fetch import (
+    AddressGuard,
     Download,
     Fetcher,
     GuardedConnector,
+    GuardedResolver,
     make_session,
     parse_retry_after,
     retry_delay_s,
@@ -749,8 +751,10 @@ class TestAddressGuard:
         async with make_session(http_config()) as session:
             with pytest.raises((BlockedAddressError, aiohttp.ClientError)) as caught:
                 await session.get(url.format(port=server.port))
-        if isinstance(caught.value, BlockedAddressError):
+        if isinstance(caught.value, BlockedAddressError):  # the resolver refused the name
             assert caught.value.reason == "blocked_address:loopback"
+        elif isinstance(caught.value, aiohttp.ClientConnectorError):  # the socket factory
+            assert str(caught.value.os_error).startswith("blocked_address:loopback")
         else:  # aiohttp itself refuses non-canonical numeric hosts
             assert isinstance(caught.value, aiohttp.InvalidURL)
         assert sum(server.hits.paths.values()) == 0
@@ -779,13 +783,11 @@ class TestAddressGuard:
     async def test_socket_factory_layer(self, server: Server, tmp_path: Path) -> None:
         """With the resolver check bypassed, the socket factory still refuses loopback."""
 
-        class SocketGuardOnly(GuardedConnector):
-            async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
-                return await aiohttp.TCPConnector._resolve_host(self, host, port, traces)
-
         config = http_config()
         resolver = FakeResolver({"images.test": ["127.0.0.1"]})
-        connector = SocketGuardOnly(resolver=resolver)
+        # A plain connector with the unchecked resolver: only the socket factory guards it.
+        connector = aiohttp.TCPConnector(resolver=resolver,
+                                         socket_factory=AddressGuard().socket_factory)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
             fetcher = Fetcher(session, config, tmp_path)
             error = await fetch_error(
@@ -794,6 +796,26 @@ class TestAddressGuard:
         assert isinstance(error, BlockedAddressError)
         assert error.reason == "blocked_address:loopback"
         assert sum(server.hits.paths.values()) == 0
+
+    def test_only_public_seams(self) -> None:
+        """The guard overrides no private aiohttp method; it plugs in as `resolver=` and
+        `socket_factory=` (a minor aiohttp release cannot silently bypass it)."""
+        private = [name for name in vars(GuardedConnector)
+                   if name.startswith("_") and not name.startswith("__")]
+        assert private == []
+        assert issubclass(GuardedResolver, AbstractResolver)
+
+    async def test_resolver_passes_public_answers(self) -> None:
+        """A public answer goes through the resolver unchanged; a private one is refused."""
+        guard = AddressGuard()
+        resolver = GuardedResolver(guard, FakeResolver({"ok.test": ["93.184.215.14"],
+                                                        "bad.test": ["93.184.215.14", "10.0.0.1"]}))
+        [answer] = await resolver.resolve("ok.test", 443)
+        assert answer["host"] == "93.184.215.14"
+        with pytest.raises(BlockedAddressError) as caught:
+            await resolver.resolve("bad.test", 443)
+        assert caught.value.reason == "blocked_address:private"
+        await resolver.close()
 
     async def test_unknown_name(self, make_fetcher: FetcherFactory) -> None:
         """A name that does not resolve is a retryable dns_error."""

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from crawler.logs import configure_logging, redact_text
+from crawler.logs import configure_logging, redact_event
+from storage.redact import redact
 
 
 @pytest.fixture(autouse=True)
@@ -23,16 +24,16 @@ class TestRedaction:
     @pytest.mark.parametrize(
         ("text", "expected"),
         [
-            ("https://user:hunter2@example.org/a.jpg", "https://user:[redacted]@example.org/a.jpg"),
+            ("https://user:hunter2@example.org/a.jpg", "https://example.org/a.jpg"),
             ("https://e.org/api?access_token=abc123&x=1", "https://e.org/api?access_token=[redacted]&x=1"),
-            ("https://e.org/index.php?api_key=K&user_id=7", "https://e.org/index.php?api_key=[redacted]&user_id=7"),
+            ("https://e.org/index.php?api_key=K&user_id=7", "https://e.org/index.php?api_key=[redacted]&user_id=[redacted]"),
             ("fetch failed: https://e.org/?token=zzz (timeout)", "fetch failed: https://e.org/?token=[redacted] (timeout)"),
             ("https://e.org/plain.jpg", "https://e.org/plain.jpg"),
         ],
     )
     def test_secrets_inside_text_are_masked(self, text: str, expected: str) -> None:
         """Passwords in URLs and token-like query values are masked, other text is kept."""
-        assert redact_text(text) == expected
+        assert redact(text) == expected
 
 
 class TestConfigureLogging:
@@ -67,3 +68,32 @@ class TestConfigureLogging:
         assert "media_filed" in output and "placement" in output
         with pytest.raises(json.JSONDecodeError):
             json.loads(output)
+
+
+class TestRedactionIsTheLastProcessor:
+    """`redact_event` runs after every processor but the renderer: every line is safe."""
+
+    def test_position_in_the_chain(self) -> None:
+        """The redaction processor sits right before the renderer."""
+        configure_logging("json", "info", io.StringIO())
+        processors = structlog.get_config()["processors"]
+        assert processors[-2] is redact_event
+
+    @pytest.mark.parametrize("log_format", ["json", "console"])
+    def test_every_kind_of_value(self, log_format: str) -> None:
+        """Secrets in plain values, nested values, bound context and tracebacks are masked."""
+        stream = io.StringIO()
+        configure_logging(log_format, "info", stream)
+        log = structlog.get_logger("test").bind(feed="https://h/f.xml?token=B0undTok3n")
+        try:
+            raise ValueError("failed: https://u:Tr4cebackPw@h/x?password_hash=Tr4ceHash")
+        except ValueError:
+            log.exception("source_failed",
+                          detail={"urls": ["https://h/?api_key=N3stedKey"]},
+                          header="Authorization: Bearer H3aderTok3n",
+                          password_hash="Plain5ecret")
+        output = stream.getvalue()
+        assert "source_failed" in output and "ValueError" in output
+        for secret in ("B0undTok3n", "Tr4cebackPw", "Tr4ceHash", "N3stedKey", "H3aderTok3n",
+                       "Plain5ecret"):
+            assert secret not in output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import urllib.error
 import urllib.request
@@ -94,6 +95,55 @@ class TestEndpoint:
         """Resident memory is exported, to watch the bounded-memory invariant."""
         rss = scrape()["process_resident_memory_bytes"]
         assert sample_value(rss, "process_resident_memory_bytes") > 0
+
+
+def get_with_host(server: MetricsServer, host: str | None) -> tuple[int, bytes]:
+    """GET /metrics over a real connection with the given Host header (None: none sent)."""
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        connection.putrequest("GET", "/metrics", skip_host=True)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class TestHostCheck:
+    """The endpoint answers only to a loopback Host with its own port, like the review UI."""
+
+    @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}"])
+    def test_loopback_host_is_served(self, server: MetricsServer, host: str) -> None:
+        """A loopback name with the endpoint's port gets the metrics."""
+        status, body = get_with_host(server, host.format(port=server.port))
+        assert status == 200 and b"megane_download_bytes" in body
+
+    @pytest.mark.parametrize(
+        "host",
+        ["evil.example:{port}", "attacker.localhost.example:{port}", "127.0.0.1:1",
+         "localhost", "127.0.0.1:{port}.evil"],
+    )
+    def test_foreign_host_is_misdirected(self, server: MetricsServer, host: str) -> None:
+        """A DNS-rebinding name or another port is answered 421 with no metrics in it."""
+        status, body = get_with_host(server, host.format(port=server.port))
+        assert status in (400, 421)
+        assert b"megane_" not in body
+
+    def test_missing_host_is_a_bad_request(self, server: MetricsServer) -> None:
+        """A request without a Host header is 400."""
+        status, body = get_with_host(server, None)
+        assert status == 400 and b"Host" in body
+
+    def test_same_function_as_the_review_ui(self) -> None:
+        """The endpoint reuses the review UI's check instead of a copy of it."""
+        import crawler.metrics
+        from crawler.review import security
+
+        assert "host_refusal" in crawler.metrics._host_checked.__code__.co_names
+        assert security.host_refusal("evil.example:80", 80) == (
+            421, "421: this server answers only to 127.0.0.1:80\n")
 
 
 class TestCatalogueCounts:

@@ -67,12 +67,12 @@ class TestEnsure:
     """DataLayout.ensure: the folders of SPEC §5 and their modes."""
 
     def test_modes(self, tmp_path: Path) -> None:
-        """library and models are 0755; quarantine, held, spool, store, cache are 0700."""
+        """library is 0755; data_dir, quarantine, held, spool, store, models, cache are 0700."""
         layout = DataLayout(tmp_path / "a" / "data")
         layout.ensure()
         assert mode(layout.library) == 0o755
-        assert mode(layout.models) == 0o755
-        for private in (layout.quarantine, layout.held, layout.spool, layout.store, layout.cache):
+        for private in (layout.root, layout.quarantine, layout.held, layout.spool, layout.store,
+                        layout.models, layout.cache):
             assert mode(private) == 0o700, private
 
     def test_repairs_modes(self, layout: DataLayout) -> None:

@@ -71,6 +71,10 @@ LINK_USED_TEXT = (
 )
 
 
+ALLOWED_HOSTNAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+"""The loopback names the metrics endpoint answers to (the review UI has a name of its own)."""
+
+
 def new_host_name() -> str:
     """A random host name under .localhost: the UI's own origin (128 random bits)."""
     return f"megane-{secrets.token_hex(16)}{HOST_SUFFIX}"
@@ -195,27 +199,46 @@ def _local_port(request: web.Request) -> int | None:
     return int(sockname[1]) if isinstance(sockname, tuple) and len(sockname) >= 2 else None
 
 
+def host_refusal(raw: str | None, expected_port: int | None,
+                 allowed_hosts: frozenset[str] = ALLOWED_HOSTNAMES) -> tuple[int, str] | None:
+    """None when `raw` (a Host header) names one of `allowed_hosts` with `expected_port`,
+    else the (status, text) to answer with: 400 for a missing or malformed Host, 421 for
+    another.
+
+    Shared by every local HTTP endpoint (the review UI with its own `*.localhost` name, the
+    metrics endpoint with the loopback names): a hostile name resolving to 127.0.0.1 (DNS
+    rebinding) still sends its own Host. The answer never repeats an allowed name: a page
+    on a rebinding name can read it.
+    """
+    parsed = split_host(raw) if raw else None
+    if parsed is None:
+        return 400, "400: a Host header with the name and port of this server is required\n"
+    host, port = parsed
+    if port is None and expected_port == 80:
+        port = 80
+    if host not in allowed_hosts or port != expected_port:
+        return 421, f"421: this server answers only to its own URL (port {expected_port})\n"
+    return None
+
+
 def host_guard(host_name: str) -> Middleware:
     """Refuse any Host but `host_name` with our own port (DNS rebinding, cookie scope)."""
+    allowed = frozenset({host_name})
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        raw = request.headers.get("Host")
-        parsed = split_host(raw) if raw else None
-        if parsed is None:
+        expected_port = _local_port(request)
+        refusal = host_refusal(request.headers.get("Host"), expected_port, allowed)
+        if refusal is None:
+            return await handler(request)
+        status, _ = refusal
+        if status == 400:
             raise web.HTTPBadRequest(
                 text="400: a Host header with the name and port `megane review` printed is "
                      "required\n")
-        host, port = parsed
-        expected_port = _local_port(request)
-        if port is None and expected_port == 80:
-            port = 80
-        if host != host_name or port != expected_port:
-            # The name is not repeated here: a page on a rebinding name can read this answer.
-            raise web.HTTPMisdirectedRequest(
-                text="421: this server answers only to the URL `megane review` printed "
-                     f"(http://megane-....localhost:{expected_port}/)\n")
-        return await handler(request)
+        raise web.HTTPMisdirectedRequest(
+            text="421: this server answers only to the URL `megane review` printed "
+                 f"(http://megane-....localhost:{expected_port}/)\n")
 
     return middleware
 

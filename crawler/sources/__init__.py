@@ -18,6 +18,7 @@ from crawler.sources.base import (
     Source,
     SourceContext,
 )
+from storage.redact import remember_secrets_in
 
 if TYPE_CHECKING:
     from crawler.config import SourceConfig
@@ -48,6 +49,11 @@ def validate_source_settings(kind: str, settings: Mapping[str, Any]) -> list[str
 
 
 def create_source(config: SourceConfig, context: SourceContext) -> Source:
-    """Build the source for one `[[sources]]` table (already validated)."""
+    """Build the source for one `[[sources]]` table (already validated).
+
+    Its credentials are remembered by the redactor first, so they are masked wherever
+    they might turn up (errors, logs, the catalogue).
+    """
+    remember_secrets_in(config.settings)
     source: Source = _module(config.kind).create(config, context)
     return source

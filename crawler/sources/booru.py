@@ -52,8 +52,8 @@ from crawler.sources.common import (
     is_http_url,
     load_cursor,
     raise_for_status,
-    redact_query,
 )
+from storage.redact import redact, remember_secret
 
 if TYPE_CHECKING:
     from crawler.config import SourceConfig
@@ -116,6 +116,11 @@ class BooruSource:
         self._user_id = user_id
         self._max_bytes = max_bytes
         self._skipped: list[tuple[str, str]] = []  # entries the current poll skipped
+        if api == "danbooru" and login and api_key:
+            remember_secret(self._basic_token())  # sent as a header, masked if echoed
+
+    def _basic_token(self) -> str:
+        return base64.b64encode(f"{self._login}:{self._api_key}".encode()).decode()
 
     def __repr__(self) -> str:  # never show credentials
         return f"BooruSource(name={self.name!r}, api={self.api!r}, tags={self.tags!r})"
@@ -222,7 +227,7 @@ class BooruSource:
     def _check(self, document: Document, now: float) -> None:
         if document.status in (401, 403):
             raise SourceError(self.name, f"HTTP {document.status} from "
-                                         f"{redact_query(document.url)}: check login/api_key "
+                                         f"{redact(document.url)}: check login/api_key "
                                          f"(and user_id on Gelbooru)")
         raise_for_status(self.name, document, now, throttled=THROTTLED[self.api])
 
@@ -235,8 +240,7 @@ class BooruSource:
             if page:
                 params["page"] = page
             if self._login and self._api_key:
-                token = base64.b64encode(f"{self._login}:{self._api_key}".encode()).decode()
-                headers["Authorization"] = f"Basic {token}"
+                headers["Authorization"] = f"Basic {self._basic_token()}"
             return f"{self.base_url}/posts.json?{urlencode(params)}", headers
         if self.api == "moebooru":
             params = {"tags": search, "limit": str(limit), "page": "1"}

@@ -27,7 +27,8 @@ from xml.etree.ElementTree import Element
 import structlog
 
 from crawler.errors import SourceError
-from crawler.sources.common import iso_from_epoch, lower_unique, parse_json, redact_query
+from crawler.sources.common import iso_from_epoch, lower_unique, parse_json
+from storage.redact import redact
 from crawler.sources.xmlsafe import ParseError, UnsafeXmlError, parse_xml, xml_text
 from storage.records import MediaRef
 
@@ -110,7 +111,7 @@ def read_posts(body: bytes, *, api: str, base_url: str, source: str = KIND,
                url: str | None = None) -> PostPage:
     """`parse_posts` with the skipped entries; each post is read on its own."""
     base = base_url.rstrip("/")
-    where = redact_query(url or base)
+    where = redact(url or base)
     items = _page_items(body, api=api, source=source, where=where)
     reader = {"danbooru": _danbooru_post, "moebooru": _moebooru_post}.get(api, _gelbooru_post)
     posts: list[Post] = []

@@ -13,10 +13,11 @@ import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from crawler.errors import SourceError
 from crawler.sources.base import Document, SourceContext
+from storage.redact import redact
 
 
 def document_cap(context: SourceContext) -> int | None:
@@ -110,23 +111,6 @@ def iso_from_epoch(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-SECRET_PARAMETERS = frozenset({"api_key", "password_hash", "access_token", "token", "user_id",
-                               "login", "password"})
-
-
-def redact_query(url: str) -> str:
-    """`url` with the values of credential parameters replaced, fit for logs and errors."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if not parts.query:
-        return url
-    pairs = [(key, "***" if key.lower() in SECRET_PARAMETERS else value)
-             for key, value in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(query=urlencode(pairs, safe=":*")))
-
-
 def error_message(body: bytes) -> str:
     """A short error text from an API's JSON error body (``message``/``error``), else ''."""
     try:
@@ -151,7 +135,7 @@ def raise_for_status(source: str, document: Document, now: float,
     if document.status == 200:
         return
     retry_after_s = parse_retry_after_s(header(document, "Retry-After"), now)
-    shown = redact_query(document.url)
+    shown = redact(document.url)
     if document.status in throttled:
         raise SourceError(source, f"rate limited (HTTP {document.status}) at {shown}",
                           retry_after_s=retry_after_s if retry_after_s is not None else 60.0)
@@ -169,7 +153,7 @@ def parse_json(source: str, body: bytes, url: str = "") -> Any:
     try:
         return _storable(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError) as error:  # deep nesting recurses
-        where = f" from {redact_query(url)}" if url else ""
+        where = f" from {redact(url)}" if url else ""
         raise SourceError(source, f"not JSON{where}: {error}") from None
 
 
