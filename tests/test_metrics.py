@@ -143,7 +143,8 @@ class TestHostCheck:
 
         assert "host_refusal" in crawler.metrics._host_checked.__code__.co_names
         assert security.host_refusal("evil.example:80", 80) == (
-            421, "421: this server answers only to 127.0.0.1:80\n")
+            421, "421: this server answers only to its own URL (port 80)\n")
+        assert security.host_refusal("127.0.0.1:80", 80) is None
 
 
 class TestCatalogueCounts:

@@ -37,6 +37,7 @@ from storage.catalogue import Catalogue
 from storage.placement import DataLayout
 from storage.redact import REDACTED
 from tests.conftest import photo
+from tests.review_fixtures import REVIEW_HOST
 
 REVIEW_TOKEN = "review-token-0123456789abcdef"
 MAX_FEED_BYTES = 4096
@@ -118,7 +119,8 @@ FAILURES = {
     "connection_refused": (None, ("connection_error",)),
     "too_large": ("too_large", ("too_large",)),
     "blocked_address": ("http_error", ("blocked_address:loopback",)),
-    "not_a_feed": ("not_a_feed", ("not an RSS or Atom feed", "not JSON", "malformed")),
+    "not_a_feed": ("not_a_feed", ("not an RSS or Atom feed", "not JSON", "malformed",
+                                  "an HTML page")),
     "http_error": ("http_error", ("HTTP 500",)),
     "timeout": ("timeout", ("timeout",)),
 }
@@ -177,9 +179,11 @@ async def review_pages(config_path: Path) -> str:
     catalogue = await Catalogue.open(layout.catalogue)
     try:
         rows = await catalogue.fetch_all("SELECT sha256 FROM blobs")
-        client = TestClient(TestServer(make_app(config, catalogue, layout, REVIEW_TOKEN),
+        client = TestClient(TestServer(make_app(config, catalogue, layout, REVIEW_TOKEN,
+                                                host_name=REVIEW_HOST),
                                        host="127.0.0.1"))
         await client.start_server()
+        client.session.headers["Host"] = f"{REVIEW_HOST}:{client.port}"
         try:
             pages = []
             for path in ("/", "/quarantine", "/held", "/library",
