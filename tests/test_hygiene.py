@@ -98,20 +98,30 @@ class TestPhashIndex:
 
     def test_add_replace_discard(self) -> None:
         """Adding again replaces a hash; discarding moves the last one into the hole."""
+        base = 0x0000_0000_FFFF_FFFF  # balanced: 32 ones, 32 zeros
         index = PhashIndex()
         for number, sha in enumerate("abcd"):
-            index.add(sha, 1 << number)
-        index.add("b", 0xFF00)
+            index.add(sha, base ^ (1 << (40 + number)))
+        index.add("b", base ^ 0xFF00_0000_0000)
         index.discard("a")
         index.discard("zz")
         assert len(index.stored) == 3 and "a" not in index.stored
-        assert index.nearest(0xFF00, 0) == ("b", 0)
-        assert index.nearest(1 << 3, 0) == ("d", 0)
-        assert index.nearest(1 << 2, 0) == ("c", 0)
-        assert index.nearest(1, 0) is None
-        assert index.nearest(0xFF00, 64, exclude="b") is not None
-        nearest_other = index.nearest(0, 64, exclude="b")
+        assert index.nearest(base ^ 0xFF00_0000_0000, 0) == ("b", 0)
+        assert index.nearest(base ^ (1 << 43), 0) == ("d", 0)
+        assert index.nearest(base ^ (1 << 42), 0) == ("c", 0)
+        assert index.nearest(base ^ (1 << 40), 0) is None
+        assert index.nearest(base ^ 0xFF00_0000_0000, 64, exclude="b") is not None
+        nearest_other = index.nearest(base, 64, exclude="b")
         assert nearest_other is not None and nearest_other[0] in {"c", "d"}
+
+    def test_uninformative_hashes_are_not_indexed(self) -> None:
+        """A hash with fewer than 12 minority bits (a plain image's) is never stored."""
+        index = PhashIndex()
+        index.add("flat", 0)
+        index.add("lines", "8080800000000000")
+        index.add("photo", "327226e2768d6c58")
+        assert len(index.stored) == 1 and "photo" in index.stored
+        assert index.nearest(0, 6) is None
 
     def test_grows_past_its_first_allocation(self) -> None:
         """Thousands of hashes are kept and searched (the array doubles as needed)."""
