@@ -65,6 +65,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(path)
     kinds = ", ".join(f"{s.name} ({s.kind})" for s in config.sources) or "none"
     print(f"{path}: ok; data_dir={config.data_dir}; sources: {kinds}")
+    from crawler.tag_coverage import coverage_warnings
+
+    for warning in coverage_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

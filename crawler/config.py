@@ -190,6 +190,11 @@ class _Problems:
         self.items.append(f"{where}: {dotted}: {message}")
 
 
+def key_line(path: Path, text: str, section: str, key: str) -> int | None:
+    """The line of `key` in `[section]` of the config text (for warnings), if found."""
+    return _Problems(path, text).line_of(section, key)
+
+
 def _table(raw: Mapping[str, Any], name: str, problems: _Problems) -> Mapping[str, Any]:
     value = raw.get(name, {})
     if not isinstance(value, dict):
