@@ -218,3 +218,26 @@ class TestRefile:
         assert {url: after[url]["reason"] for url in copies} == copies
         [original] = [url for url in after if url not in copies]
         assert after[original]["reason"].startswith("score: nsfw=")
+
+    async def test_flagged_repost_of_stored_bytes_is_not_classified_again(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any
+    ) -> None:
+        """Stored bytes reposted with an adult rating are quarantined from their stored
+        scores: the model does not run again."""
+        media_server.add_bytes("/img/a.jpg", photo("rocket"))
+        media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}])
+        config = write_config(allowed=(media_server.host_port,),
+                              sources=_feed_source(media_server))
+        await Daemon(config, classifier=shared_classifier).run(once=True)
+
+        media_server.add_bytes("/img/b.jpg", photo("rocket"))
+        media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"},
+                                            {"image": "/img/b.jpg", "rating": "adult"}])
+        counting = CountingClassifier(shared_classifier)
+        await Daemon(config, classifier=counting).run(once=True)
+
+        assert counting.images == 0
+        media = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        assert media["a.jpg"]["state"] == media["b.jpg"]["state"] == "quarantine"
+        assert media["a.jpg"]["reason"] == "source_flag: rss:rating:adult"
+        assert media["b.jpg"]["reason"] == f"duplicate_of:{media['a.jpg']['sha256']}"
