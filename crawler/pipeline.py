@@ -447,7 +447,7 @@ class Pipeline:
             if not await self._record_near_copy(waiting, verdict):
                 self._done(waiting)  # not recorded: the feeder hands it out again
         if refile:
-            await refile_one(self.catalogue, self.layout, self.policy, sha256, self.clock())
+            await self._refile(sha256)
 
     def _tags_matter(self, row: MediaRow) -> bool:
         return bool(self.policy.source_tag_matches(row.tags))
@@ -458,7 +458,14 @@ class Pipeline:
         Re-filing reads every URL's tags, as `megane rescore` does, so both agree.
         """
         if self._tags_matter(row):
-            await refile_one(self.catalogue, self.layout, self.policy, original, self.clock())
+            await self._refile(original)
+
+    async def _refile(self, sha256: str) -> None:
+        try:
+            await refile_one(self.catalogue, self.layout, self.policy, sha256, self.clock())
+        except PlacementError as error:
+            # The copy is recorded either way; the next rescore or start files it again.
+            log.error("refile_failed", sha256=sha256, reason=str(error))
 
     async def _classified_already(self, sha256: str) -> bool:
         """Whether the serving model has scored these bytes before (their scores are stored)."""
