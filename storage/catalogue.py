@@ -87,7 +87,7 @@ def _loads_tuple(text: str | None) -> tuple[str, ...]:
 
 
 # A media row's reason once it is recorded as a copy of stored content; re-filing the
-# content changes the row's state but keeps this reason (storage/catalogue.py only).
+# content changes the row's state but keeps this reason.
 _KEEP_COPY_REASON = "reason GLOB 'duplicate_of:*' OR reason GLOB 'near_duplicate_of:*'"
 
 
