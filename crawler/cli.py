@@ -68,6 +68,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     kinds = ", ".join(f"{s.name} ({s.kind})" for s in config.sources) or "none"
     print(f"{path}: ok; data_dir={config.data_dir}; sources: {kinds}")
     _warn_exposed_secrets(path)
+    from crawler.tag_coverage import coverage_warnings
+
+    for warning in coverage_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

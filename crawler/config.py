@@ -114,6 +114,8 @@ class Config:
     sources: tuple[SourceConfig, ...]
     review: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     training: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # `[tag_aliases] file_by_source_tags`: source tags matching an alias file the image.
+    file_by_source_tags: bool = True
 
     @property
     def data_dir(self) -> Path:
@@ -186,6 +188,11 @@ class _Problems:
         if index is not None:
             dotted = f"sources[{index}]" + ("" if key is None else f".{key}")
         self.items.append(f"{where}: {dotted}: {message}")
+
+
+def key_line(path: Path, text: str, section: str, key: str) -> int | None:
+    """The line of `key` in `[section]` of the config text (for warnings), if found."""
+    return _Problems(path, text).line_of(section, key)
 
 
 def _table(raw: Mapping[str, Any], name: str, problems: _Problems) -> Mapping[str, Any]:
@@ -414,16 +421,36 @@ def _load_quarantine(raw: Mapping[str, Any], problems: _Problems) -> QuarantineC
     )
 
 
+# The one policy key of `[tag_aliases]`; every other key is a tag. Told apart by its value
+# (true/false, where a tag has an array of names), so a tag cannot be called this.
+FILE_BY_SOURCE_TAGS = "file_by_source_tags"
+
+
 def _load_aliases(raw: Mapping[str, Any], problems: _Problems) -> Mapping[str, tuple[str, ...]]:
     table = _table(raw, "tag_aliases", problems)
     from crawler.sources.common import normalize_tag
 
     aliases: dict[str, tuple[str, ...]] = {}
     for tag in table:
+        if tag == FILE_BY_SOURCE_TAGS:
+            continue
         aliases[tag] = tuple(
             normalize_tag(alias) for alias in _string_list("tag_aliases", table, tag, (), problems)
         )
     return MappingProxyType(aliases)
+
+
+def _load_file_by_source_tags(raw: Mapping[str, Any], problems: _Problems) -> bool:
+    table = raw.get("tag_aliases", {})
+    if not isinstance(table, dict) or FILE_BY_SOURCE_TAGS not in table:
+        return True
+    value = table[FILE_BY_SOURCE_TAGS]
+    if not isinstance(value, bool):
+        problems.add("tag_aliases", FILE_BY_SOURCE_TAGS,
+                     f"expected true or false, got {value!r} (this name is the policy key, "
+                     "not a tag)")
+        return True
+    return value
 
 
 def _load_sources(raw: Mapping[str, Any], problems: _Problems) -> tuple[SourceConfig, ...]:
@@ -529,6 +556,7 @@ def config_from_mapping(raw: Mapping[str, Any], path: Path, text: str = "") -> C
         sources=_load_sources(raw, problems),
         review=MappingProxyType(dict(_table(raw, "review", problems))),
         training=MappingProxyType(dict(_table(raw, "training", problems))),
+        file_by_source_tags=_load_file_by_source_tags(raw, problems),
     )
     from crawler.review.settings import ReviewSettings
 

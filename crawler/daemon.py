@@ -50,7 +50,7 @@ class Shutdown(Exception):
 def policy_of(config: Config) -> Policy:
     return policy_from_config(
         config.thresholds, config.quarantine.tags, config.quarantine.trust_source_flags,
-        config.quarantine.review_band,
+        config.quarantine.review_band, config.tag_aliases, config.file_by_source_tags,
     )
 
 

@@ -1,17 +1,25 @@
 """Library hygiene: near-duplicates, blocked hashes and deleting images.
 
-Every decoded image has a 64-bit dHash (`blobs.phash`, hex). A new arrival whose hash is
-within `near_duplicate_distance` bits of a blocked hash — an image a user deleted or a
-reviewer confirmed as NSFW — is rejected as `blocked_near_duplicate_of:<sha256>`; one
-within that distance of a stored image is recorded as a duplicate of it
-(`near_duplicate_of:<sha256>`) and not stored again.
+Every decoded image whose 64-bit dHash is *informative* (`classifier.phash`: balanced, and
+decided by clear brightness differences; flat colours, text lines, black or a scanned page
+are not) has it stored (`blobs.phash`, hex); other images store none and are never matched
+by hash, only by their exact bytes. A new arrival whose hash is within
+`near_duplicate_distance` bits of a blocked hash (an image a user deleted or a reviewer
+confirmed as NSFW) is rejected as `blocked_near_duplicate_of:<sha256>`; one within that
+distance of a stored image is recorded as a duplicate of it (`near_duplicate_of:<sha256>`)
+and not stored again. Images still in flight claim their hash (and their bytes) in arrival
+order: a later near-copy, or the same bytes from another URL, waits for the first to be
+filed and is then recorded against it, so copies arriving in one run are stored and
+classified once.
 
 The pipeline calls, after `record_decoded` of each new image::
 
-    verdict = await check_arrival(catalogue, index, sha256, phash, max_distance)
-    if verdict is not None and verdict.blocked:        -> reject(verdict.reason)
-    elif verdict is not None and await record_near_duplicate(...):  -> done
-    ...and after filing an image: index.add(sha256, phash)
+    verdict = await check_arrival(catalogue, index, sha256, phash, max_distance, owner=id)
+    None                 -> new: index.claim(sha256, phash, id), classify and file it,
+                            index.add(...) after filing, index.release(sha256) when done
+    verdict.blocked      -> reject(verdict.reason)
+    verdict.in_flight    -> wait until the claimant is done, then check again
+    otherwise            -> record_near_duplicate(...)
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from classifier.phash import dhash, to_hex
+from classifier.phash import balanced, informative_hash
 from storage.catalogue import Catalogue
 from storage.contact_sheet import remove_thumbnails
 from storage.placement import DataLayout, remove_everywhere
@@ -103,6 +111,9 @@ class PhashIndex:
     def __init__(self) -> None:
         self.stored = _HashTable()
         self.blocked = _HashTable()
+        self.in_flight = _HashTable()
+        # sha256 -> media row id of the arrival being processed with those bytes.
+        self.claims: dict[str, int] = {}
         self._blocked_rowid = 0
 
     @classmethod
@@ -125,16 +136,34 @@ class PhashIndex:
             (self._blocked_rowid,),
         )
         for row in rows:
-            self.blocked.put(f"{row['sha256']}:{row['phash']}", _as_int(row["phash"]))
+            # A hash blocked before the information rule (e.g. a deleted plain page, 0)
+            # would block every plain image: only balanced hashes block.
+            if balanced(row["phash"]):
+                self.blocked.put(f"{row['sha256']}:{row['phash']}", _as_int(row["phash"]))
             self._blocked_rowid = max(self._blocked_rowid, int(row["rowid"]))
         return len(rows)
 
     def add(self, sha256: str, phash: int | str) -> None:
-        """Remember a filed image (call after placing it)."""
-        self.stored.put(sha256, _as_int(phash))
+        """Remember a filed image (call after placing it); an uninformative hash is ignored."""
+        if balanced(phash):
+            self.stored.put(sha256, _as_int(phash))
 
     def discard(self, sha256: str) -> None:
         self.stored.discard(sha256)
+
+    def claim(self, sha256: str, phash: int | str | None, owner: int) -> None:
+        """Media row `owner` is processing `sha256` (hash `phash`): later copies wait for it."""
+        self.claims[sha256] = owner
+        if phash is not None and balanced(phash):
+            self.in_flight.put(sha256, _as_int(phash))
+
+    def release(self, sha256: str, owner: int) -> bool:
+        """Row `owner` is done with `sha256`; False when it held no claim on it."""
+        if self.claims.get(sha256) != owner:
+            return False
+        del self.claims[sha256]
+        self.in_flight.discard(sha256)
+        return True
 
     def nearest(self, phash: int | str, max_distance: int,
                 exclude: str | None = None) -> tuple[str, int] | None:
@@ -153,11 +182,13 @@ class PhashIndex:
 
 @dataclass(frozen=True)
 class Verdict:
-    """An arrival is a near-copy of `of_sha256`: blocked (reject it) or a duplicate."""
+    """An arrival is a copy of `of_sha256`: blocked (reject it), a duplicate of a filed
+    image, or (`in_flight`) of an image still being processed (wait for it)."""
 
     blocked: bool
     of_sha256: str
     distance: int
+    in_flight: bool = False
 
     @property
     def reason(self) -> str:
@@ -166,21 +197,36 @@ class Verdict:
 
 
 async def check_arrival(catalogue: Catalogue, index: PhashIndex, sha256: str,
-                        phash: int | str,
-                        max_distance: int = DEFAULT_NEAR_DUPLICATE_DISTANCE) -> Verdict | None:
+                        phash: int | str | None,
+                        max_distance: int = DEFAULT_NEAR_DUPLICATE_DISTANCE,
+                        owner: int | None = None) -> Verdict | None:
     """What to do with a newly decoded image: None (new), blocked, or a near-duplicate.
 
-    Blocked hashes are re-read first, so a deletion made by `megane delete` or the review
-    UI (another process) takes effect at once. Blocked wins over duplicate: a repost of a
-    deleted image is dropped even while the daemon still remembers the deleted one.
+    `phash` is None (or unbalanced) for an image whose hash does not count: then only its
+    exact bytes can be in flight. Blocked hashes are re-read first, so a deletion made by
+    `megane delete` or the review UI (another process) takes effect at once. Blocked wins
+    over duplicate: a repost of a deleted image is dropped even while the daemon still
+    remembers the deleted one. A filed original wins over one still in flight.
     """
-    await index.refresh_blocked(catalogue)
+    usable = phash is not None and balanced(phash)
+    if usable:
+        await index.refresh_blocked(catalogue)
+    # No await from here on: the caller claims at once, so two arrivals of the same
+    # bytes (or near-copies) cannot both see nothing in flight.
+    claimant = index.claims.get(sha256)
+    if claimant is not None and claimant != owner:
+        return Verdict(blocked=False, of_sha256=sha256, distance=0, in_flight=True)
+    if phash is None or not usable:
+        return None
     blocked = index.nearest_blocked(phash, max_distance)
     if blocked is not None:
         return Verdict(blocked=True, of_sha256=blocked[0], distance=blocked[1])
     duplicate = index.nearest(phash, max_distance, exclude=sha256)
     if duplicate is not None:
         return Verdict(blocked=False, of_sha256=duplicate[0], distance=duplicate[1])
+    found = index.in_flight.nearest(_as_int(phash), exclude=sha256)
+    if found is not None and found[1] <= max_distance:
+        return Verdict(blocked=False, of_sha256=found[0], distance=found[1], in_flight=True)
     return None
 
 
@@ -225,14 +271,14 @@ def _unlink_missing_ok(path: Path) -> None:
 
 async def _phash_of(catalogue: Catalogue, layout: DataLayout | None,
                     sha256: str) -> str | None:
-    """The stored dHash of an image, computed from its file when the catalogue lacks it."""
+    """The informative dHash of an image (stored, or computed from its file), else None."""
     row = await catalogue.fetch_one(
         "SELECT phash, extension FROM blobs WHERE sha256 = ?", (sha256,)
     )
     if row is None:
         return None
     if row["phash"]:
-        return str(row["phash"])
+        return str(row["phash"]) if balanced(row["phash"]) else None
     if layout is None:
         return None
     path = layout.content_file(sha256, row["extension"])
@@ -241,17 +287,19 @@ async def _phash_of(catalogue: Catalogue, layout: DataLayout | None,
     return await asyncio.to_thread(_compute_phash, path)
 
 
-def _compute_phash(path: Path) -> str:
+def _compute_phash(path: Path) -> str | None:
     with Image.open(path) as image:
-        return to_hex(dhash(image))
+        return informative_hash(image)
 
 
 async def block(catalogue: Catalogue, sha256: str, reason: str, now: float,
                 layout: DataLayout | None = None) -> str | None:
     """Remember the hash of `sha256` so near-copies are rejected on arrival.
 
-    Returns the blocked hash, or None when the image has no hash and no file to compute
-    one from. Blocking twice is harmless (the first reason stays).
+    Returns the blocked hash, or None when the image has no informative hash (a plain
+    image: blocking it would block every other plain image) or no file to compute one
+    from; the exact bytes stay rejected either way. Blocking twice is harmless (the first
+    reason stays).
     """
     phash = await _phash_of(catalogue, layout, sha256)
     if phash is None:

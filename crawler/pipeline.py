@@ -29,8 +29,9 @@ from classifier.errors import DecodeError
 from crawler.aio import DaemonThreadRunner, ThreadLimiter, shielded, wait_event
 from crawler.decide import Decision, Policy, decide
 from crawler.errors import FetchError, PermanentFetchError
-from crawler.hygiene import PhashIndex, check_arrival, record_near_duplicate
+from crawler.hygiene import PhashIndex, Verdict, check_arrival, record_near_duplicate
 from crawler.localcopy import copy_to_spool
+from crawler.rescore import refile_one
 from storage.catalogue import Catalogue
 from storage.errors import PlacementError
 from storage.placement import DataLayout, place
@@ -65,6 +66,10 @@ class Work:
     # Downloaded by this process just now: its bytes are in spool/, so decoding skips
     # looking up the stored copy.
     fresh: bool = False
+    # Holds the PhashIndex claim on its sha256 (released in _done).
+    claimed: bool = False
+    # While waiting for an in-flight original: how near it is (bits).
+    waiting_distance: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -151,6 +156,8 @@ class Pipeline:
         self.batch_queue: asyncio.Queue[Work] = asyncio.Queue(max(size, settings.batch_size * 2))
         self.place_queue: asyncio.Queue[Work] = asyncio.Queue(size)
         self.in_flight: set[int] = set()
+        # sha256 of an image in flight -> copies (same bytes or near) waiting for its filing.
+        self._waiting: dict[str, list[Work]] = {}
         self.wakeup = asyncio.Event()
         self.idle = asyncio.Event()
         self.sources_done = asyncio.Event()
@@ -237,6 +244,13 @@ class Pipeline:
 
     def _done(self, work: Work) -> None:
         self.in_flight.discard(work.row.id)
+        if work.claimed and self.hashes is not None and work.sha256 is not None:
+            self.hashes.release(work.sha256, work.row.id)
+            work.claimed = False
+            # The original was not filed (or they were not settled): the waiting copies go
+            # back to the feeder, which reads their rows again and checks them afresh.
+            for waiting in self._waiting.pop(work.sha256, []):
+                self.in_flight.discard(waiting.row.id)
         self.wakeup.set()
 
     # -- download ------------------------------------------------------------------
@@ -282,7 +296,8 @@ class Pipeline:
             with contextlib.suppress(FileNotFoundError):
                 self.layout.spool_file(sha256).unlink()
             log.info("media_duplicate", url=row.url, sha256=sha256,
-                     state=known.placement.value, reason="duplicate_content")
+                     state=known.placement.value, reason=f"duplicate_of:{sha256}")
+            await self._refile_for_copy(work.row, sha256)
             self._done(work)
             return
         if known is not None:  # placement is None but the blob row said rejected
@@ -361,7 +376,12 @@ class Pipeline:
                  width=decoded.width, height=decoded.height,
                  repairs=list(decoded.repairs) or None)
         work.phash = phash
-        if self.hashes is not None and phash is not None and await self._near_copy(work, phash):
+        if self.hashes is not None and await self._near_copy(work, phash):
+            return
+        if tensor is not None and await self._classified_already(sha256):
+            # The same bytes came before (another URL, a flagged repost): their stored
+            # scores decide; the model runs once per content.
+            await self.place_queue.put(work)
             return
         if tensor is None:
             work.held_reason = self.classifier_problem
@@ -370,27 +390,90 @@ class Pipeline:
             work.tensor = tensor
             await self.batch_queue.put(work)
 
-    async def _near_copy(self, work: Work, phash: str) -> bool:
-        """Drop an arrival that is a near-copy of a stored or blocked image (True if dropped)."""
+    async def _near_copy(self, work: Work, phash: str | None) -> bool:
+        """Drop or park an arrival that copies a stored, blocked or in-flight image.
+
+        True when the work is taken care of here: rejected (blocked), recorded as a
+        near-duplicate, or waiting for an original still in flight (`_settle_waiting`).
+        Otherwise the arrival claims its bytes and hash, and goes on as new.
+        """
         assert self.hashes is not None and work.sha256 is not None
         verdict = await check_arrival(self.catalogue, self.hashes, work.sha256, phash,
-                                      self.near_duplicate_distance)
-        if verdict is None:
-            return False
-        if verdict.blocked:
+                                      self.near_duplicate_distance, owner=work.row.id)
+        if verdict is not None and verdict.blocked:
             await self._reject(work, verdict.reason, sha256=work.sha256)
             return True
-        if work.row.flags:
-            # A flagged near-copy is filed on its own (and quarantined by its flag), rather
-            # than lending its flag to a stored image it only resembles.
-            return False
-        if await record_near_duplicate(self.catalogue, self.layout, work.row.id, work.sha256,
-                                       verdict, self.clock()):
-            log.info("media_near_duplicate", url=work.row.url, sha256=work.sha256,
-                     reason=verdict.reason, distance=verdict.distance)
-            self._done(work)
-            return True
+        same_bytes = verdict is not None and verdict.of_sha256 == work.sha256
+        # A flagged near-copy is filed on its own (and quarantined by its flag), rather
+        # than lending its flag to an image it only resembles. The same bytes always wait.
+        if verdict is not None and (same_bytes or not work.row.flags):
+            if verdict.in_flight:
+                work.waiting_distance = verdict.distance
+                self._waiting.setdefault(verdict.of_sha256, []).append(work)
+                log.info("media_waiting", url=work.row.url, sha256=work.sha256,
+                         original=verdict.of_sha256, distance=verdict.distance)
+                return True
+            if await self._record_near_copy(work, verdict):
+                return True
+        self.hashes.claim(work.sha256, phash, work.row.id)
+        work.claimed = True
         return False
+
+    async def _record_near_copy(self, work: Work, verdict: Verdict) -> bool:
+        assert work.sha256 is not None
+        if not await record_near_duplicate(self.catalogue, self.layout, work.row.id,
+                                           work.sha256, verdict, self.clock()):
+            return False
+        log.info("media_near_duplicate", url=work.row.url, sha256=work.sha256,
+                 reason=verdict.reason, distance=verdict.distance)
+        await self._refile_for_copy(work.row, verdict.of_sha256)
+        self._done(work)
+        return True
+
+    async def _settle_waiting(self, sha256: str) -> None:
+        """The image `sha256` is filed: record the copies that waited for it.
+
+        Copies of the same bytes were made final by its placement (`duplicate_of:`);
+        near-copies are recorded `near_duplicate_of:`. One whose flags or source tags
+        could change the filing has the original re-filed with them.
+        """
+        refile = False
+        for waiting in self._waiting.pop(sha256, []):
+            if waiting.sha256 == sha256:
+                refile = refile or bool(waiting.row.flags) or self._tags_matter(waiting.row)
+                self._done(waiting)
+                continue
+            verdict = Verdict(blocked=False, of_sha256=sha256,
+                              distance=waiting.waiting_distance)
+            if not await self._record_near_copy(waiting, verdict):
+                self._done(waiting)  # not recorded: the feeder hands it out again
+        if refile:
+            await self._refile(sha256)
+
+    def _tags_matter(self, row: MediaRow) -> bool:
+        return bool(self.policy.source_tag_matches(row.tags))
+
+    async def _refile_for_copy(self, row: MediaRow, original: str) -> None:
+        """A copy filed under `original` brings source tags that may add a tag: re-file it.
+
+        Re-filing reads every URL's tags, as `megane rescore` does, so both agree.
+        """
+        if self._tags_matter(row):
+            await self._refile(original)
+
+    async def _refile(self, sha256: str) -> None:
+        try:
+            await refile_one(self.catalogue, self.layout, self.policy, sha256, self.clock())
+        except PlacementError as error:
+            # The copy is recorded either way; the next rescore or start files it again.
+            log.error("refile_failed", sha256=sha256, reason=str(error))
+
+    async def _classified_already(self, sha256: str) -> bool:
+        """Whether the serving model has scored these bytes before (their scores are stored)."""
+        if self.classifier is None:
+            return False
+        blob = await self.catalogue.get_blob(sha256)
+        return blob.model_version == self.classifier.version
 
     # -- classify ------------------------------------------------------------------
 
@@ -500,7 +583,8 @@ class Pipeline:
             scores = work.scores
             if scores is None:
                 scores = await self.catalogue.scores_for(sha256) or None
-            decision = decide(scores, flags, self.policy, labels)
+            source_tags = await self.catalogue.source_tags_for(sha256)
+            decision = decide(scores, flags, self.policy, labels, source_tags)
         sidecar = None
         if decision.placement is Placement.QUARANTINE:
             sidecar = await self.sidecar(sha256, decision, work.scores)
@@ -529,6 +613,8 @@ class Pipeline:
         log.info("media_filed", url=work.row.url, sha256=sha256,
                  placement=decision.placement.value, tags=list(decision.tags),
                  reason=decision.reason)
+        if work.claimed:
+            await self._settle_waiting(sha256)
         self._done(work)
 
     async def sidecar(self, sha256: str, decision: Decision,
@@ -575,10 +661,11 @@ def _decode_and_prepare(
     path: Path, limits: DecodeLimits, jpeg_draft: bool, with_tensor: bool
 ) -> tuple[Any, npt.NDArray[np.float32] | None, str | None]:
     """Decode, validate, hash and preprocess one image (in a worker thread)."""
-    from classifier.phash import dhash, to_hex
+    from classifier.phash import informative_hash
     from classifier.preprocess import preprocess
 
     decoded = decode_image(path, limits, draft_size=(256, 256) if jpeg_draft else None)
-    phash = to_hex(dhash(decoded.image))
+    # None for a low-detail image: its hash would match every other plain image.
+    phash = informative_hash(decoded.image)
     tensor = preprocess(decoded.image) if with_tensor else None
     return decoded, tensor, phash

@@ -1,6 +1,7 @@
 """Re-filing every stored image from its stored scores (SIGHUP, `megane rescore`).
 
-No model call and no decoding: the decision is recomputed from the catalogue, and only
+No model call and no decoding: the decision is recomputed from the catalogue (scores,
+source flags and source tags of every URL that carried the image, human labels), and only
 images whose placement or tags change are moved, in a thread, then committed together.
 """
 
@@ -33,7 +34,8 @@ def plan_rescore(items: list[RescoreItem], policy: Policy) -> list[tuple[Rescore
     """The images whose filing changes under `policy` (pure)."""
     changes = []
     for item in items:
-        decision = decide(item.scores or None, item.flags, policy, item.labels)
+        decision = decide(item.scores or None, item.flags, policy, item.labels,
+                          item.source_tags)
         if decision.placement != item.blob.placement or decision.tags != item.blob.tags:
             changes.append((item, decision))
     return changes
@@ -163,7 +165,8 @@ async def refile_one(catalogue: Catalogue, layout: DataLayout, policy: Policy, s
     scores = await catalogue.scores_for(sha256)
     labels = await catalogue.human_labels_for(sha256)
     flags = await catalogue.flags_for(sha256)
-    decision = decide(scores or None, flags, policy, labels)
+    source_tags = await catalogue.source_tags_for(sha256)
+    decision = decide(scores or None, flags, policy, labels, source_tags)
     if blob.placement is None or blob.placement.value == "rejected":
         return decision
     if decision.placement is Placement.HELD and labels:
@@ -171,7 +174,8 @@ async def refile_one(catalogue: Catalogue, layout: DataLayout, policy: Policy, s
         nsfw = any(labels.get(tag) for tag in policy.quarantine_tags)
         released = all(labels.get(tag) is False for tag in policy.quarantine_tags)
         if nsfw or released:
-            decision = decide({tag: 0.0 for tag in policy.quarantine_tags}, (), policy, labels)
+            decision = decide({tag: 0.0 for tag in policy.quarantine_tags}, (), policy, labels,
+                              source_tags)
     sidecar = None
     if decision.placement is Placement.QUARANTINE:
         sidecar = await quarantine_sidecar(catalogue, policy, sha256, decision, scores)

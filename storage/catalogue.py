@@ -82,6 +82,7 @@ class RescoreItem:
     scores: dict[str, float]
     flags: tuple[str, ...]
     labels: dict[str, bool]
+    source_tags: tuple[str, ...] = ()
 
 
 def _loads_tuple(text: str | None) -> tuple[str, ...]:
@@ -95,6 +96,11 @@ def _make_private(path: Path) -> None:
                       path.with_name(path.name + "-shm")):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(companion, PRIVATE_FILE_MODE)
+
+
+# A media row's reason once it is recorded as a copy of stored content; re-filing the
+# content changes the row's state but keeps this reason.
+_KEEP_COPY_REASON = "reason GLOB 'duplicate_of:*' OR reason GLOB 'near_duplicate_of:*'"
 
 
 def _media_row(row: sqlite3.Row) -> MediaRow:
@@ -340,7 +346,7 @@ class Catalogue:
         placement = row["placement"]
         if placement == "rejected":
             return State.REJECTED, f"known_rejected_content: {row['reason']}", None
-        return State(placement), "duplicate_content", row["sha256"]
+        return State(placement), f"duplicate_of:{row['sha256']}", row["sha256"]
 
     async def media_in_states(
         self, states: Sequence[State], *, limit: int, now: float | None = None,
@@ -437,9 +443,9 @@ class Catalogue:
             )
         elif blob is not None and blob.placement is not None:
             await self._db.execute(
-                """UPDATE media SET state = ?, reason = 'duplicate_content', sha256 = ?,
+                """UPDATE media SET state = ?, reason = ?, sha256 = ?,
                    updated_at = ? WHERE id = ?""",
-                (blob.placement.value, sha256, now, media_id),
+                (blob.placement.value, f"duplicate_of:{sha256}", sha256, now, media_id),
             )
         else:
             await self._db.execute(
@@ -550,6 +556,15 @@ class Catalogue:
         )
         return {row["tag"]: row["score"] for row in rows}
 
+    async def source_tags_for(self, sha256: str) -> tuple[str, ...]:
+        """The union of source tags of every URL that carried this content (or a near-copy)."""
+        rows = await self._fetchall(
+            "SELECT tags FROM media WHERE sha256 = ? AND tags != '[]'", (sha256,))
+        tags: set[str] = set()
+        for row in rows:
+            tags.update(_loads_tuple(row["tags"]))
+        return tuple(sorted(tags))
+
     async def flags_for(self, sha256: str) -> tuple[str, ...]:
         """The union of source flags of every URL that carried this content."""
         rows = await self._fetchall("SELECT flags FROM media WHERE sha256 = ?", (sha256,))
@@ -569,11 +584,23 @@ class Catalogue:
                WHERE sha256 = ? AND placement IS NOT 'rejected'""",
             (placement.value, reason, json.dumps(list(tags)), now, sha256),
         )
+        # The first row to carry the content gets the decision's reason; every other row
+        # (the same bytes from another URL) is `duplicate_of:<sha256>`, and a row already
+        # recorded as a copy keeps its reason.
         await self._db.execute(
-            """UPDATE media SET state = ?, reason = ?, updated_at = ?
-               WHERE sha256 = ? AND (state IN ('downloaded', 'decoded', 'classified',
-               'library', 'quarantine', 'held') OR id = ?)""",
-            (placement.value, reason, now, sha256, media_id if media_id is not None else -1),
+            f"""UPDATE media SET state = :state, updated_at = :now, reason = CASE
+                  WHEN {_KEEP_COPY_REASON} THEN reason
+                  WHEN id = (SELECT min(id) FROM media AS first WHERE first.sha256 = :sha
+                             AND first.state NOT IN ('pending', 'rejected')
+                             AND (first.reason IS NULL OR NOT (
+                                 first.reason GLOB 'duplicate_of:*'
+                                 OR first.reason GLOB 'near_duplicate_of:*')))
+                    THEN :reason
+                  ELSE 'duplicate_of:' || :sha END
+               WHERE sha256 = :sha AND (state IN ('downloaded', 'decoded', 'classified',
+               'library', 'quarantine', 'held') OR id = :id)""",
+            {"state": placement.value, "reason": reason, "now": now, "sha": sha256,
+             "id": media_id if media_id is not None else -1},
         )
         await self._db.commit()
 
@@ -605,7 +632,7 @@ class Catalogue:
     # -- re-filing ---------------------------------------------------------------
 
     async def rescore_items(self) -> list[RescoreItem]:
-        """Every classified, filed image with its scores, source flags and human labels."""
+        """Every classified, filed image with its scores, source flags and tags, human labels."""
         blobs = await self._fetchall(
             """SELECT * FROM blobs WHERE placement IN ('library', 'quarantine', 'held')
                AND model_version IS NOT NULL"""
@@ -621,12 +648,18 @@ class Catalogue:
             "SELECT sha256, flags FROM media WHERE sha256 IS NOT NULL AND flags != '[]'"
         ):
             flags.setdefault(row["sha256"], set()).update(_loads_tuple(row["flags"]))
+        source_tags: dict[str, set[str]] = {}
+        for row in await self._fetchall(
+            "SELECT sha256, tags FROM media WHERE sha256 IS NOT NULL AND tags != '[]'"
+        ):
+            source_tags.setdefault(row["sha256"], set()).update(_loads_tuple(row["tags"]))
         labels = await self.human_labels()
         return [
             RescoreItem(
                 blob=_blob_row(row), scores=scores.get(row["sha256"], {}),
                 flags=tuple(sorted(flags.get(row["sha256"], ()))),
                 labels=labels.get(row["sha256"], {}),
+                source_tags=tuple(sorted(source_tags.get(row["sha256"], ()))),
             )
             for row in blobs
         ]
@@ -669,9 +702,10 @@ class Catalogue:
             [(p.value, reason, json.dumps(list(tags)), now, sha) for sha, p, reason, tags in changes],
         )
         await self._db.executemany(
-            """UPDATE media SET state = ?, reason = ?, updated_at = ? WHERE sha256 = ?
-               AND state IN ('library', 'quarantine', 'held')""",
-            [(p.value, reason, now, sha) for sha, p, reason, _ in changes],
+            f"""UPDATE media SET state = ?, updated_at = ?,
+               reason = CASE WHEN {_KEEP_COPY_REASON} THEN reason ELSE ? END
+               WHERE sha256 = ? AND state IN ('library', 'quarantine', 'held')""",
+            [(p.value, now, reason, sha) for sha, p, reason, _ in changes],
         )
         await self._db.commit()
 

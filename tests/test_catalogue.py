@@ -310,7 +310,7 @@ class TestAddMedia:
                                  placement=Placement.QUARANTINE)
         (row,) = await catalogue.add_media([ref("https://mirror.org/a.jpg", md5="abcdef")], NOW)
         assert row.state is State.QUARANTINE
-        assert row.reason == "duplicate_content"
+        assert row.reason == f"duplicate_of:{filed.sha256}"
         assert row.sha256 == filed.sha256
         assert await catalogue.count_unfinished() == 0
 
@@ -365,7 +365,7 @@ class TestDownloadAndRetry:
         assert known.tags == ("cat",)
         media = await catalogue.get_media(row.id)
         assert (media.state, media.reason, media.sha256) == (
-            State.LIBRARY, "duplicate_content", sha("A"))
+            State.LIBRARY, f"duplicate_of:{sha('A')}", sha("A"))
         assert len(await catalogue.fetch_all("SELECT * FROM blobs")) == 1
 
     async def test_duplicate_of_rejected_content_is_rejected(self, catalogue: Catalogue) -> None:

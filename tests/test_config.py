@@ -114,6 +114,16 @@ class TestLoadValid:
         assert config.quarantine.tags == ("nsfw",)
         assert config.quarantine.review_band is None
         assert config.sources == ()
+        assert config.file_by_source_tags is True
+        assert dict(config.tag_aliases) == {}
+
+    @pytest.mark.parametrize(("line", "expected"), [("", True), ("file_by_source_tags = true", True),
+                                                    ("file_by_source_tags = false", False)])
+    def test_file_by_source_tags(self, tmp_path: Path, line: str, expected: bool) -> None:
+        """The [tag_aliases] policy key is on by default and is not read as a tag."""
+        config = load_config(write(tmp_path, f"[tag_aliases]\n{line}\ncat = [\" Neko \"]\n"))
+        assert config.file_by_source_tags is expected
+        assert dict(config.tag_aliases) == {"cat": ("neko",)}
 
     def test_shipped_config_is_valid(self) -> None:
         """The repository's annotated config.toml loads without problems."""
@@ -285,6 +295,11 @@ class TestProblems:
             ("quarantine", "trust_source_flags = 1", "quarantine.trust_source_flags", "expected true or false"),
             ("quarantine", "tags = [\"gore\"]", "quarantine.tags", "tag 'gore' has no threshold"),
             ("tag_aliases", "megane = \"glasses\"", "tag_aliases.megane", "expected an array of strings"),
+            ("tag_aliases", "file_by_source_tags = \"yes\"", "tag_aliases.file_by_source_tags",
+             "expected true or false"),
+            ("tag_aliases", "file_by_source_tags = [\"x\"]", "tag_aliases.file_by_source_tags",
+             "this name is the policy key, not a tag"),
+            ("training", "use_source_labels = 1", "training.use_source_labels", "expected bool"),
         ],
     )
     def test_one_bad_value(self, tmp_path: Path, section: str, line: str, dotted: str,

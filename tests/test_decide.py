@@ -1,4 +1,4 @@
-"""The placement decision: a pure function of scores, source flags, labels and policy.
+"""The placement decision: a pure function of scores, source flags and tags, labels and policy.
 
 Big parametrize tables, no I/O (STYLE §2): each row is one case a reviewer can read.
 """
@@ -385,3 +385,111 @@ class TestPolicy:
         assert scores == {"nsfw": 0.1, "megane": 0.7} and labels == {"cat": True}
         with pytest.raises(AttributeError):
             first.placement = HELD  # type: ignore[misc]
+
+
+ALIASES = MappingProxyType({
+    "megane": ("glasses", "megane", "メガネ"),
+    "cat": ("cat", "neko"),
+    "nsfw": ("r18",),
+})
+
+
+def aliased(file_by_source_tags: bool = True, trust: bool = True) -> Policy:
+    """nsfw=0.8, megane=0.6, cat=0.7 with ALIASES."""
+    return Policy(
+        thresholds=MappingProxyType({"nsfw": 0.8, "megane": 0.6, "cat": 0.7}),
+        trust_source_flags=trust, tag_aliases=ALIASES,
+        file_by_source_tags=file_by_source_tags,
+    )
+
+
+class TestSourceTags:
+    """Source tags matching `[tag_aliases]` file images from day one; heads and labels too."""
+
+    @pytest.mark.parametrize(
+        ("scores", "source_tags", "labels", "tags", "reason_tail"),
+        [
+            # A source tag files the image although the model has no megane head.
+            ({"nsfw": 0.1}, ("glasses",), {}, ("megane",),
+             "; tags: megane (source_tag: glasses)"),
+            # Matching is on normalize_tag of both sides; a leading # is ignored.
+            ({"nsfw": 0.1}, ("ＭＥＧＡＮＥ",), {}, ("megane",),
+             "; tags: megane (source_tag: ＭＥＧＡＮＥ)"),
+            ({"nsfw": 0.1}, ("#Glasses",), {}, ("megane",),
+             "; tags: megane (source_tag: #Glasses)"),
+            ({"nsfw": 0.1}, ("メガネ",), {}, ("megane",), "; tags: megane (source_tag: メガネ)"),
+            # Several tags, each from its own alias; the first matching name is named.
+            ({"nsfw": 0.1}, ("neko", "glasses", "cat"), {}, ("cat", "megane"),
+             "; tags: cat (source_tag: cat), megane (source_tag: glasses)"),
+            # A trained head adds the tag to an image without a source tag.
+            ({"nsfw": 0.1, "megane": 0.7}, (), {}, ("megane",), "; tags: megane=0.700"),
+            ({"nsfw": 0.1, "megane": 0.5}, (), {}, (), ""),
+            # With both, the source tag is named; the head and the source tag agree.
+            ({"nsfw": 0.1, "megane": 0.9}, ("glasses",), {}, ("megane",),
+             "; tags: megane (source_tag: glasses)"),
+            # A source tag files even when the head scores low (it is the source's word).
+            ({"nsfw": 0.1, "megane": 0.2}, ("glasses",), {}, ("megane",),
+             "; tags: megane (source_tag: glasses)"),
+            # A human label always wins: no removes, yes adds.
+            ({"nsfw": 0.1}, ("glasses",), {"megane": False}, (), ""),
+            ({"nsfw": 0.1}, ("glasses",), {"megane": True}, ("megane",), "; tags: megane=label"),
+            ({"nsfw": 0.1}, (), {"cat": True}, ("cat",), "; tags: cat=label"),
+            # Unaliased source tags file nothing.
+            ({"nsfw": 0.1}, ("landscape", "sunset"), {}, (), ""),
+        ],
+    )
+    def test_tags(self, scores: dict[str, float], source_tags: tuple[str, ...],
+                  labels: dict[str, bool], tags: tuple[str, ...], reason_tail: str) -> None:
+        """The library tags and reason from scores, source tags and labels."""
+        decision = decide(scores, (), aliased(), labels, source_tags)
+        assert decision == Decision(LIBRARY, tags, "clean: nsfw=0.100 < 0.80" + reason_tail)
+
+    @pytest.mark.parametrize(
+        ("file_by_source_tags", "trust", "scores", "source_tags", "labels", "expected"),
+        [
+            # Policy off: source tags file nothing, heads still do.
+            (False, True, {"nsfw": 0.1}, ("glasses",), {},
+             Decision(LIBRARY, (), "clean: nsfw=0.100 < 0.80")),
+            (False, True, {"nsfw": 0.1, "megane": 0.8}, ("glasses",), {},
+             Decision(LIBRARY, ("megane",), "clean: nsfw=0.100 < 0.80; tags: megane=0.800")),
+            # A source tag aliased to a quarantine tag quarantines like a source flag...
+            (True, True, {"nsfw": 0.1}, ("R18",), {},
+             Decision(QUARANTINE, (), "source_tag: R18")),
+            # ...unless source flags are not trusted, or a human released the image.
+            (True, False, {"nsfw": 0.1}, ("r18",), {},
+             Decision(LIBRARY, (), "clean: nsfw=0.100 < 0.80")),
+            (True, True, {"nsfw": 0.1}, ("r18", "glasses"), {"nsfw": False},
+             Decision(LIBRARY, ("megane",),
+                      "human_label: nsfw=no; tags: megane (source_tag: glasses)")),
+            # No scores: held, whatever the source tags say (nothing unvetted is visible).
+            (True, True, None, ("glasses",), {},
+             Decision(HELD, (), "not_classified")),
+            # The model's nsfw score still quarantines a source-tagged image.
+            (True, True, {"nsfw": 0.9}, ("glasses",), {},
+             Decision(QUARANTINE, (), "score: nsfw=0.900 >= 0.80")),
+        ],
+    )
+    def test_policy(self, file_by_source_tags: bool, trust: bool,
+                    scores: dict[str, float] | None, source_tags: tuple[str, ...],
+                    labels: dict[str, bool], expected: Decision) -> None:
+        """file_by_source_tags, trusted flags, held and quarantine interplay."""
+        decision = decide(scores, (), aliased(file_by_source_tags, trust), labels, source_tags)
+        assert decision == expected
+
+    def test_policy_from_config_carries_aliases(self) -> None:
+        """policy_from_config passes the aliases and the switch through."""
+        rules = policy_from_config({"nsfw": 0.8}, ("nsfw",), True, None,
+                                   {"megane": ["glasses"]}, False)
+        assert rules.tag_aliases == {"megane": ("glasses",)}
+        assert rules.file_by_source_tags is False
+        assert policy_from_config({"nsfw": 0.8}, ("nsfw",), True, None).file_by_source_tags
+
+    @pytest.mark.parametrize(
+        ("source_tags", "expected"),
+        [((), {}), (("glasses", "megane"), {"megane": "glasses"}),
+         (("neko", "r18"), {"cat": "neko", "nsfw": "r18"}), (("dog",), {})],
+    )
+    def test_source_tag_matches(self, source_tags: tuple[str, ...],
+                                expected: dict[str, str]) -> None:
+        """tag -> the first matching source tag, in sorted order."""
+        assert aliased().source_tag_matches(source_tags) == expected

@@ -98,20 +98,30 @@ class TestPhashIndex:
 
     def test_add_replace_discard(self) -> None:
         """Adding again replaces a hash; discarding moves the last one into the hole."""
+        base = 0x0000_0000_FFFF_FFFF  # balanced: 32 ones, 32 zeros
         index = PhashIndex()
         for number, sha in enumerate("abcd"):
-            index.add(sha, 1 << number)
-        index.add("b", 0xFF00)
+            index.add(sha, base ^ (1 << (40 + number)))
+        index.add("b", base ^ 0xFF00_0000_0000)
         index.discard("a")
         index.discard("zz")
         assert len(index.stored) == 3 and "a" not in index.stored
-        assert index.nearest(0xFF00, 0) == ("b", 0)
-        assert index.nearest(1 << 3, 0) == ("d", 0)
-        assert index.nearest(1 << 2, 0) == ("c", 0)
-        assert index.nearest(1, 0) is None
-        assert index.nearest(0xFF00, 64, exclude="b") is not None
-        nearest_other = index.nearest(0, 64, exclude="b")
+        assert index.nearest(base ^ 0xFF00_0000_0000, 0) == ("b", 0)
+        assert index.nearest(base ^ (1 << 43), 0) == ("d", 0)
+        assert index.nearest(base ^ (1 << 42), 0) == ("c", 0)
+        assert index.nearest(base ^ (1 << 40), 0) is None
+        assert index.nearest(base ^ 0xFF00_0000_0000, 64, exclude="b") is not None
+        nearest_other = index.nearest(base, 64, exclude="b")
         assert nearest_other is not None and nearest_other[0] in {"c", "d"}
+
+    def test_uninformative_hashes_are_not_indexed(self) -> None:
+        """A hash with fewer than 12 minority bits (a plain image's) is never stored."""
+        index = PhashIndex()
+        index.add("flat", 0)
+        index.add("lines", "8080800000000000")
+        index.add("photo", "327226e2768d6c58")
+        assert len(index.stored) == 1 and "photo" in index.stored
+        assert index.nearest(0, 6) is None
 
     def test_grows_past_its_first_allocation(self) -> None:
         """Thousands of hashes are kept and searched (the array doubles as needed)."""
@@ -213,7 +223,74 @@ class TestArrival:
         assert await check_arrival(library.catalogue, index, sha, phash_of(data), 0) is None
 
 
+class TestInFlight:
+    """Arrivals still being processed claim their bytes and hash; later copies wait."""
+
+    async def test_same_bytes_in_flight_wait(self, library: Library) -> None:
+        """A second row with bytes another row is processing is told to wait for it."""
+        index = PhashIndex()
+        data = photo("camera")
+        media_id, sha = await arrival(library, data, "https://c.example/f1.jpg")
+        assert await check_arrival(library.catalogue, index, sha, phash_of(data),
+                                   owner=media_id) is None
+        index.claim(sha, phash_of(data), media_id)
+        assert await check_arrival(library.catalogue, index, sha, phash_of(data),
+                                   owner=media_id) is None
+        verdict = await check_arrival(library.catalogue, index, sha, None, owner=media_id + 1)
+        assert verdict == Verdict(blocked=False, of_sha256=sha, distance=0, in_flight=True)
+        assert index.release(sha, media_id) and not index.release(sha, media_id)
+        assert await check_arrival(library.catalogue, index, sha, None, owner=media_id + 1) is None
+
+    async def test_near_copy_of_an_image_in_flight_waits(self, library: Library) -> None:
+        """A re-encode of an unfiled image in flight gets an in_flight verdict naming it."""
+        index = PhashIndex()
+        data = photo("camera")
+        media_id, sha = await arrival(library, data, "https://c.example/f2.jpg")
+        index.claim(sha, phash_of(data), media_id)
+        copy = encode(Image.open(io.BytesIO(data)), "JPEG", quality=60)
+        copy_id, copy_sha = await arrival(library, copy, "https://c.example/f3.jpg")
+        verdict = await check_arrival(library.catalogue, index, copy_sha, phash_of(copy),
+                                      owner=copy_id)
+        assert verdict is not None and verdict.in_flight and not verdict.blocked
+        assert verdict.of_sha256 == sha and verdict.reason == f"near_duplicate_of:{sha}"
+
+    async def test_plain_hashes_never_match(self, library: Library) -> None:
+        """An uninformative hash (None, or unbalanced) finds nothing, stored or in flight."""
+        index = PhashIndex()
+        index.claim("a" * 64, "0000000000000000", 1)
+        _, sha = await arrival(library, photo("colorwheel"), "https://c.example/f4.jpg")
+        for phash in (None, "0000000000000000", "8080800000000000"):
+            assert await check_arrival(library.catalogue, index, sha, phash, owner=2) is None
+
+
 class TestDeleteAndBlock:
+    async def test_plain_image_is_not_blocked(self, library: Library) -> None:
+        """Deleting a low-detail image blocks no hash (its bytes stay rejected)."""
+        from tests.plain_images import plain_images
+
+        data = plain_images()["lunch menu"]
+        sha = hashlib.sha256(data).hexdigest()
+        rows = await library.catalogue.add_media(
+            [MediaRef(url="https://p.example/menu.png", source="feed-p")], 1.0)
+        await library.catalogue.record_download(rows[0].id, sha, len(data), 1.0)
+        await library.catalogue.record_decoded(rows[0].id, sha, format="PNG", width=800,
+                                               height=600, extension=".png", phash=None, now=1.0)
+        library.layout.spool_file(sha).write_bytes(data)  # hashed from this file, and refused
+        assert await block(library.catalogue, sha, "test", 2.0, library.layout) is None
+        assert await library.catalogue.fetch_all("SELECT * FROM blocked_hashes") == []
+
+    async def test_legacy_plain_blocks_are_ignored(self, library: Library) -> None:
+        """A blocked hash stored before the rule (a plain page's 0) blocks nothing."""
+        async with library.catalogue.transaction() as connection:
+            await connection.execute(
+                """INSERT INTO blocked_hashes (phash, sha256, reason, created_at)
+                   VALUES ('0000000000000000', ?, 'deleted_by_user', 1.0)""", ("e" * 64,))
+        index = await PhashIndex.load(library.catalogue)
+        assert len(index.blocked) == 0
+        _, sha = await arrival(library, photo("camera"), "https://c.example/l1.jpg")
+        assert await check_arrival(library.catalogue, index, sha, "0000000000000000") is None
+
+
     async def test_delete_rejects_everything_and_removes_every_file(
             self, library: Library) -> None:
         """Files, sidecar, thumbnails and the stored copy go; blob and rows are rejected."""

@@ -18,7 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from classifier.phash import dhash, from_hex, hamming, to_hex
+from classifier.phash import (
+    balanced,
+    dhash,
+    from_hex,
+    hamming,
+    informative_hash,
+    perceptual_hash,
+    to_hex,
+)
+from tests.plain_images import plain_images
 
 SKIMAGE_DATA = Path(str(importlib.resources.files("skimage.data")))
 PHOTOS = [
@@ -173,3 +182,81 @@ class TestHex:
         """A value that is not a 64-bit hash is refused rather than stored wrong."""
         with pytest.raises(ValueError):
             to_hex(value)
+
+
+# Photos that skimage.data ships (no download needed); all of them must hash informatively.
+INFORMATIVE_PHOTOS = [
+    "astronaut", "chelsea", "coffee", "rocket", "camera", "horse", "moon", "coins", "clock",
+    "brick", "grass", "gravel", "hubble_deep_field", "retina", "immunohistochemistry",
+    "colorwheel", "cell", "logo", "text", "checkerboard", "binary_blobs",
+    "shepp_logan_phantom", "microaneurysms", "lfw_subset",
+]
+
+
+def decoded(data: bytes, tmp_path: Path) -> Image.Image:
+    """`data` decoded the way the pipeline decodes it (JPEG draft at 256 px)."""
+    from classifier.decode import DecodeLimits, decode_image
+
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    return decode_image(path, DecodeLimits(max_width=10_000, max_height=10_000)).image
+
+
+def skimage_jpeg(name: str) -> bytes:
+    import skimage.data
+
+    pixels = np.asarray(getattr(skimage.data, name)())
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
+        pixels = pixels[0]  # a stack of images (lfw_subset): its first
+    if pixels.dtype != np.uint8:
+        pixels = pixels.astype(np.float64)  # bool masks (horse), floats (lfw_subset)
+        span = float(pixels.max() - pixels.min()) or 1.0
+        pixels = (255 * (pixels - pixels.min()) / span).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert("RGB").save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+class TestInformation:
+    """The rule of when a hash counts, with the figures of the module docstring."""
+
+    @pytest.mark.parametrize("name", INFORMATIVE_PHOTOS)
+    def test_photos_hash_informatively(self, name: str, tmp_path: Path) -> None:
+        """Every skimage photo has balance >= 18 and >= 26 decided comparisons."""
+        found = perceptual_hash(decoded(skimage_jpeg(name), tmp_path))
+        assert found.balance >= 18 and found.decided >= 26 and found.informative
+
+    @pytest.mark.parametrize("name", sorted(plain_images()))
+    def test_plain_images_do_not_count(self, name: str, tmp_path: Path) -> None:
+        """No low-detail image passes: each fails balance (<= 6) or decided (<= 19)."""
+        found = perceptual_hash(decoded(plain_images()[name], tmp_path))
+        assert found.balance <= 6 or found.decided <= 19, (found.balance, found.decided)
+        assert not found.informative
+        assert informative_hash(decoded(plain_images()[name], tmp_path)) is None
+
+    def test_plain_images_collide_without_the_rule(self, tmp_path: Path) -> None:
+        """Why the rule exists: the flat and text images all hash within 6 bits of 0."""
+        names = ["black", "white", "red", "blue jpeg", "two text lines", "lunch menu",
+                 "one notice line", "terminal screenshot", "scanned page (skimage)", "gradient"]
+        for name in names:
+            value = dhash(decoded(plain_images()[name], tmp_path))
+            assert hamming(value, 0) <= SAME_PICTURE_MAX_DISTANCE, name
+
+    @pytest.mark.parametrize("name", ["astronaut", "rocket", "brick", "moon"])
+    @pytest.mark.parametrize("quality", [95, 60, 35])
+    def test_reencodes_stay_informative(self, name: str, quality: int,
+                                        tmp_path: Path) -> None:
+        """A re-encoded photo still passes (brick at q60: 23 decided), so copies compare."""
+        image = decoded(skimage_jpeg(name), tmp_path)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        assert perceptual_hash(decoded(buffer.getvalue(), tmp_path)).informative
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [(0, False), ((1 << 64) - 1, False), (0xFFF, True), (0x7FF, False),
+         ((1 << 64) - 1 - 0xFFF, True), ("0000000000000000", False), ("327226e2768d6c58", True)],
+    )
+    def test_balance_of_stored_hashes(self, value: int | str, expected: bool) -> None:
+        """A stored hash counts only with at least 12 bits differing from the majority."""
+        assert balanced(value) is expected

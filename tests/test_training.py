@@ -153,6 +153,9 @@ class TestSettings:
         """An empty [training] gives the documented defaults."""
         settings = TrainingSettings.from_mapping({})
         assert settings.balance == "hard_negatives" and settings.negative_ratio == 3.0
+        # The first `megane train` can start from the sources' own tags, weighted below humans.
+        assert settings.use_source_labels is True
+        assert 0 < settings.source_label_weight < 1
 
     @pytest.mark.parametrize(("table", "problem"), [
         ({"epochs": 0}, "training.epochs"),

@@ -18,7 +18,7 @@ class TrainingSettings:
 
     min_positives: int = 20
     min_negatives: int = 20
-    use_source_labels: bool = False
+    use_source_labels: bool = True
     source_label_weight: float = 0.5
     balance: str = "hard_negatives"
     negative_ratio: float = 3.0
