@@ -33,7 +33,6 @@ from collections.abc import (
 )
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -51,6 +50,11 @@ from crawler.errors import (
     PermanentFetchError,
     RetryableFetchError,
 )
+from crawler.headers import (
+    parse_retry_after_s,
+    sendable_header_value,
+    shown_header_value,
+)
 from crawler.netguard import (
     check_url,
     host_port_key,
@@ -58,6 +62,7 @@ from crawler.netguard import (
     normalize_allowed_hosts,
     redact_url,
 )
+from crawler.schedule import retry_delay_s
 from crawler.sources.base import Document
 
 log = structlog.get_logger("crawler.fetch")
@@ -169,44 +174,6 @@ def make_session(
     )
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or an HTTP-date), or None.
-
-    `now` is the current Unix time. A date in the past means 0; garbage means None.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def retry_delay_s(
-    attempt: int,
-    *,
-    backoff_s: float,
-    retry_after_s: float | None,
-    max_retry_after_s: float,
-    jitter: float,
-) -> float:
-    """How long to wait before retry number `attempt` (0-based).
-
-    Exponential backoff (`backoff_s * 2**attempt`) scaled by `jitter` in [0.5, 1], and at
-    least the server's Retry-After, which is capped by `max_retry_after_s`.
-    """
-    delay = backoff_s * (2.0 ** attempt) * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, max_retry_after_s))
-    return delay
-
-
 def throttler_for_rate(rate_per_s: float) -> Throttler:
     """A Throttler allowing `rate_per_s` requests a second (also below one a second)."""
     count = max(1, math.floor(rate_per_s))
@@ -286,8 +253,9 @@ class Fetcher:
         `max_bytes` (default `max_feed_bytes`), decompressed.
         """
         cap = max_bytes if max_bytes is not None else self._config.max_feed_bytes
+        sendable = _sendable_headers(url, headers or {})
         return await self._with_deadline(
-            url, lambda: self._get_document_once(url, headers or {}, cap)
+            url, lambda: self._get_document_once(url, sendable, cap)
         )
 
     async def _with_deadline(self, url: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -522,6 +490,24 @@ async def _write_in_thread(file: IO[bytes], hasher: Any, data: bytes) -> None:
         raise
 
 
+def _sendable_headers(url: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """`headers` without the values that would not go out as the bytes they came in as.
+
+    A validator a server sent with a non-UTF-8 byte (ETag, Last-Modified) cannot be sent
+    back unchanged; a conditional request with an altered one is wrong, so it is dropped
+    (the request is then unconditional for that validator) and the drop is logged.
+    """
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        if sendable_header_value(name) and sendable_header_value(value):
+            kept[name] = value
+        else:
+            log.warning("header_dropped", url=redact_url(url), header=shown_header_value(name),
+                        value=shown_header_value(value),
+                        reason="not sendable unchanged (undecodable bytes or a line break)")
+    return kept
+
+
 def _raise_for_status(
     url: str, response: aiohttp.ClientResponse, max_retry_after_s: float
 ) -> None:
@@ -530,7 +516,7 @@ def _raise_for_status(
         return
     shown = redact_url(url)
     if status == 429 or status >= 500:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+        retry_after = parse_retry_after_s(response.headers.get("Retry-After"), time.time())
         if retry_after is not None:
             retry_after = min(retry_after, max_retry_after_s)
         raise RetryableFetchError(shown, f"http_{status}", response.reason or "",

@@ -21,7 +21,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +30,14 @@ import aiosqlite
 from storage.errors import CatalogueError, UnknownMediaError
 from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
+from storage.untrusted import (
+    capped_url,
+    storable_cursor,
+    storable_field,
+    storable_message,
+    storable_url,
+    url_problem,
+)
 
 BUSY_TIMEOUT_MS = 15_000
 # No retry is ever scheduled further ahead than this; a row due later than now + this was
@@ -104,6 +112,30 @@ def _blob_row(row: sqlite3.Row) -> BlobRow:
         model_version=row["model_version"], created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def _admissible(ref: MediaRef) -> tuple[MediaRef, str | None]:
+    """`ref` with every field storable (see storage.untrusted), and why it is refused, if so.
+
+    A URL that does not parse or is not http(s)/file still gets a row: rejected, with the
+    reason ``bad_url`` or ``bad_scheme``, and the URL capped in length.
+    """
+    url = storable_url(ref.url)
+    problem = url_problem(url)
+    if problem is not None:
+        url = capped_url(url)
+    dedup_key = storable_url(ref.dedup_key) if ref.dedup_key is not None else None
+    if problem is not None and dedup_key is not None:
+        dedup_key = capped_url(dedup_key)
+    md5 = storable_field(ref.md5)
+    if md5 is not None and not md5.isascii():
+        md5 = None
+    cleaned = replace(
+        ref, url=url, dedup_key=dedup_key,
+        post_url=storable_url(ref.post_url) if ref.post_url is not None else None,
+        author=storable_field(ref.author), posted_at=storable_field(ref.posted_at), md5=md5,
+    )
+    return cleaned, problem
 
 
 class Catalogue:
@@ -273,14 +305,17 @@ class Catalogue:
         """
         created: list[int] = []
         for ref in refs:
+            ref, problem = _admissible(ref)
             existing = await self._fetchone(
                 "SELECT id FROM media WHERE url = ? OR dedup_key = ?", (ref.url, ref.key)
             )
             if existing is not None:
                 continue
             state, reason, sha256 = State.PENDING, None, None
-            if ref.skip_reason:
-                state, reason = State.REJECTED, ref.skip_reason
+            if problem is not None:
+                state, reason = State.REJECTED, problem
+            elif ref.skip_reason:
+                state, reason = State.REJECTED, storable_message(ref.skip_reason)
             elif ref.md5 and not ref.flags:
                 # A flagged URL is downloaded and decided even when its bytes are known.
                 known = await self._known_by_md5(ref.md5)
@@ -736,8 +771,8 @@ class Catalogue:
                consecutive_errors = 0, last_error = NULL,
                empty_polls = CASE WHEN ? > 0 THEN 0 ELSE empty_polls + 1 END,
                next_poll_at = ?, notice = ?, items_total = items_total + ? WHERE name = ?""",
-            (cursor, now, now, now, new_items, now, new_items, next_poll_at, notice, new_items,
-             name),
+            (storable_cursor(cursor), now, now, now, new_items, now, new_items, next_poll_at,
+             storable_message(notice), new_items, name),
         )
 
     async def record_poll_error(
@@ -747,7 +782,7 @@ class Catalogue:
             """UPDATE sources SET last_poll_at = ?, first_poll_at = COALESCE(first_poll_at, ?),
                last_error = ?, last_error_at = ?,
                consecutive_errors = consecutive_errors + 1, next_poll_at = ? WHERE name = ?""",
-            (now, now, error, now, next_poll_at, name),
+            (now, now, storable_message(error), now, next_poll_at, name),
         )
 
     # -- reporting -----------------------------------------------------------------

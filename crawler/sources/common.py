@@ -5,9 +5,7 @@ Everything here is pure (no I/O, no clock): time is passed in as `now` (epoch se
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -15,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from crawler.errors import SourceError
+from crawler.headers import parse_retry_after_s
 from crawler.sources.base import Document, SourceContext
 
 
@@ -35,14 +34,24 @@ def load_cursor(cursor: str | None) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(cursor)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
 
 def dump_cursor(value: Mapping[str, Any]) -> str:
-    """A stable, compact JSON text for a cursor."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """A stable, compact JSON text for a cursor, always valid UTF-8.
+
+    Strings holding lone surrogates (header bytes or file names that were not UTF-8) are
+    written as JSON ``\\udcXX`` escapes, so `load_cursor` gives them back exactly and the
+    catalogue can store the text.
+    """
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text
 
 
 def header(document: Document, name: str) -> str | None:
@@ -66,26 +75,6 @@ def is_http_url(url: object) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def parse_retry_after_s(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - now
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def parse_iso_timestamp(value: object) -> float | None:
