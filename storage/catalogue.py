@@ -744,6 +744,7 @@ class Catalogue:
 
     async def ensure_source(self, name: str, kind: str, query_key: str) -> SourceState:
         """Register a source; reset its cursor when its query changed since last time."""
+        query_key = storable_url(query_key)  # a folder path may hold undecodable bytes
         state = await self.source_state(name)
         if state is None:
             await self._write(

@@ -107,7 +107,8 @@ def url_problem(url: str) -> str | None:
     if scheme not in STORED_SCHEMES:
         return "bad_scheme"
     if scheme in _HOSTED_SCHEMES:
-        if not parsed.is_absolute() or not host or any(char.isspace() for char in host):
+        if (not parsed.is_absolute() or not host
+                or any(char.isspace() or char == "%" for char in host)):
             return "bad_url"
         if port is None or not 0 < port < 65536:
             return "bad_url"
