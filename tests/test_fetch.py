@@ -32,10 +32,10 @@ from crawler.fetch import (
     Fetcher,
     GuardedConnector,
     make_session,
-    parse_retry_after,
-    retry_delay_s,
     throttler_for_rate,
 )
+from crawler.headers import parse_retry_after_s
+from crawler.schedule import retry_delay_s
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00"
@@ -933,14 +933,20 @@ class TestRetryTiming:
             ("Wed, 21 Oct 2015 07:26:00 GMT", 0.0),
             ("soon", None),
             ("-5", None),
+            ("1.5", 1.5),
+            ("+5", None),
+            ("1e3", None),
+            ("9" * 400, None),
+            ("Wed, 21 Oct 2015 07:28:00", 60.0),
+            ("Wed, 21 Oct 2015 08:28:00 +0100", 60.0),
             ("", None),
             (None, None),
         ],
     )
     def test_parse_retry_after(self, value: str | None, seconds: float | None) -> None:
-        """Retry-After is read as delta-seconds or an HTTP-date relative to now."""
+        """Retry-After is delta-seconds or an HTTP-date (GMT when no zone) relative to now."""
         now = 1445412420.0  # Wed, 21 Oct 2015 07:27:00 GMT
-        assert parse_retry_after(value, now) == seconds
+        assert parse_retry_after_s(value, now) == seconds
 
     @pytest.mark.parametrize(
         ("attempt", "jitter", "retry_after", "expected"),
