@@ -7,6 +7,7 @@ catalogue, `megane once` as a real subprocess for the shared case.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import socket
@@ -280,8 +281,8 @@ class TestEveryUrlGetsARow:
         """A folder holding a file whose name is not UTF-8: `once` ends 0, every file final."""
         folder = tmp_path / "in"
         folder.mkdir()
-        with open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb") as file:
-            file.write(photo("chelsea"))
+        undecodable = Path(os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xe9.jpg")))
+        undecodable.write_bytes(photo("chelsea"))
         (folder / "plain.jpg").write_bytes(photo("coffee"))
         config = write_config(sources=f"""
             [[sources]]
@@ -358,6 +359,6 @@ class TestWatchdogCountsProgress:
                 daemon.stop_requested.set()
                 assert await asyncio.wait_for(task, 30) == 0
                 sock.close()
-        gaps = [later - earlier for earlier, later in zip(pings, pings[1:], strict=False)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
         assert len(pings) >= 8, pings
         assert max(gaps) < 1.0, gaps

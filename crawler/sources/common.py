@@ -44,7 +44,9 @@ def dump_cursor(value: Mapping[str, Any]) -> str:
 
     Strings holding lone surrogates (header bytes or file names that were not UTF-8) are
     written as JSON ``\\udcXX`` escapes, so `load_cursor` gives them back exactly and the
-    catalogue can store the text.
+    catalogue can store the text. (A high surrogate directly followed by a low one reads
+    back as the one character they pair to: JSON has no other reading. Undecodable bytes
+    kept by surrogateescape are low surrogates only, so they always round-trip.)
     """
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     try:
