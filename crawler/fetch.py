@@ -15,6 +15,7 @@ deadline. aiohttp exceptions are translated here, once, into `crawler.errors`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import math
 import os
@@ -39,6 +40,7 @@ from typing import IO, Any, TypeVar
 import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import ContentEncodingError
 from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -90,6 +92,13 @@ class Download:
     content_type: str | None
 
 
+# The reasons the socket factory refused addresses during the current request. Happy
+# eyeballs folds several connect errors into one OSError text; this keeps them as fields.
+# Connect tasks copy the context, so they append to the request's own list.
+_blocked_reasons: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "megane_blocked_reasons", default=None)
+
+
 class _BlockedSocketError(OSError):
     """Raised by the socket factory for a forbidden address (an OSError, as aiohttp expects)."""
 
@@ -139,6 +148,9 @@ class GuardedConnector(aiohttp.TCPConnector):
         host, port = str(address[0]), int(address[1])
         reason = is_forbidden_address(host)
         if reason is not None and (host, port) not in self._exempt_addresses:
+            blocked = _blocked_reasons.get()
+            if blocked is not None:
+                blocked.append(reason)
             raise _BlockedSocketError(host, reason)
         return socket.socket(family=family, type=type_, proto=proto)
 
@@ -393,6 +405,7 @@ class Fetcher:
         self, url: str, current: URL, headers: CIMultiDict[str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One GET without redirects; aiohttp errors become FetchErrors naming `url`."""
+        _blocked_reasons.set([])
         try:
             response = await self._session.get(current, headers=headers, allow_redirects=False)
         except BlockedAddressError as error:
@@ -535,6 +548,18 @@ def _scrub(text: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `error` or an exception it was raised from (or during) is a `kind`."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _translate(url: str, error: BaseException) -> FetchError:
     """One aiohttp (or socket) error as a FetchError with a constant reason.
 
@@ -549,9 +574,9 @@ def _translate(url: str, error: BaseException) -> FetchError:
         os_error = error.os_error
         if isinstance(os_error, _BlockedSocketError):
             return BlockedAddressError(shown, f"blocked_address:{os_error.reason}")
-        if "blocked_address:" in text:  # several addresses, combined by happy eyeballs
-            reason = text.split("blocked_address:", 1)[1].split(" ", 1)[0].rstrip("]),")
-            return BlockedAddressError(shown, f"blocked_address:{reason}")
+        blocked = _blocked_reasons.get()
+        if blocked:  # several addresses, their errors combined into one text by happy eyeballs
+            return BlockedAddressError(shown, f"blocked_address:{blocked[0]}")
     if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return PermanentFetchError(shown, "tls_error", text)
     if isinstance(error, aiohttp.ClientConnectorDNSError):
@@ -561,7 +586,7 @@ def _translate(url: str, error: BaseException) -> FetchError:
     if isinstance(error, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return RetryableFetchError(shown, "timeout", text)
     if isinstance(error, aiohttp.ClientPayloadError):
-        if "encoding" in text.lower():
+        if _caused_by(error, ContentEncodingError):
             return PermanentFetchError(shown, "bad_content_encoding", text)
         return RetryableFetchError(shown, "truncated_body", text)
     if isinstance(error, aiohttp.ClientResponseError):

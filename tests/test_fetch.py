@@ -795,6 +795,26 @@ class TestAddressGuard:
         assert error.reason == "blocked_address:loopback"
         assert sum(server.hits.paths.values()) == 0
 
+    async def test_socket_factory_layer_with_several_addresses(
+        self, server: Server, tmp_path: Path
+    ) -> None:
+        """Several refused addresses (errors folded by happy eyeballs) still name the reason."""
+
+        class SocketGuardOnly(GuardedConnector):
+            async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
+                return await aiohttp.TCPConnector._resolve_host(self, host, port, traces)
+
+        resolver = FakeResolver({"images.test": ["127.0.0.1", "127.0.0.2"]})
+        connector = SocketGuardOnly(resolver=resolver)
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+            fetcher = Fetcher(session, http_config(), tmp_path)
+            error = await fetch_error(
+                fetcher.download(f"http://images.test:{server.port}/image.png")
+            )
+        assert isinstance(error, BlockedAddressError)
+        assert error.reason == "blocked_address:loopback"
+        assert sum(server.hits.paths.values()) == 0
+
     async def test_unknown_name(self, make_fetcher: FetcherFactory) -> None:
         """A name that does not resolve is a retryable dns_error."""
         fetcher = await make_fetcher(http_config(), resolver=FakeResolver({}))
