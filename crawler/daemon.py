@@ -432,9 +432,12 @@ class Daemon:
             rejected += row.state is State.REJECTED
             log.info("media_found", url=row.url, source=source.name,
                      state=row.state.value, reason=row.reason, flags=list(row.flags))
+        for item, reason in result.skipped:
+            # An entry the source could not read costs that entry; the poll goes on.
+            log.warning("entry_skipped", source=source.name, item=item, reason=reason)
         log.info("source_polled", source=source.name, found=len(result.refs),
-                 new=len(rows), rejected=rejected, next_poll_in_s=round(delay, 1),
-                 notice=result.notice)
+                 new=len(rows), rejected=rejected, skipped=len(result.skipped),
+                 next_poll_in_s=round(delay, 1), notice=result.notice)
         if self.pipeline is not None and rows:
             self.pipeline.notify()
         return result.full

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from crawler.daemon import Daemon
 from crawler.errors import SourceError
@@ -199,6 +200,25 @@ class TestPollIsolation:
         rows = await _media(config.data_dir)
         row = rows["http://127.0.0.1:9/caf%E9.jpg"]
         assert row["post_url"] == "http://127.0.0.1:9/p/%E9" and row["author"] is None
+
+    async def test_skipped_entries_cost_only_themselves(
+        self, write_config: Callable[..., Any]
+    ) -> None:
+        """Entries a source could not read are logged with their reason and counted."""
+        config = write_config(sources=_rss("feed", "http://127.0.0.1:9/a.xml"))
+        source = ScriptedSource("feed", [PollResult(
+            refs=(MediaRef(url="http://127.0.0.1:9/ok.jpg", source="feed"),), cursor=None,
+            skipped=(("entry 2", "bad character reference"), ("entry 5", "no media")))])
+        with capture_logs() as logs:
+            await Daemon(config, classifier=None, classifier_problem="no_model: test",
+                         sources=[source]).run(once=True)
+        skipped = [(entry["item"], entry["reason"]) for entry in logs
+                   if entry["event"] == "entry_skipped"]
+        assert skipped == [("entry 2", "bad character reference"), ("entry 5", "no media")]
+        polled = next(entry for entry in logs if entry["event"] == "source_polled")
+        assert (polled["new"], polled["skipped"]) == (1, 2)
+        state = await _source_state(config.data_dir, "feed")
+        assert state.last_error is None
 
     async def test_a_source_error_keeps_its_retry_after(
         self, write_config: Callable[..., Any]
