@@ -470,20 +470,21 @@ class Catalogue:
         await self._write(
             """UPDATE media SET state = 'pending', reason = ?, attempts = attempts + 1,
                next_attempt_at = ?, updated_at = ? WHERE id = ?""",
-            (reason, next_attempt_at, now, media_id),
+            (storable_message(reason), next_attempt_at, now, media_id),
         )
 
     async def defer(self, media_id: int, reason: str, next_attempt_at: float, now: float) -> None:
         """Keep the row's state but try it again no earlier than `next_attempt_at`."""
         await self._write(
             "UPDATE media SET reason = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
-            (reason, next_attempt_at, now, media_id),
+            (storable_message(reason), next_attempt_at, now, media_id),
         )
 
     @_serialized
     async def reject(self, media_id: int, reason: str, now: float,
                      sha256: str | None = None) -> None:
         """A permanent failure: the row is final as rejected; its content, if any, too."""
+        reason = storable_message(reason) or ""  # an error text may quote undecodable bytes
         if sha256 is not None:
             await self._db.execute(
                 """UPDATE blobs SET placement = 'rejected', reason = ?, updated_at = ?

@@ -300,3 +300,24 @@ class TestOverTheWire:
                         raise AssertionError("a 429/503 download must fail")
 
         asyncio.run(download())
+
+    @NETWORK
+    @given(values=st.dictionaries(
+        st.sampled_from([b"Location", b"Content-Type", b"Content-Encoding", b"Content-Length",
+                         b"Transfer-Encoding", b"Retry-After"]), header_bytes, min_size=1),
+        status=st.sampled_from([200, 302, 307, 429]))
+    def test_download_with_any_header_bytes(self, values: dict[bytes, bytes], status: int) -> None:
+        """Any bytes in Location and content headers: a download succeeds or is a FetchError."""
+
+        async def download() -> None:
+            async with raw_server() as server:
+                server.routes["/a.png"] = RawResponse(status, list(values.items()), b"\x89PNG")
+                async with http_client(server.base) as client:
+                    try:
+                        result = await client.inner.download(f"{server.base}/a.png")
+                    except FetchError as error:
+                        assert error.reason and error.url.startswith(server.base)
+                    else:
+                        result.path.unlink()
+
+        asyncio.run(download())

@@ -322,6 +322,32 @@ class TestEveryUrlGetsARow:
         assert state.last_error is None
 
 
+class TestStorageBoundary:
+    async def test_reasons_and_errors_quoting_raw_bytes_are_stored_escaped(
+        self, tmp_path: Path
+    ) -> None:
+        """A reason or error quoting undecodable bytes is stored with \\xNN escapes."""
+        catalogue = await Catalogue.open(tmp_path / "catalogue.sqlite")
+        try:
+            first, second = await catalogue.add_media(
+                [MediaRef(url="https://e.org/a.jpg", source="s"),
+                 MediaRef(url="https://e.org/b.jpg", source="s",
+                          skip_reason="not an image (M\udce4r)")], NOW)
+            await catalogue.record_retry(first.id, "bad_header: M\udce4r", NOW + 5, NOW)
+            assert (await catalogue.get_media(first.id)).reason == "bad_header: M\\xe4r"
+            await catalogue.reject(first.id, "internal_error: M\udce4r", NOW)
+            assert (await catalogue.get_media(first.id)).reason == "internal_error: M\\xe4r"
+            assert second.reason == "not an image (M\\xe4r)"
+            await catalogue.ensure_source("s", "folder", "folder:/in/caf\udce9")
+            await catalogue.record_poll_error("s", "HTTP 500: M\udce4r", next_poll_at=NOW,
+                                              now=NOW)
+            state = await catalogue.source_state("s")
+            assert state is not None and state.last_error == "HTTP 500: M\\xe4r"
+            assert state.query_key == "folder:/in/caf%E9"
+        finally:
+            await catalogue.close()
+
+
 class TestOnceEndsFinal:
     async def test_a_dripping_server_ends_rejected_as_timeout(self, tmp_path: Path) -> None:
         """An image dripped a byte a second past timeout_s, retried, ends rejected 'timeout'."""
