@@ -457,13 +457,14 @@ class Daemon:
                                   errors=poller.consecutive_errors, retry_after_s=retry_after)
         if isinstance(error, SourceError | FetchError):
             reason = str(error)
-            log.warning("source_failed", source=source.name, reason=reason,
-                        retry_in_s=round(delay, 1), errors=poller.consecutive_errors)
+            log.warning("source_failed", source=source.name, reason=error.reason,
+                        url=error.url, detail=reason, retry_in_s=round(delay, 1),
+                        errors=poller.consecutive_errors)
         else:
             reason = f"internal_error: {type(error).__name__}: {error}"[:1000]
-            log.error("source_failed", source=source.name, reason=reason,
-                      retry_in_s=round(delay, 1), errors=poller.consecutive_errors,
-                      exc_info=error)
+            log.error("source_failed", source=source.name, reason="internal_error",
+                      detail=reason, retry_in_s=round(delay, 1),
+                      errors=poller.consecutive_errors, exc_info=error)
         await catalogue.record_poll_error(source.name, reason, next_poll_at=now + delay,
                                           now=now)
 

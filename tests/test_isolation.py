@@ -225,9 +225,14 @@ class TestPollIsolation:
     ) -> None:
         """A SourceError's Retry-After sets the next poll no sooner than it asks."""
         config = write_config(sources=_rss("slow", "http://127.0.0.1:9/a.xml"))
-        source = ScriptedSource("slow", [SourceError("slow", "rate limited", retry_after_s=900)])
-        await Daemon(config, classifier=None, classifier_problem="no_model: test",
-                     sources=[source]).run(once=True)
+        source = ScriptedSource("slow", [SourceError(
+            "slow", "rate limited", retry_after_s=900, reason="rate_limited",
+            url="https://e.org/api")])
+        with capture_logs() as logs:
+            await Daemon(config, classifier=None, classifier_problem="no_model: test",
+                         sources=[source]).run(once=True)
+        failed = next(entry for entry in logs if entry["event"] == "source_failed")
+        assert (failed["reason"], failed["url"]) == ("rate_limited", "https://e.org/api")
         state = await _source_state(config.data_dir, "slow")
         assert state.last_error == "source 'slow': rate limited"
         assert state.next_poll_at - state.last_poll_at >= 900

@@ -144,10 +144,12 @@ def raise_for_status(source: str, document: Document, now: float,
     shown = redact_query(document.url)
     if document.status in throttled:
         raise SourceError(source, f"rate limited (HTTP {document.status}) at {shown}",
-                          retry_after_s=retry_after_s if retry_after_s is not None else 60.0)
+                          retry_after_s=retry_after_s if retry_after_s is not None else 60.0,
+                          reason="rate_limited", url=shown)
     message = error_message(document.body)
     raise SourceError(source, f"HTTP {document.status} from {shown}"
-                      + (f": {message}" if message else ""), retry_after_s=retry_after_s)
+                      + (f": {message}" if message else ""), retry_after_s=retry_after_s,
+                      reason=f"http_{document.status}", url=shown)
 
 
 def parse_json(source: str, body: bytes, url: str = "") -> Any:
@@ -156,7 +158,8 @@ def parse_json(source: str, body: bytes, url: str = "") -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         where = f" from {redact_query(url)}" if url else ""
-        raise SourceError(source, f"not JSON{where}: {error}") from None
+        raise SourceError(source, f"not JSON{where}: {error}", reason="not_json",
+                          url=redact_query(url) if url else None) from None
 
 
 def as_mapping(value: object) -> Mapping[str, Any]:
