@@ -93,7 +93,11 @@ def load_model(config: Config, layout: DataLayout) -> tuple[Classifier | None, s
 
 
 class DaemonObserver:
-    """Feeds pipeline progress to the watchdog and the metrics."""
+    """Feeds pipeline progress to the watchdog and the metrics.
+
+    Progress is movement, not success: a stage done, an item reaching any final state
+    (rejected too), or a retry scheduled. A backlog of 404s keeps the watchdog fed.
+    """
 
     def __init__(self, watchdog: ProgressWatchdog | None, metrics: Metrics) -> None:
         self.watchdog = watchdog

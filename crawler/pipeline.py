@@ -87,7 +87,11 @@ class PipelineSettings:
 
 
 class PipelineObserver(Protocol):
-    """Hooks for metrics and the watchdog; every method must be cheap and never raise."""
+    """Hooks for metrics and the watchdog; every method must be cheap and never raise.
+
+    `progress` is called when a stage finishes an item, when an item reaches a final state
+    (``reject`` included) and when a retry is scheduled (``retry``).
+    """
 
     def progress(self, stage: str, count: int = 1) -> None: ...
 
