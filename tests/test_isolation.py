@@ -179,6 +179,45 @@ class TestPollIsolation:
         rows = await _media(config.data_dir)
         assert rows["http://127.0.0.1:9/x.jpg"]["state"] == "rejected"  # port 9: refused
 
+    async def test_a_storage_error_while_storing_a_poll_costs_that_poll(
+        self, write_config: Callable[..., Any]
+    ) -> None:
+        """SQLite refusing a poll's cursor or rows (a trigger here) is that poll's last_error."""
+        config = write_config(sources=_rss("cursor", "http://127.0.0.1:9/a.xml")
+                              + _rss("rows", "http://127.0.0.1:9/b.xml")
+                              + _rss("good", "http://127.0.0.1:9/c.xml"))
+        layout = DataLayout(config.data_dir)
+        layout.ensure()
+        catalogue = await Catalogue.open(layout.catalogue)
+        try:
+            async with catalogue.transaction() as connection:
+                await connection.execute(
+                    """CREATE TRIGGER refuse_cursor BEFORE UPDATE OF cursor ON sources
+                       WHEN NEW.cursor LIKE '%refused%'
+                       BEGIN SELECT RAISE(ABORT, 'cursor refused'); END""")
+                await connection.execute(
+                    """CREATE TRIGGER refuse_row BEFORE INSERT ON media
+                       WHEN NEW.url LIKE '%refused%'
+                       BEGIN SELECT RAISE(ABORT, 'row refused'); END""")
+        finally:
+            await catalogue.close()
+        sources = [
+            ScriptedSource("cursor", [PollResult(refs=(), cursor='{"etag":"refused"}')]),
+            ScriptedSource("rows", [PollResult(refs=(
+                MediaRef(url="http://127.0.0.1:9/refused.jpg", source="rows"),))]),
+            ScriptedSource("good", [PollResult(refs=(
+                MediaRef(url="http://127.0.0.1:9/fine.jpg", source="good"),))]),
+        ]
+        code = await Daemon(config, classifier=None, classifier_problem="no_model: test",
+                            sources=sources).run(once=True)
+        assert code == 0
+        for name, message in (("cursor", "cursor refused"), ("rows", "row refused")):
+            state = await _source_state(config.data_dir, name)
+            assert state.last_error == f"internal_error: IntegrityError: {message}"
+            assert state.consecutive_errors == 1
+        assert (await _source_state(config.data_dir, "good")).last_error is None
+        assert set(await _media(config.data_dir)) == {"http://127.0.0.1:9/fine.jpg"}
+
     async def test_unstorable_cursor_and_names_do_not_stop_the_daemon(
         self, write_config: Callable[..., Any]
     ) -> None:
