@@ -126,9 +126,13 @@ class TestLatin1LastModifiedCase:
             from crawler.config import load_config
 
             config = load_config(config_path)
-            code = await Daemon(config, classifier=None,
-                                classifier_problem="no_model: test").run(once=True)
+            with capture_logs() as logs:
+                code = await Daemon(config, classifier=None,
+                                    classifier_problem="no_model: test").run(once=True)
             assert code == 0
+            dropped = [entry for entry in logs if entry["event"] == "header_dropped"]
+            assert [entry["header"] for entry in dropped] == ["If-Modified-Since"]
+            assert dropped[0]["value"] == "Mi, 05 M\\xe4r 2025 10:00:00 GMT"
             feed_requests = [request for request in server.requests
                              if request.path == "/feed.xml"]
             assert len(feed_requests) == 2
@@ -258,6 +262,22 @@ class TestPollIsolation:
         assert (polled["new"], polled["skipped"]) == (1, 2)
         state = await _source_state(config.data_dir, "feed")
         assert state.last_error is None
+
+    async def test_a_cursor_that_is_neither_text_nor_json_is_not_stored(
+        self, write_config: Callable[..., Any]
+    ) -> None:
+        """A non-JSON cursor with undecodable bytes keeps the previous cursor, logged."""
+        config = write_config(sources=_rss("odd", "http://127.0.0.1:9/a.xml"))
+        source = ScriptedSource("odd", [PollResult(refs=(), cursor='{"page":1}'),
+                                        PollResult(refs=(), cursor="page=M\udce4r")])
+        for _ in range(2):
+            with capture_logs() as logs:
+                await Daemon(config, classifier=None, classifier_problem="no_model: test",
+                             sources=[source]).run(once=True)
+        assert [entry["event"] for entry in logs].count("cursor_not_stored") == 1
+        state = await _source_state(config.data_dir, "odd")
+        assert state.cursor == '{"page":1}' and state.last_error is None
+        assert source.cursors_seen == [None, '{"page":1}']
 
     async def test_a_source_error_keeps_its_retry_after(
         self, write_config: Callable[..., Any]
