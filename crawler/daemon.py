@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +22,12 @@ import structlog
 from classifier.base import Classifier
 from classifier.decode import DecodeLimits
 from classifier.errors import ClassifierError
-from crawler.config import Config, load_config
+from crawler.config import Config, SourceConfig, load_config
 from crawler.decide import Policy, policy_from_config
-from crawler.errors import ConfigError, FetchError, SourceError
+from crawler.errors import ConfigError, FetchError, RetryableFetchError, SourceError
 from crawler.hygiene import PhashIndex
 from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
-from crawler.pipeline import Pipeline, PipelineSettings
+from crawler.pipeline import Pipeline, PipelineSettings, screen_refs
 from crawler.promotion import follow_promotions, load_active_model
 from crawler.rescore import reconcile, rescore
 from crawler.review.refresher import IndexRefresher
@@ -35,8 +35,10 @@ from crawler.review.settings import ReviewSettings
 from crawler.schedule import next_poll_delay_s, quiet_notice
 from crawler.sdnotify import Notifier, ProgressWatchdog, watchdog_interval_s
 from crawler.sources import Source, SourceContext, create_source
-from storage.catalogue import Catalogue
+from storage.catalogue import Catalogue, SourceState
 from storage.placement import DataLayout, sweep
+from storage.records import State
+from storage.untrusted import storable_cursor
 
 log = structlog.get_logger("megane.daemon")
 ONCE_MAX_EXTRA_POLLS = 100
@@ -70,6 +72,7 @@ def pipeline_settings(config: Config) -> PipelineSettings:
             max_frames=config.images.max_frames, formats=config.images.formats,
         ),
         jpeg_draft=config.images.jpeg_draft,
+        once_max_retry_delay_s=min(10.0, config.http.timeout_s),
     )
 
 
@@ -90,7 +93,11 @@ def load_model(config: Config, layout: DataLayout) -> tuple[Classifier | None, s
 
 
 class DaemonObserver:
-    """Feeds pipeline progress to the watchdog and the metrics."""
+    """Feeds pipeline progress to the watchdog and the metrics.
+
+    Progress is movement, not success: a stage done, an item reaching any final state
+    (rejected too), or a retry scheduled. A backlog of 404s keeps the watchdog fed.
+    """
 
     def __init__(self, watchdog: ProgressWatchdog | None, metrics: Metrics) -> None:
         self.watchdog = watchdog
@@ -128,8 +135,12 @@ class Daemon:
         classifier_problem: str | None = None,
         clock: Callable[[], float] = time.time,
         environ: Mapping[str, str] | None = None,
+        sources: Sequence[Source] | None = None,
     ) -> None:
+        """`sources`, when given, are polled instead of those built from the config (each
+        named like one of its `[[sources]]` tables, whose schedule it keeps)."""
         self.config = config
+        self.given_sources = list(sources) if sources is not None else None
         self.layout = DataLayout(config.data_dir)
         self.clock = clock
         self.environ = dict(environ or {})
@@ -186,7 +197,8 @@ class Daemon:
                     http=fetcher, user_agent=self.config.http.user_agent,
                     settings={"safe_rating_is_nsfw": self.config.quarantine.safe_rating_is_nsfw},
                 )
-                sources = [create_source(item, context) for item in self.config.sources]
+                sources = (self.given_sources if self.given_sources is not None
+                           else [create_source(item, context) for item in self.config.sources])
                 self.pipeline = Pipeline(
                     catalogue=catalogue, layout=self.layout, fetcher=fetcher,
                     classifier=self.classifier, classifier_problem=self.classifier_problem,
@@ -291,8 +303,8 @@ class Daemon:
                 stopping.cancel()
                 if not reloading.done():
                     reloading.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reloading
+                    # Wait for it to unwind without catching a cancellation of this task.
+                    await asyncio.wait({reloading})
             if self.stop_requested.is_set():
                 continue
             self.notifier.ready()
@@ -347,6 +359,12 @@ class Daemon:
         return True
 
     async def _poll_loop(self, catalogue: Catalogue, poller: PollerState, once: bool) -> None:
+        """Poll one source on its schedule: the one place that isolates a poll's failures.
+
+        Whatever a poll raises (the source, the network, storing its rows or cursor) is
+        caught here and costs that poll: `last_error`, backoff, and the other sources go
+        on. Only a failure to record that (a broken catalogue) ends the daemon.
+        """
         source = poller.source
         config = next(item for item in self.config.sources if item.name == source.name)
         state = await catalogue.ensure_source(source.name, source.kind, source.query_key())
@@ -364,53 +382,10 @@ class Daemon:
                     await asyncio.sleep(wait_s)
             now = self.clock()
             try:
-                result = await source.poll(state.cursor, now)
-            except (SourceError, FetchError) as error:
+                result_full = await self._poll_once(catalogue, poller, config, state, now)
+            except Exception as error:  # noqa: BLE001 - isolation: a failed poll costs that poll
                 result_full = False
-                poller.consecutive_errors += 1
-                retry_after = getattr(error, "retry_after_s", None)
-                delay = next_poll_delay_s(
-                    config, empty_polls=poller.empty_polls, full=False,
-                    errors=poller.consecutive_errors, retry_after_s=retry_after,
-                )
-                await catalogue.record_poll_error(source.name, str(error),
-                                                  next_poll_at=now + delay, now=now)
-                log.warning("source_failed", source=source.name, reason=str(error),
-                            retry_in_s=round(delay, 1), errors=poller.consecutive_errors)
-            except Exception as error:
-                result_full = False
-                poller.consecutive_errors += 1
-                delay = next_poll_delay_s(config, empty_polls=poller.empty_polls, full=False,
-                                          errors=poller.consecutive_errors, retry_after_s=None)
-                await catalogue.record_poll_error(
-                    source.name, f"internal_error: {type(error).__name__}: {error}",
-                    next_poll_at=now + delay, now=now)
-                log.exception("source_failed", source=source.name)
-            else:
-                result_full = result.full
-                rows = await catalogue.add_media(result.refs, now)
-                poller.consecutive_errors = 0
-                poller.empty_polls = 0 if rows else poller.empty_polls + 1
-                delay = next_poll_delay_s(
-                    config, empty_polls=poller.empty_polls, full=result.full,
-                    errors=0, retry_after_s=result.retry_after_s,
-                )
-                notice = result.notice or quiet_notice(
-                    empty_polls=poller.empty_polls,
-                    last_new_at=now if rows else state.last_new_at,
-                    first_poll_at=state.first_poll_at or now, now=now,
-                )
-                await catalogue.record_poll(
-                    source.name, cursor=result.cursor, new_items=len(rows),
-                    next_poll_at=now + delay, notice=notice, now=now,
-                )
-                for row in rows:
-                    log.info("media_found", url=row.url, source=source.name,
-                             state=row.state.value, reason=row.reason, flags=list(row.flags))
-                log.info("source_polled", source=source.name, found=len(result.refs),
-                         new=len(rows), next_poll_in_s=round(delay, 1), notice=result.notice)
-                if self.pipeline is not None and rows:
-                    self.pipeline.notify()
+                await self._poll_failed(catalogue, poller, config, error, now)
             refreshed = await catalogue.source_state(source.name)
             if refreshed is not None:
                 state = refreshed
@@ -421,6 +396,81 @@ class Daemon:
             poller.polled_once.set()
             if once:
                 return
+
+
+    async def _poll_once(self, catalogue: Catalogue, poller: PollerState,
+                         config: SourceConfig, state: SourceState, now: float) -> bool:
+        """Poll one source and store what it found; True when more is waiting (a full page).
+
+        Anything raised here, from the source, the network or storing the result, costs
+        this poll only (see `_poll_failed`).
+        """
+        source = poller.source
+        result = await source.poll(state.cursor, now)
+        refs = result.refs
+        if self.pipeline is not None:
+            refs = tuple(screen_refs(refs, self.pipeline.local_sources))
+        rows = await catalogue.add_media(refs, now)
+        poller.consecutive_errors = 0
+        poller.empty_polls = 0 if rows else poller.empty_polls + 1
+        delay = next_poll_delay_s(
+            config, empty_polls=poller.empty_polls, full=result.full,
+            errors=0, retry_after_s=result.retry_after_s,
+        )
+        notice = result.notice or quiet_notice(
+            empty_polls=poller.empty_polls,
+            last_new_at=now if rows else state.last_new_at,
+            first_poll_at=state.first_poll_at or now, now=now,
+        )
+        cursor = result.cursor
+        if cursor is not None and storable_cursor(cursor) is None:
+            log.warning("cursor_not_stored", source=source.name,
+                        reason="not valid text and not JSON; the previous cursor is kept")
+            cursor = None
+        await catalogue.record_poll(
+            source.name, cursor=cursor, new_items=len(rows),
+            next_poll_at=now + delay, notice=notice, now=now,
+        )
+        rejected = 0
+        for row in rows:
+            rejected += row.state is State.REJECTED
+            log.info("media_found", url=row.url, source=source.name,
+                     state=row.state.value, reason=row.reason, flags=list(row.flags))
+        for item, reason in result.skipped:
+            # An entry the source could not read costs that entry; the poll goes on.
+            log.warning("entry_skipped", source=source.name, item=item, reason=reason)
+        log.info("source_polled", source=source.name, found=len(result.refs),
+                 new=len(rows), rejected=rejected, skipped=len(result.skipped),
+                 next_poll_in_s=round(delay, 1), notice=result.notice)
+        if self.pipeline is not None and rows:
+            self.pipeline.notify()
+        return result.full
+
+    async def _poll_failed(self, catalogue: Catalogue, poller: PollerState,
+                           config: SourceConfig, error: Exception, now: float) -> None:
+        """Record a failed poll as the source's `last_error` and back off; the others go on.
+
+        If even that cannot be stored, the catalogue itself is broken: that error ends the
+        daemon (exit 2), as a fault of its own state.
+        """
+        source = poller.source
+        poller.consecutive_errors += 1
+        retry_after = (error.retry_after_s
+                       if isinstance(error, SourceError | RetryableFetchError) else None)
+        delay = next_poll_delay_s(config, empty_polls=poller.empty_polls, full=False,
+                                  errors=poller.consecutive_errors, retry_after_s=retry_after)
+        if isinstance(error, SourceError | FetchError):
+            reason = str(error)
+            log.warning("source_failed", source=source.name, reason=error.reason,
+                        url=error.url, detail=reason, retry_in_s=round(delay, 1),
+                        errors=poller.consecutive_errors)
+        else:
+            reason = f"internal_error: {type(error).__name__}: {error}"[:1000]
+            log.error("source_failed", source=source.name, reason="internal_error",
+                      detail=reason, retry_in_s=round(delay, 1),
+                      errors=poller.consecutive_errors, exc_info=error)
+        await catalogue.record_poll_error(source.name, reason, next_poll_at=now + delay,
+                                          now=now)
 
 
 def stats_for_status(counts: Mapping[str, Any]) -> str:

@@ -60,10 +60,18 @@ class BlockedAddressError(PermanentFetchError):
 
 
 class SourceError(CrawlerError):
-    """A source could not be polled (bad response, unparseable feed); the source backs off."""
+    """A source could not be polled (bad response, unparseable feed); the source backs off.
 
-    def __init__(self, source: str, detail: str, retry_after_s: float | None = None) -> None:
+    `reason` is a constant code for callers to branch on (``source_error`` unless the
+    source says more, e.g. ``http_503``, ``rate_limited``, ``not_json``); `url` is the
+    document at fault, when there is one; `detail` is for people.
+    """
+
+    def __init__(self, source: str, detail: str, retry_after_s: float | None = None, *,
+                 reason: str = "source_error", url: str | None = None) -> None:
         super().__init__(f"source {source!r}: {detail}")
         self.source = source
         self.detail = detail
         self.retry_after_s = retry_after_s
+        self.reason = reason
+        self.url = url

@@ -15,6 +15,7 @@ deadline. aiohttp exceptions are translated here, once, into `crawler.errors`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import math
 import os
@@ -33,13 +34,13 @@ from collections.abc import (
 )
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import ContentEncodingError
 from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -51,12 +52,18 @@ from crawler.errors import (
     PermanentFetchError,
     RetryableFetchError,
 )
+from crawler.headers import (
+    parse_retry_after_s,
+    sendable_header_value,
+    shown_header_value,
+)
 from crawler.netguard import (
     check_url,
     host_port_key,
     is_forbidden_address,
     normalize_allowed_hosts,
 )
+from crawler.schedule import retry_delay_s
 from crawler.sources.base import Document
 from storage.redact import redact
 
@@ -83,6 +90,13 @@ class Download:
     sha256: str
     size: int
     content_type: str | None
+
+
+# The reasons the socket factory refused addresses during the current request. Happy
+# eyeballs folds several connect errors into one OSError text; this keeps them as fields.
+# Connect tasks copy the context, so they append to the request's own list.
+_blocked_reasons: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "megane_blocked_reasons", default=None)
 
 
 class _BlockedSocketError(OSError):
@@ -130,6 +144,9 @@ class AddressGuard:
         host, port = str(address[0]), int(address[1])
         reason = is_forbidden_address(host)
         if reason is not None and not self._exempt(host, port):
+            blocked = _blocked_reasons.get()
+            if blocked is not None:
+                blocked.append(reason)
             raise _BlockedSocketError(host, reason)
         return socket.socket(family=family, type=type_, proto=proto)
 
@@ -220,44 +237,6 @@ def make_session(
     )
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or an HTTP-date), or None.
-
-    `now` is the current Unix time. A date in the past means 0; garbage means None.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def retry_delay_s(
-    attempt: int,
-    *,
-    backoff_s: float,
-    retry_after_s: float | None,
-    max_retry_after_s: float,
-    jitter: float,
-) -> float:
-    """How long to wait before retry number `attempt` (0-based).
-
-    Exponential backoff (`backoff_s * 2**attempt`) scaled by `jitter` in [0.5, 1], and at
-    least the server's Retry-After, which is capped by `max_retry_after_s`.
-    """
-    delay = backoff_s * (2.0 ** attempt) * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, max_retry_after_s))
-    return delay
-
-
 def throttler_for_rate(rate_per_s: float) -> Throttler:
     """A Throttler allowing `rate_per_s` requests a second (also below one a second)."""
     count = max(1, math.floor(rate_per_s))
@@ -337,8 +316,9 @@ class Fetcher:
         `max_bytes` (default `max_feed_bytes`), decompressed.
         """
         cap = max_bytes if max_bytes is not None else self._config.max_feed_bytes
+        sendable = _sendable_headers(url, headers or {})
         return await self._with_deadline(
-            url, lambda: self._get_document_once(url, headers or {}, cap)
+            url, lambda: self._get_document_once(url, sendable, cap)
         )
 
     async def _with_deadline(self, url: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -476,6 +456,7 @@ class Fetcher:
         self, url: str, current: URL, headers: CIMultiDict[str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One GET without redirects; aiohttp errors become FetchErrors naming `url`."""
+        _blocked_reasons.set([])
         try:
             response = await self._session.get(current, headers=headers, allow_redirects=False)
         except BlockedAddressError as error:
@@ -573,6 +554,24 @@ async def _write_in_thread(file: IO[bytes], hasher: Any, data: bytes) -> None:
         raise
 
 
+def _sendable_headers(url: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """`headers` without the values that would not go out as the bytes they came in as.
+
+    A validator a server sent with a non-UTF-8 byte (ETag, Last-Modified) cannot be sent
+    back unchanged; a conditional request with an altered one is wrong, so it is dropped
+    (the request is then unconditional for that validator) and the drop is logged.
+    """
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        if sendable_header_value(name) and sendable_header_value(value):
+            kept[name] = value
+        else:
+            log.warning("header_dropped", url=redact(url), header=shown_header_value(name),
+                        value=shown_header_value(value),
+                        reason="not sendable unchanged (undecodable bytes or a line break)")
+    return kept
+
+
 def _raise_for_status(
     url: str, response: aiohttp.ClientResponse, max_retry_after_s: float
 ) -> None:
@@ -581,7 +580,7 @@ def _raise_for_status(
         return
     shown = redact(url)
     if status == 429 or status >= 500:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+        retry_after = parse_retry_after_s(response.headers.get("Retry-After"), time.time())
         if retry_after is not None:
             retry_after = min(retry_after, max_retry_after_s)
         raise RetryableFetchError(shown, f"http_{status}", response.reason or "",
@@ -589,6 +588,18 @@ def _raise_for_status(
     if status in REDIRECT_STATUSES:
         raise PermanentFetchError(shown, "bad_redirect", f"{status} without Location")
     raise PermanentFetchError(shown, f"http_{status}", response.reason or "")
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `error` or an exception it was raised from (or during) is a `kind`."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _translate(url: str, error: BaseException) -> FetchError:
@@ -605,9 +616,9 @@ def _translate(url: str, error: BaseException) -> FetchError:
         os_error = error.os_error
         if isinstance(os_error, _BlockedSocketError):
             return BlockedAddressError(shown, f"blocked_address:{os_error.reason}")
-        if "blocked_address:" in text:  # several addresses, combined by happy eyeballs
-            reason = text.split("blocked_address:", 1)[1].split(" ", 1)[0].rstrip("]),")
-            return BlockedAddressError(shown, f"blocked_address:{reason}")
+        blocked = _blocked_reasons.get()
+        if blocked:  # several addresses, their errors combined into one text by happy eyeballs
+            return BlockedAddressError(shown, f"blocked_address:{blocked[0]}")
     if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return PermanentFetchError(shown, "tls_error", text)
     if isinstance(error, aiohttp.ClientConnectorDNSError):
@@ -617,7 +628,7 @@ def _translate(url: str, error: BaseException) -> FetchError:
     if isinstance(error, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return RetryableFetchError(shown, "timeout", text)
     if isinstance(error, aiohttp.ClientPayloadError):
-        if "encoding" in text.lower():
+        if _caused_by(error, ContentEncodingError):
             return PermanentFetchError(shown, "bad_content_encoding", text)
         return RetryableFetchError(shown, "truncated_body", text)
     if isinstance(error, aiohttp.ClientResponseError):

@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,21 +28,21 @@ from classifier.decode import DecodeLimits, decode_image
 from classifier.errors import DecodeError
 from crawler.aio import DaemonThreadRunner, ThreadLimiter, shielded, wait_event
 from crawler.decide import Decision, Policy, decide
-from crawler.errors import FetchError, PermanentFetchError
+from crawler.errors import FetchError, PermanentFetchError, RetryableFetchError
 from crawler.hygiene import PhashIndex, Verdict, check_arrival, record_near_duplicate
 from crawler.localcopy import copy_to_spool
 from crawler.rescore import refile_one
+from crawler.schedule import retry_delay_s
 from storage.catalogue import Catalogue
 from storage.errors import PlacementError
 from storage.placement import DataLayout, place
-from storage.records import BlobRow, MediaRow, Placement, State
+from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
 
 log = structlog.get_logger("megane.pipeline")
 
 UNFINISHED = (State.PENDING, State.DOWNLOADED, State.DECODED, State.CLASSIFIED)
 RETRY_BASE_S = 30.0
 RETRY_MAX_S = 3600.0
-DISK_RETRY_S = 60.0
 DISK_RETRY_S = 60.0
 
 
@@ -86,10 +86,17 @@ class PipelineSettings:
     shutdown_grace_s: float = 10.0
     limits: DecodeLimits = DecodeLimits()
     jpeg_draft: bool = True
+    # With `run(until_idle=True)` (`megane once`) a retry waits at most this long, so every
+    # item reaches a final state before the run ends.
+    once_max_retry_delay_s: float = 10.0
 
 
 class PipelineObserver(Protocol):
-    """Hooks for metrics and the watchdog; every method must be cheap and never raise."""
+    """Hooks for metrics and the watchdog; every method must be cheap and never raise.
+
+    `progress` is called when a stage finishes an item, when an item reaches a final state
+    (``reject`` included) and when a retry is scheduled (``retry``).
+    """
 
     def progress(self, stage: str, count: int = 1) -> None: ...
 
@@ -109,12 +116,20 @@ class _NullObserver:
         return None
 
 
-def retry_delay_s(attempts: int, retry_after_s: float | None, jitter: float) -> float:
-    """Backoff before the next attempt: exponential from 30 s, capped at an hour."""
-    delay: float = min(RETRY_BASE_S * (2.0 ** attempts), RETRY_MAX_S) * (0.75 + 0.5 * jitter)
-    if retry_after_s is not None:
-        delay = max(delay, retry_after_s)
-    return delay
+def screen_refs(refs: Sequence[MediaRef], local_sources: frozenset[str]) -> list[MediaRef]:
+    """`refs`, with a ``file:`` URL from a source that is not a local folder refused.
+
+    Refused refs still get a row (rejected, reason ``bad_scheme``), never a request. The
+    catalogue refuses every other scheme and every URL that does not parse the same way
+    (storage.untrusted.url_problem), so each URL a source yields reaches a final state.
+    """
+    screened = []
+    for ref in refs:
+        if (ref.source not in local_sources and not ref.skip_reason
+                and ref.url[:5].lower() == "file:"):
+            ref = replace(ref, skip_reason="bad_scheme")
+        screened.append(ref)
+    return screened
 
 
 class Pipeline:
@@ -166,6 +181,7 @@ class Pipeline:
         self._model_thread = DaemonThreadRunner("inference")
         self.inference_hung = False
         self.batches_run = 0
+        self.until_idle = False
         # Called after each classified batch with (tensors, result, sha256s), e.g. to run a
         # candidate model in shadow. A listener's failure is logged and never costs the batch.
         self.batch_listeners: list[
@@ -191,7 +207,12 @@ class Pipeline:
         }
 
     async def run(self, *, until_idle: bool = False) -> None:
-        """Run every stage. With `until_idle`, return once sources are done and nothing is left."""
+        """Run every stage. With `until_idle`, return once sources are done and nothing is left.
+
+        With `until_idle`, retries are scheduled at most `once_max_retry_delay_s` ahead and
+        waited for, so an item still failing after `max_attempts` ends rejected.
+        """
+        self.until_idle = until_idle
         try:
             async with asyncio.TaskGroup() as group:
                 feeder = group.create_task(self._feed(until_idle), name="feeder")
@@ -233,12 +254,12 @@ class Pipeline:
             if rows:
                 continue
             due = await self.catalogue.next_attempt_at(now)
-            if until_idle and self.sources_done.is_set() and not self.in_flight:
-                # In `once` mode, rows whose retry is scheduled later stay pending for
-                # the next run; everything else has reached a final state.
-                if due is None or due > now:
-                    self.idle.set()
-                    return
+            # In `once` mode, retries this run scheduled are waited for; only rows put off
+            # further (a full disk, a retry from an earlier `run`) stay for later.
+            if (until_idle and self.sources_done.is_set() and not self.in_flight
+                    and (due is None or due > now + self.settings.once_max_retry_delay_s + 1.0)):
+                self.idle.set()
+                return
             timeout = 5.0 if due is None else min(max(due - now, 0.05), 5.0)
             await wait_event(self.wakeup, timeout)
 
@@ -312,24 +333,36 @@ class Pipeline:
         await self.decode_queue.put(work)
 
     async def _fetch_failed(self, work: Work, error: FetchError) -> None:
+        """A retry when the error is retryable and attempts remain, else rejected with its reason.
+
+        A retry scheduled counts as progress for the watchdog, as a rejection does.
+        """
         attempts = work.row.attempts + 1
         if error.retryable and attempts < self.settings.max_attempts:
-            retry_after = getattr(error, "retry_after_s", None)
-            delay = retry_delay_s(work.row.attempts, retry_after, random.random())
+            retry_after = error.retry_after_s if isinstance(error, RetryableFetchError) else None
+            delay = retry_delay_s(
+                work.row.attempts, backoff_s=RETRY_BASE_S, retry_after_s=retry_after,
+                max_retry_after_s=RETRY_MAX_S, jitter=random.random(), max_delay_s=RETRY_MAX_S,
+            )
+            if self.until_idle:
+                delay = min(delay, self.settings.once_max_retry_delay_s)
             now = self.clock()
             await self.catalogue.record_retry(work.row.id, error.reason, now + delay, now)
+            self.observer.progress("retry")
             log.warning("media_retry", url=work.row.url, reason=error.reason,
                         attempts=attempts, retry_in_s=round(delay, 1))
             self._done(work)
             return
-        reason = error.reason if not error.retryable else f"gave_up_after_{attempts}: {error.reason}"
-        await self._reject(work, reason)
+        log.info("media_failed", url=work.row.url, reason=error.reason, detail=error.detail,
+                 attempts=attempts, retryable=error.retryable)
+        await self._reject(work, error.reason)
 
     async def _reject(self, work: Work, reason: str, sha256: str | None = None) -> None:
         await self.catalogue.reject(work.row.id, reason, self.clock(), sha256=sha256)
         if sha256 is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.layout.spool_file(sha256).unlink()
+        self.observer.progress("reject")  # a final state is progress, whatever the outcome
         log.info("media_rejected", url=work.row.url, sha256=sha256, reason=reason)
         self._done(work)
 

@@ -125,3 +125,26 @@ def quiet_notice(*, empty_polls: int, last_new_at: float | None, first_poll_at: 
     what = "nothing new" if last_new_at is not None else "never anything"
     return (f"{what} for {days:.1f} days ({empty_polls} empty polls); "
             f"check the source's settings or whether it is still active")
+
+
+def retry_delay_s(
+    attempt: int,
+    *,
+    backoff_s: float,
+    retry_after_s: float | None,
+    max_retry_after_s: float,
+    jitter: float,
+    max_delay_s: float = math.inf,
+) -> float:
+    """How long to wait before retry number `attempt` (0-based) of one request or item.
+
+    Exponential backoff (`backoff_s * 2**attempt`, capped at `max_delay_s`) scaled by
+    `jitter` (a fraction in [0, 1] drawn by the caller) into [0.5, 1] of itself, and at
+    least the server's Retry-After, itself capped at `max_retry_after_s`. Used by the
+    Fetcher between requests and by the pipeline between attempts at an item.
+    """
+    delay = min(backoff_s * 2.0 ** min(max(attempt, 0), 64), max_delay_s)
+    delay *= 0.5 + 0.5 * min(max(jitter, 0.0), 1.0)
+    if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > 0:
+        delay = max(delay, min(retry_after_s, max_retry_after_s))
+    return delay

@@ -22,7 +22,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +32,14 @@ from storage.errors import CatalogueError, UnknownMediaError
 from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
 from storage.redact import redact, redact_value
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
+from storage.untrusted import (
+    capped_url,
+    storable_cursor,
+    storable_field,
+    storable_message,
+    storable_url,
+    url_problem,
+)
 
 BUSY_TIMEOUT_MS = 15_000
 PRIVATE_FILE_MODE = 0o600
@@ -122,6 +130,30 @@ def _blob_row(row: sqlite3.Row) -> BlobRow:
         model_version=row["model_version"], created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def _admissible(ref: MediaRef) -> tuple[MediaRef, str | None]:
+    """`ref` with every field storable (see storage.untrusted), and why it is refused, if so.
+
+    A URL that does not parse or is not http(s)/file still gets a row: rejected, with the
+    reason ``bad_url`` or ``bad_scheme``, and the URL capped in length.
+    """
+    url = storable_url(ref.url)
+    problem = url_problem(url)
+    if problem is not None:
+        url = capped_url(url)
+    dedup_key = storable_url(ref.dedup_key) if ref.dedup_key is not None else None
+    if problem is not None and dedup_key is not None:
+        dedup_key = capped_url(dedup_key)
+    md5 = storable_field(ref.md5)
+    if md5 is not None and not md5.isascii():
+        md5 = None
+    cleaned = replace(
+        ref, url=url, dedup_key=dedup_key,
+        post_url=storable_url(ref.post_url) if ref.post_url is not None else None,
+        author=storable_field(ref.author), posted_at=storable_field(ref.posted_at), md5=md5,
+    )
+    return cleaned, problem
 
 
 class Catalogue:
@@ -299,14 +331,17 @@ class Catalogue:
         """
         created: list[int] = []
         for ref in refs:
+            ref, problem = _admissible(ref)
             existing = await self._fetchone(
                 "SELECT id FROM media WHERE url = ? OR dedup_key = ?", (ref.url, ref.key)
             )
             if existing is not None:
                 continue
             state, reason, sha256 = State.PENDING, None, None
-            if ref.skip_reason:
-                state, reason = State.REJECTED, redact(ref.skip_reason)
+            if problem is not None:
+                state, reason = State.REJECTED, problem
+            elif ref.skip_reason:
+                state, reason = State.REJECTED, storable_message(redact(ref.skip_reason))
             elif ref.md5 and not ref.flags:
                 # A flagged URL is downloaded and decided even when its bytes are known.
                 known = await self._known_by_md5(ref.md5)
@@ -466,7 +501,7 @@ class Catalogue:
         await self._write(
             """UPDATE media SET state = 'pending', reason = ?, attempts = attempts + 1,
                next_attempt_at = ?, updated_at = ? WHERE id = ?""",
-            (reason, next_attempt_at, now, media_id),
+            (storable_message(reason), next_attempt_at, now, media_id),
         )
 
     async def defer(self, media_id: int, reason: str, next_attempt_at: float, now: float) -> None:
@@ -474,14 +509,15 @@ class Catalogue:
         reason = redact(reason)
         await self._write(
             "UPDATE media SET reason = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
-            (reason, next_attempt_at, now, media_id),
+            (storable_message(reason), next_attempt_at, now, media_id),
         )
 
     @_serialized
     async def reject(self, media_id: int, reason: str, now: float,
                      sha256: str | None = None) -> None:
         """A permanent failure: the row is final as rejected; its content, if any, too."""
-        reason = redact(reason)
+        # an error text may quote credentials or undecodable bytes
+        reason = storable_message(redact(reason)) or ""
         if sha256 is not None:
             await self._db.execute(
                 """UPDATE blobs SET placement = 'rejected', reason = ?, updated_at = ?
@@ -772,9 +808,10 @@ class Catalogue:
         """Register a source; reset its cursor when its query changed since last time.
 
         The query key is stored redacted (a feed URL may carry ``?token=``); a change of
-        credentials alone therefore keeps the cursor.
+        credentials alone therefore keeps the cursor. A folder path may hold undecodable
+        bytes (stored percent-encoded).
         """
-        query_key = redact(query_key)
+        query_key = storable_url(redact(query_key))
         state = await self.source_state(name)
         if state is None:
             await self._write(
@@ -802,8 +839,8 @@ class Catalogue:
                consecutive_errors = 0, last_error = NULL,
                empty_polls = CASE WHEN ? > 0 THEN 0 ELSE empty_polls + 1 END,
                next_poll_at = ?, notice = ?, items_total = items_total + ? WHERE name = ?""",
-            (cursor, now, now, now, new_items, now, new_items, next_poll_at,
-             redact(notice) if notice is not None else None, new_items, name),
+            (storable_cursor(cursor), now, now, now, new_items, now, new_items, next_poll_at,
+             storable_message(redact(notice)) if notice is not None else None, new_items, name),
         )
 
     async def record_poll_error(
@@ -813,7 +850,7 @@ class Catalogue:
             """UPDATE sources SET last_poll_at = ?, first_poll_at = COALESCE(first_poll_at, ?),
                last_error = ?, last_error_at = ?,
                consecutive_errors = consecutive_errors + 1, next_poll_at = ? WHERE name = ?""",
-            (now, now, redact(error), now, next_poll_at, name),
+            (now, now, storable_message(redact(error)), now, next_poll_at, name),
         )
 
     # -- reporting -----------------------------------------------------------------

@@ -380,6 +380,22 @@ class TestClockJumps:
         server.routes["/img/flaky.jpg"] = handler
         server.add_feed("/feed.xml", [{"image": "/img/flaky.jpg"}])
 
+    async def _until_retry_scheduled(self, config: Any, classifier: Any,
+                                     clock: JumpingClock) -> None:
+        """`megane run` until the first attempt failed and a retry is scheduled, then stop.
+
+        (`once` waits for its own retries, so the scheduled retry is left by `run`.)
+        """
+        daemon = Daemon(config, classifier=classifier, clock=clock)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await daemon.ready.wait()
+            await _wait_for(lambda: _rows(config.data_dir).get("flaky.jpg", {})
+                            .get("attempts") == 1)
+        finally:
+            daemon.stop_requested.set()
+            assert await asyncio.wait_for(task, 60) == 0
+
     async def test_forward_jump_makes_a_retry_due(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
     ) -> None:
@@ -388,7 +404,7 @@ class TestClockJumps:
         config = write_config(allowed=(media_server.host_port,), sources=_rss(media_server))
         clock = JumpingClock()
 
-        await Daemon(config, classifier=shared_classifier, clock=clock).run(once=True)
+        await self._until_retry_scheduled(config, shared_classifier, clock)
         row = _rows(config.data_dir)["flaky.jpg"]
         assert row["state"] == "pending" and row["attempts"] == 1, row
         assert 0 < row["next_attempt_at"] - clock() <= 3600
@@ -405,7 +421,7 @@ class TestClockJumps:
         config = write_config(allowed=(media_server.host_port,), sources=_rss(media_server))
         clock = JumpingClock(offset_s=86400)  # the machine's clock was a day ahead
 
-        await Daemon(config, classifier=shared_classifier, clock=clock).run(once=True)
+        await self._until_retry_scheduled(config, shared_classifier, clock)
         assert _rows(config.data_dir)["flaky.jpg"]["state"] == "pending"
 
         clock.jump(-86400 + 2 * 3600)  # corrected, and then two hours pass

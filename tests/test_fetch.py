@@ -34,10 +34,10 @@ from crawler.fetch import (
     GuardedConnector,
     GuardedResolver,
     make_session,
-    parse_retry_after,
-    retry_delay_s,
     throttler_for_rate,
 )
+from crawler.headers import parse_retry_after_s
+from crawler.schedule import retry_delay_s
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00"
@@ -817,6 +817,26 @@ class TestAddressGuard:
         assert caught.value.reason == "blocked_address:private"
         await resolver.close()
 
+    async def test_socket_factory_layer_with_several_addresses(
+        self, server: Server, tmp_path: Path
+    ) -> None:
+        """Several refused addresses (errors folded by happy eyeballs) still name the reason."""
+
+        class SocketGuardOnly(GuardedConnector):
+            async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
+                return await aiohttp.TCPConnector._resolve_host(self, host, port, traces)
+
+        resolver = FakeResolver({"images.test": ["127.0.0.1", "127.0.0.2"]})
+        connector = SocketGuardOnly(resolver=resolver)
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+            fetcher = Fetcher(session, http_config(), tmp_path)
+            error = await fetch_error(
+                fetcher.download(f"http://images.test:{server.port}/image.png")
+            )
+        assert isinstance(error, BlockedAddressError)
+        assert error.reason == "blocked_address:loopback"
+        assert sum(server.hits.paths.values()) == 0
+
     async def test_unknown_name(self, make_fetcher: FetcherFactory) -> None:
         """A name that does not resolve is a retryable dns_error."""
         fetcher = await make_fetcher(http_config(), resolver=FakeResolver({}))
@@ -955,14 +975,20 @@ class TestRetryTiming:
             ("Wed, 21 Oct 2015 07:26:00 GMT", 0.0),
             ("soon", None),
             ("-5", None),
+            ("1.5", 1.5),
+            ("+5", None),
+            ("1e3", None),
+            ("9" * 400, None),
+            ("Wed, 21 Oct 2015 07:28:00", 60.0),
+            ("Wed, 21 Oct 2015 08:28:00 +0100", 60.0),
             ("", None),
             (None, None),
         ],
     )
     def test_parse_retry_after(self, value: str | None, seconds: float | None) -> None:
-        """Retry-After is read as delta-seconds or an HTTP-date relative to now."""
+        """Retry-After is delta-seconds or an HTTP-date (GMT when no zone) relative to now."""
         now = 1445412420.0  # Wed, 21 Oct 2015 07:27:00 GMT
-        assert parse_retry_after(value, now) == seconds
+        assert parse_retry_after_s(value, now) == seconds
 
     @pytest.mark.parametrize(
         ("attempt", "jitter", "retry_after", "expected"),

@@ -15,6 +15,7 @@ from crawler.schedule import (
     next_poll_at,
     next_poll_delay_s,
     quiet_notice,
+    retry_delay_s,
 )
 
 # interval 10 min, between 2 min and 1 h; backoff capped at 6 h.
@@ -153,3 +154,28 @@ class TestQuietNotice:
             assert result is None
         else:
             assert result is not None and result.startswith(notice)
+
+
+class TestRetryDelay:
+    @pytest.mark.parametrize(
+        ("attempt", "jitter", "retry_after_s", "expected"),
+        [
+            (0, 1.0, None, 30.0),          # an item's first retry: the base
+            (0, 0.0, None, 15.0),          # jitter scales into [0.5, 1] of it
+            (3, 1.0, None, 240.0),         # doubles per attempt
+            (10, 1.0, None, 3600.0),       # capped
+            (10, 0.0, None, 1800.0),       # the cap is scaled by jitter too
+            (0, 1.0, 120.0, 120.0),        # Retry-After is a floor
+            (0, 1.0, 99999.0, 3600.0),     # itself capped
+            (0, 1.0, -5.0, 30.0),          # a negative Retry-After is ignored
+            (0, 1.0, float("nan"), 30.0),  # as is a non-number
+            (-1, 1.0, None, 30.0),         # a negative attempt is the first
+            (10**6, 1.0, None, 3600.0),    # absurd counts do not overflow
+        ],
+    )
+    def test_retry_delay(self, attempt: int, jitter: float, retry_after_s: float | None,
+                         expected: float) -> None:
+        """The one retry delay: exponential, jittered, capped, never below Retry-After."""
+        delay = retry_delay_s(attempt, backoff_s=30.0, retry_after_s=retry_after_s,
+                              max_retry_after_s=3600.0, jitter=jitter, max_delay_s=3600.0)
+        assert delay == pytest.approx(expected)

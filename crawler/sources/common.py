@@ -5,9 +5,7 @@ Everything here is pure (no I/O, no clock): time is passed in as `now` (epoch se
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -16,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from crawler.errors import SourceError
+from crawler.headers import parse_retry_after_s
 from crawler.sources.base import Document, SourceContext
 from storage.redact import redact
 
@@ -37,14 +36,26 @@ def load_cursor(cursor: str | None) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(cursor)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
 
 def dump_cursor(value: Mapping[str, Any]) -> str:
-    """A stable, compact JSON text for a cursor."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """A stable, compact JSON text for a cursor, always valid UTF-8.
+
+    Strings holding lone surrogates (header bytes or file names that were not UTF-8) are
+    written as JSON ``\\udcXX`` escapes, so `load_cursor` gives them back exactly and the
+    catalogue can store the text. (A high surrogate directly followed by a low one reads
+    back as the one character they pair to: JSON has no other reading. Undecodable bytes
+    kept by surrogateescape are low surrogates only, so they always round-trip.)
+    """
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text
 
 
 def header(document: Document, name: str) -> str | None:
@@ -68,26 +79,6 @@ def is_http_url(url: object) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def parse_retry_after_s(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - now
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def parse_iso_timestamp(value: object) -> float | None:
@@ -138,10 +129,12 @@ def raise_for_status(source: str, document: Document, now: float,
     shown = redact(document.url)
     if document.status in throttled:
         raise SourceError(source, f"rate limited (HTTP {document.status}) at {shown}",
-                          retry_after_s=retry_after_s if retry_after_s is not None else 60.0)
+                          retry_after_s=retry_after_s if retry_after_s is not None else 60.0,
+                          reason="rate_limited", url=shown)
     message = error_message(document.body)
     raise SourceError(source, f"HTTP {document.status} from {shown}"
-                      + (f": {message}" if message else ""), retry_after_s=retry_after_s)
+                      + (f": {message}" if message else ""), retry_after_s=retry_after_s,
+                      reason=f"http_{document.status}", url=shown)
 
 
 def parse_json(source: str, body: bytes, url: str = "") -> Any:
@@ -154,7 +147,8 @@ def parse_json(source: str, body: bytes, url: str = "") -> Any:
         return _storable(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError) as error:  # deep nesting recurses
         where = f" from {redact(url)}" if url else ""
-        raise SourceError(source, f"not JSON{where}: {error}") from None
+        raise SourceError(source, f"not JSON{where}: {error}", reason="not_json",
+                          url=redact(url) if url else None) from None
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -1,0 +1,129 @@
+"""Text from the network or the file system, made storable: the catalogue's input boundary.
+
+SQLite stores TEXT as UTF-8; binding a Python string that holds lone surrogates (bytes that
+were not UTF-8, kept by ``surrogateescape`` in header values and file names) raises
+UnicodeEncodeError. Every such value is either stored losslessly or not at all:
+
+- URLs (`url`, `post_url`, `dedup_key`): each undecodable byte is percent-encoded
+  (U+DCE4, the escaped byte 0xE4, becomes ``%E4``): the same URL to any HTTP client.
+  Other lone surrogates are percent-encoded as their ``surrogatepass`` UTF-8 bytes.
+- A rejected URL longer than `MAX_STORED_URL_CHARS` (a ``data:`` URL can be megabytes) is
+  stored as its first characters, then ``...[truncated: N chars, sha256 H]``: distinct URLs
+  stay distinct, and the row says what was cut.
+- Other fields (author, dates, hashes) that are not valid text are not stored (None).
+- Messages (reasons, errors, notices) are for people: undecodable bytes become ``\\xNN``.
+
+`url_problem` is the check every media URL passes before it gets a row: ``bad_url`` when it
+does not parse (a full-width colon in the host, invalid IDNA, a port out of range),
+``bad_scheme`` when it is not http(s) or file. Pure functions; never raise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from yarl import URL
+
+MAX_STORED_URL_CHARS = 2048
+STORED_SCHEMES = frozenset({"http", "https", "file"})
+_HOSTED_SCHEMES = frozenset({"http", "https"})
+
+
+def is_text(value: str) -> bool:
+    """Whether SQLite can store `value` as TEXT (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable_url(url: str) -> str:
+    """`url` with every lone surrogate percent-encoded (lossless for an HTTP client)."""
+    if is_text(url):
+        return url
+    parts = []
+    for char in url:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            parts.append(f"%{code - 0xDC00:02X}")
+        elif 0xD800 <= code <= 0xDFFF:
+            parts.append("".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass")))
+        else:
+            parts.append(char)
+    return "".join(parts)
+
+
+def storable_field(value: str | None) -> str | None:
+    """`value` if it is valid text, else None (stored not at all rather than altered)."""
+    if value is None or is_text(value):
+        return value
+    return None
+
+
+def storable_message(value: str | None) -> str | None:
+    """A reason or error text: undecodable bytes written as ``\\xNN`` / ``\\udXXX`` escapes."""
+    if value is None or is_text(value):
+        return value
+    return value.encode("utf-8", "surrogateescape" if _only_escaped_bytes(value)
+                        else "backslashreplace").decode("utf-8", "backslashreplace")
+
+
+def storable_cursor(cursor: str | None) -> str | None:
+    """A source's cursor as storable text, losslessly, or None (not stored; keep the old).
+
+    A JSON cursor holding lone surrogates is re-written with JSON ``\\udcXX`` escapes, which
+    parse back to the same value; any other cursor that is not valid text is not stored.
+    """
+    if cursor is None or is_text(cursor):
+        return cursor
+    try:
+        value = json.loads(cursor)
+    except (ValueError, RecursionError):
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def capped_url(url: str) -> str:
+    """A URL kept whole up to MAX_STORED_URL_CHARS, else its head and a marked digest."""
+    if len(url) <= MAX_STORED_URL_CHARS:
+        return url
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{url[:MAX_STORED_URL_CHARS]}...[truncated: {len(url)} chars, sha256 {digest}]"
+
+
+def url_problem(url: str) -> str | None:
+    """``bad_url``, ``bad_scheme`` or None for a media URL a source yielded."""
+    if not url or not is_text(url):
+        return "bad_url"
+    try:
+        parsed = URL(url)
+        scheme = parsed.scheme.lower()
+        host = parsed.host
+        port = parsed.port
+    except (ValueError, TypeError):
+        return "bad_scheme" if _scheme_of(url) not in STORED_SCHEMES | {""} else "bad_url"
+    if scheme not in STORED_SCHEMES:
+        return "bad_scheme"
+    if scheme in _HOSTED_SCHEMES:
+        if (not parsed.is_absolute() or not host
+                or any(char.isspace() or char == "%" for char in host)):
+            return "bad_url"
+        if port is None or not 0 < port < 65536:
+            return "bad_url"
+    return None
+
+
+def _scheme_of(url: str) -> str:
+    head, colon, _ = url.partition(":")
+    if not colon or not head[:1].isalpha():
+        return ""
+    if all(char.isalnum() or char in "+-." for char in head):
+        return head.lower()
+    return ""
+
+
+def _only_escaped_bytes(value: str) -> bool:
+    return all(not 0xD800 <= ord(char) <= 0xDFFF or 0xDC80 <= ord(char) <= 0xDCFF
+               for char in value)
