@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from classifier.base import FEATURE_SIZE, INPUT_SIZE
 from classifier.errors import InferenceError, ModelError
+from storage.placement import write_file_atomic
 
 if TYPE_CHECKING:
     import keras
@@ -44,6 +45,7 @@ Quantization = Literal["none", "fp16", "dynamic_range"]
 ENGINES: tuple[str, ...] = ("auto", "tensorflow", "litert")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 QUANTIZATIONS: tuple[str, ...] = ("none", "fp16", "dynamic_range")
+CACHE_FILE_MODE = 0o644  # shared by every data_dir of the user; holds only public weights
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,9 @@ def gpu_devices() -> list[Any]:
     """The GPUs TensorFlow can see (an empty list on CPU-only hosts, without importing TF)."""
     if not gpu_device_nodes_present():
         return []
-    import tensorflow as tf
+    from classifier.native_logs import import_tensorflow
 
+    tf = import_tensorflow()
     return list(tf.config.list_physical_devices("GPU"))
 
 
@@ -99,7 +102,7 @@ def _check_batch(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 def _run_in_fixed_batches(
     batch: npt.NDArray[np.float32],
     batch_size: int,
-    run_fixed: "_FixedRunner",
+    run_fixed: _FixedRunner,
 ) -> EngineOutput:
     """Split `batch` into chunks of `batch_size`, zero-pad the last one, run, and trim."""
     batch = _check_batch(batch)
@@ -281,20 +284,23 @@ def model_fingerprint(model: keras.Model) -> str:
     return f"{model.name}-{digest.hexdigest()[:16]}"
 
 
-def convert_to_tflite(model: keras.Model, quantization: Quantization = "none") -> bytes:
-    """Convert the Keras model to a TFLite flatbuffer (batch dimension left dynamic).
+def convert_to_tflite(
+    model: keras.Model, quantization: Quantization = "none", *, image_size: int = INPUT_SIZE,
+) -> bytes:
+    """Convert a one-input Keras model to a TFLite flatbuffer (batch dimension left dynamic).
 
-    The model is exported as a SavedModel with an inference-mode endpoint first (what
-    `TFLiteConverter.from_keras_model` does, minus its summary printed on stdout, which would
-    corrupt `--json` output); converting a `tf.function` that closes over Keras 3 variables
-    instead yields a file without weights.
+    The one TFLite conversion of the project: the serving cache and `models export-tflite`
+    both call it. The model is exported as a SavedModel with an inference-mode endpoint first
+    (what `TFLiteConverter.from_keras_model` does, minus its summary printed on stdout, which
+    would corrupt `--json` output); converting a `tf.function` that closes over Keras 3
+    variables instead yields a file without weights.
     """
     import keras
     import tensorflow as tf
 
     if quantization not in QUANTIZATIONS:
         raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS}")
-    signature = [tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="input")]
+    signature = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="input")]
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", functools.partial(model.__call__, training=False), signature)
@@ -338,16 +344,7 @@ def cached_tflite(
     flatbuffer = convert_to_tflite(model if model is not None else build_model(), quantization)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".tflite.tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(flatbuffer)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_file_atomic(path, flatbuffer, CACHE_FILE_MODE)
     except OSError as error:
         raise ModelError(f"{cache_dir}: cannot write the TFLite cache: {error}") from error
     return path

@@ -69,7 +69,7 @@ class ImagesConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    model: str = "builtin"
+    model: str | None = None  # None: serve models/ACTIVE, else builtin (crawler.serving)
     engine: Literal["auto", "tensorflow", "litert"] = "auto"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     batch_size: int = 16
@@ -355,7 +355,7 @@ def _load_classifier(raw: Mapping[str, Any], problems: _Problems) -> ClassifierC
     d = ClassifierConfig()
     _check_keys("classifier", table, set(ClassifierConfig.__dataclass_fields__), problems)
     model = _get("classifier", table, "model", d.model, str, problems)
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$", model):
+    if model is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$", model):
         problems.add("classifier", "model",
                      f"{model!r} is not a model version name (see `megane models list`)")
     return ClassifierConfig(

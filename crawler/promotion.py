@@ -163,26 +163,30 @@ def write_active(models_dir: Path, active: ActiveModel) -> None:
         raise ModelError(f"{active_path(models_dir)}: cannot write: {error}") from error
 
 
-def serving_version(models_dir: Path, configured: str) -> tuple[str, str]:
-    """(version to serve, "active" | "config"): ACTIVE wins; an unreadable one is ignored."""
-    try:
-        active = read_active(models_dir)
-    except ModelError as error:
-        log.error("active_model_unreadable", reason=str(error), fallback=configured)
-        return configured, "config"
-    if active is None:
-        return configured, "config"
-    return active.serving, "active"
+def serving_version(models_dir: Path, configured: str | None) -> tuple[str, str]:
+    """(version to serve, origin): see `crawler.serving.resolve_serving`."""
+    from crawler.serving import resolve_serving
+
+    serving = resolve_serving(configured, models_dir)
+    return serving.version, serving.origin
 
 
 def promote(
-    models_dir: Path, version: str, *, configured: str, now: datetime,
+    models_dir: Path, version: str, *, configured: str | None, now: datetime,
     shadow_images: int | None = None,
 ) -> ActiveModel:
     """Check VERSION loads, then make it active (after a shadow run of N images if asked)."""
     from classifier.models import read_model_version
 
+    from crawler.serving import CONFIG_KEY
+
     read_model_version(Path(models_dir), version)
+    if configured is not None and configured != version:
+        raise ModelError(
+            f"{CONFIG_KEY} = {configured!r} in config.toml pins the served version, so "
+            f"{version!r} would never be served: remove the key (the daemon then serves "
+            f"models/ACTIVE) or set it to {version!r}"
+        )
     if shadow_images is not None and shadow_images < 1:
         raise ModelError("--shadow needs a number of images of at least 1")
     current, _ = serving_version(models_dir, configured)
@@ -198,19 +202,25 @@ def promote(
 # -- loading ----------------------------------------------------------------------------
 
 
-def load_active_model(config: Config, layout: DataLayout) -> tuple[Classifier | None, str | None]:
-    """The daemon's model at start: ACTIVE's version if present, else the configured one."""
+def load_active_model(
+    config: Config, layout: DataLayout, cache_dir: Path | None = None,
+) -> tuple[Classifier | None, str | None]:
+    """The daemon's model at start: the serving version of `crawler.serving`."""
     from crawler.daemon import load_model
+    from crawler.serving import resolve_serving
 
-    version, origin = serving_version(layout.models, config.classifier.model)
-    log.info("model_selected", version=version, origin=origin,
-             configured=config.classifier.model)
+    serving = resolve_serving(config.classifier.model, layout.models)
+    log.info("model_selected", version=serving.version, origin=serving.origin,
+             source=serving.source, configured=config.classifier.model)
+    if serving.problem is not None:
+        log.error("model_problem", version=serving.version, reason=serving.problem)
     chosen = dataclasses.replace(config, classifier=dataclasses.replace(
-        config.classifier, model=version))
-    return load_model(chosen, layout)
+        config.classifier, model=serving.version))
+    return load_model(chosen, layout, cache_dir)
 
 
-def reusing_loader(current: Classifier | None, config: Config, layout: DataLayout) -> ModelLoader:
+def reusing_loader(current: Classifier | None, config: Config, layout: DataLayout,
+                   cache_dir: Path | None = None) -> ModelLoader:
     """Load versions on the running engine when there is one, else as configured."""
     from classifier.models import LoadedClassifier, load_classifier, read_model_version
 
@@ -222,7 +232,7 @@ def reusing_loader(current: Classifier | None, config: Config, layout: DataLayou
             version, layout.models, engine=config.classifier.engine,
             device=config.classifier.device,
             batch_size=config.classifier.batch_size, threads=config.classifier.threads,
-            cache_dir=layout.cache)
+            cache_dir=cache_dir)
         return classifier
 
     return load
@@ -296,6 +306,33 @@ async def backfill(
     report = await rescore(catalogue, layout, policy, now)
     return BackfillReport(rescored, int(left[0]) if left else 0, report.changed,
                           report.unchanged, report.failed)
+
+
+async def backfill_at_start(
+    catalogue: Catalogue, layout: DataLayout, classifier: Classifier, policy: Policy,
+    now: float,
+) -> BackfillReport | None:
+    """At daemon start: bring images scored by another version over to the serving one.
+
+    A version promoted while the daemon was stopped (or a changed `[classifier] model`)
+    is applied exactly as a live promotion applies it (`backfill`: re-score from cached
+    features, then re-file). None when every filed image is already on the serving version.
+    """
+    from classifier.models import Heads, LoadedClassifier
+
+    version = classifier.version
+    row = await catalogue.fetch_one(
+        """SELECT count(*) FROM blobs WHERE placement IN ('library', 'quarantine', 'held')
+           AND model_version IS NOT NULL AND model_version != ?""", (version,))
+    if not row or not row[0]:
+        return None
+    heads = classifier.heads if isinstance(classifier, LoadedClassifier) else Heads()
+    log.info("model_backfill_started", version=version, images=int(row[0]))
+    report = await backfill(catalogue, layout, version, heads, policy, now)
+    log.info("model_backfilled", version=version, rescored=report.rescored,
+             without_features=report.without_features, refiled=report.refiled,
+             unchanged=report.unchanged, failed=report.failed, at_start=True)
+    return report
 
 
 # -- shadow runs ------------------------------------------------------------------------
@@ -433,6 +470,8 @@ async def _follow(host: PromotionHost, poll_interval_s: float,
             if str(error) != broken:
                 log.error("active_model_unreadable", reason=str(error))
             broken, active = str(error), None
+        if host.config.classifier.model is not None:
+            active = None  # [classifier] model pins the version (crawler.serving)
         if active is not None and active.key != applied and host.pipeline is not None:
             applied = active.key
             current = host.classifier.version if host.classifier is not None else None
@@ -453,7 +492,8 @@ async def activate(host: PromotionHost, version: str, loader: ModelLoader | None
     from classifier.models import read_model_version
     from crawler.daemon import policy_of
 
-    load = loader or reusing_loader(host.classifier, host.config, host.layout)
+    load = loader or reusing_loader(host.classifier, host.config, host.layout,
+                                    getattr(host, "cache_dir", None))
     previous = host.classifier.version if host.classifier is not None else None
     classifier = await asyncio.to_thread(load, version)
     _, heads = await asyncio.to_thread(read_model_version, host.layout.models, version)
