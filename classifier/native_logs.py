@@ -16,6 +16,7 @@ cuInit"...). Two mechanisms, both needed:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import sys
@@ -55,17 +56,12 @@ def is_native_line(line: str) -> bool:
 def import_tensorflow() -> ModuleType:
     """`import tensorflow`, its pre-absl start-up lines dropped when logs are quiet."""
     if "tensorflow" in sys.modules or not _state["quiet"]:
-        import tensorflow
-
-        return tensorflow
+        return importlib.import_module("tensorflow")
     with _import_lock:
         if "tensorflow" in sys.modules:
-            import tensorflow
-
-            return tensorflow
+            return importlib.import_module("tensorflow")
         with _captured_stderr():
-            import tensorflow
-    return tensorflow
+            return importlib.import_module("tensorflow")
 
 
 @contextlib.contextmanager

@@ -628,8 +628,13 @@ def print_models(config: Config, *, as_json: bool) -> int:
     from rich.table import Table
 
     table = Table(title="model versions")
+    longest = max(len(entry["version"]) for entry in document)
     for name in ("", "version", "created", "tags", "AP per tag", "problem"):
-        table.add_column(name)
+        if name == "version":
+            # Never shortened: it is what `megane models promote` needs, copied whole.
+            table.add_column(name, no_wrap=True, min_width=longest, overflow="fold")
+        else:
+            table.add_column(name, overflow="fold")
     for entry in document:
         metrics = entry.get("metrics") or {}
         ap = ", ".join(
