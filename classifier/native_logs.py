@@ -26,7 +26,7 @@ from collections.abc import Iterator, MutableMapping
 from types import ModuleType
 
 _NATIVE_LINE = re.compile(
-    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]"  # absl/glog prefix
+    r"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]"  # absl/glog prefix
     r"|WARNING: All log messages before absl::InitializeLog\(\)"
     r"|To enable the following instructions:"
     r"|WARNING:absl:)"
