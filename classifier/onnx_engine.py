@@ -49,6 +49,8 @@ class OnnxRuntimeEngine:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: its warnings are not our log lines
+        # Idle intra-op threads must sleep, not spin: the decoders share these cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = onnxruntime.InferenceSession(
                 proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
