@@ -177,7 +177,6 @@ def promote(
 ) -> ActiveModel:
     """Check VERSION loads, then make it active (after a shadow run of N images if asked)."""
     from classifier.models import read_model_version
-
     from crawler.serving import CONFIG_KEY
 
     read_model_version(Path(models_dir), version)
@@ -212,6 +211,12 @@ def load_active_model(
     serving = resolve_serving(config.classifier.model, layout.models)
     log.info("model_selected", version=serving.version, origin=serving.origin,
              source=serving.source, configured=config.classifier.model)
+    if serving.problem is not None and serving.origin == "config":
+        # The user's own config names a version that cannot be served: a user error (exit 1),
+        # not a silent start that holds every image.
+        from crawler.errors import ConfigError
+
+        raise ConfigError(str(config.path), [serving.problem])
     if serving.problem is not None:
         log.error("model_problem", version=serving.version, reason=serving.problem)
     chosen = dataclasses.replace(config, classifier=dataclasses.replace(

@@ -375,3 +375,16 @@ class TestNativeLogs:
         from classifier.native_logs import is_native_line
 
         assert is_native_line(line) is native
+
+
+class TestDaemonStart:
+    def test_unknown_configured_version_stops_once_with_exit_1(
+        self, write_config: Any, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        """`megane once` with a `[classifier] model` that does not exist exits 1 naming it."""
+        config = write_config()
+        config.path.write_text(config.path.read_text().replace(
+            'engine = "litert"', 'engine = "litert"\nmodel = "v9"'))
+        assert main(["once", "--config", str(config.path)]) == 1
+        error = capfd.readouterr().err
+        assert "[classifier] model" in error and "'v9' not found" in error
