@@ -388,3 +388,41 @@ class TestDaemonStart:
         assert main(["once", "--config", str(config.path)]) == 1
         error = capfd.readouterr().err
         assert "[classifier] model" in error and "'v9' not found" in error
+
+
+class TestClassifyProgress:
+    def test_progress_bar_on_a_terminal_results_on_stdout(self, tmp_path: Path) -> None:
+        """With stderr on a terminal and many files a progress bar is drawn there; stdout
+        carries only the scores."""
+        import pty
+
+        from crawler.classify_files import PROGRESS_MIN_FILES
+
+        files = _photo_files(tmp_path / "in", PROGRESS_MIN_FILES)
+        config = tmp_path / "config.toml"
+        config.write_text(f'[daemon]\ndata_dir = "{tmp_path / "data"}"\nlog_format = "json"\n'
+                          '[classifier]\nbatch_size = 8\n')
+        controller, terminal = pty.openpty()
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-m", "crawler.cli", "classify", "--config", str(config),
+                 *files],
+                stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=300, check=False,
+                env={**os.environ, "PYTHONPATH": str(REPOSITORY), "COLUMNS": "100"})
+            os.close(terminal)
+            drawn = b""
+            while True:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the terminal's other end is closed: all read
+                    break
+                if not chunk:
+                    break
+                drawn += chunk
+        finally:
+            os.close(controller)
+        assert completed.returncode == 0
+        lines = completed.stdout.splitlines()
+        assert [line.split(": ")[0] for line in lines] == files
+        assert all("nsfw=" in line for line in lines)
+        assert b"classifying (builtin)" in drawn
