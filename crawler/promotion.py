@@ -25,9 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +41,7 @@ from classifier.errors import ClassifierError, ModelError
 from crawler.aio import wait_event
 from crawler.decide import Policy, decide
 from crawler.rescore import rescore
-from storage.placement import DataLayout
+from storage.placement import DataLayout, write_file_atomic
 
 if TYPE_CHECKING:
     from classifier.models import Heads
@@ -136,24 +134,10 @@ def read_active(models_dir: Path) -> ActiveModel | None:
 
 
 def _write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
-    """Write under a temporary name, fsync, rename, fsync the folder."""
+    """Write a JSON document atomically and durably (storage's one atomic writer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(json.dumps(dict(document), indent=2, sort_keys=True) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    text = json.dumps(dict(document), indent=2, sort_keys=True) + "\n"
+    write_file_atomic(path, text.encode("utf-8"), 0o644)
 
 
 def write_active(models_dir: Path, active: ActiveModel) -> None:
