@@ -119,6 +119,8 @@ def classify_command(config: Config, files: Sequence[str], *, as_json: bool,
     if serving.problem is not None and serving.origin != "builtin":
         print(f"error: {serving.problem}", file=sys.stderr)
         return 1
+    if serving.problem is not None:  # an unreadable ACTIVE: builtin serves meanwhile
+        print(f"warning: {serving.problem}", file=sys.stderr)
     try:
         classifier = load_classifier(
             serving.version, DataLayout(config.data_dir).models,
