@@ -3,7 +3,8 @@
 Both engines take a fixed batch shape and pad partial batches up to it, so the graph is built
 (TensorFlow: traced; LiteRT: allocated) once and never again. Both return the NSFW softmax
 [N, 2] and the pooled features [N, 1024]. `make_engine(engine="auto")` picks TensorFlow when a
-GPU is visible and LiteRT (TFLite + XNNPACK on all cores) otherwise, the faster of the two on CPU.
+GPU is visible and onnxruntime (classifier.onnx_engine) otherwise, the fastest on CPU; LiteRT
+(TFLite + XNNPACK on all cores) is there to be chosen, e.g. with int8 weights.
 
 An engine serves one caller at a time; a lock makes concurrent calls wait rather than corrupt
 state. Calls block: run them in a worker thread, never on the event loop.
@@ -30,6 +31,7 @@ import numpy.typing as npt
 
 from classifier.base import FEATURE_SIZE, INPUT_SIZE
 from classifier.errors import InferenceError, ModelError
+from storage.placement import write_file_atomic
 
 if TYPE_CHECKING:
     import keras
@@ -37,13 +39,14 @@ if TYPE_CHECKING:
 
 ModelFactory = Callable[[], "keras.Model"]
 
-EngineName = Literal["auto", "tensorflow", "litert"]
+EngineName = Literal["auto", "tensorflow", "litert", "onnxruntime"]
 DeviceName = Literal["auto", "cpu", "gpu"]
 Quantization = Literal["none", "fp16", "dynamic_range"]
 
-ENGINES: tuple[str, ...] = ("auto", "tensorflow", "litert")
+ENGINES: tuple[str, ...] = ("auto", "tensorflow", "litert", "onnxruntime")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 QUANTIZATIONS: tuple[str, ...] = ("none", "fp16", "dynamic_range")
+CACHE_FILE_MODE = 0o644  # shared by every data_dir of the user; holds only public weights
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,9 @@ def gpu_devices() -> list[Any]:
     """The GPUs TensorFlow can see (an empty list on CPU-only hosts, without importing TF)."""
     if not gpu_device_nodes_present():
         return []
-    import tensorflow as tf
+    from classifier.native_logs import import_tensorflow
 
+    tf = import_tensorflow()
     return list(tf.config.list_physical_devices("GPU"))
 
 
@@ -99,7 +103,7 @@ def _check_batch(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 def _run_in_fixed_batches(
     batch: npt.NDArray[np.float32],
     batch_size: int,
-    run_fixed: "_FixedRunner",
+    run_fixed: _FixedRunner,
 ) -> EngineOutput:
     """Split `batch` into chunks of `batch_size`, zero-pad the last one, run, and trim."""
     batch = _check_batch(batch)
@@ -281,20 +285,23 @@ def model_fingerprint(model: keras.Model) -> str:
     return f"{model.name}-{digest.hexdigest()[:16]}"
 
 
-def convert_to_tflite(model: keras.Model, quantization: Quantization = "none") -> bytes:
-    """Convert the Keras model to a TFLite flatbuffer (batch dimension left dynamic).
+def convert_to_tflite(
+    model: keras.Model, quantization: Quantization = "none", *, image_size: int = INPUT_SIZE,
+) -> bytes:
+    """Convert a one-input Keras model to a TFLite flatbuffer (batch dimension left dynamic).
 
-    The model is exported as a SavedModel with an inference-mode endpoint first (what
-    `TFLiteConverter.from_keras_model` does, minus its summary printed on stdout, which would
-    corrupt `--json` output); converting a `tf.function` that closes over Keras 3 variables
-    instead yields a file without weights.
+    The one TFLite conversion of the project: the serving cache and `models export-tflite`
+    both call it. The model is exported as a SavedModel with an inference-mode endpoint first
+    (what `TFLiteConverter.from_keras_model` does, minus its summary printed on stdout, which
+    would corrupt `--json` output); converting a `tf.function` that closes over Keras 3
+    variables instead yields a file without weights.
     """
     import keras
     import tensorflow as tf
 
     if quantization not in QUANTIZATIONS:
         raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS}")
-    signature = [tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="input")]
+    signature = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="input")]
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", functools.partial(model.__call__, training=False), signature)
@@ -338,30 +345,24 @@ def cached_tflite(
     flatbuffer = convert_to_tflite(model if model is not None else build_model(), quantization)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".tflite.tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(flatbuffer)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_file_atomic(path, flatbuffer, CACHE_FILE_MODE)
     except OSError as error:
         raise ModelError(f"{cache_dir}: cannot write the TFLite cache: {error}") from error
     return path
 
 
-def resolve_engine(engine: EngineName, device: DeviceName) -> Literal["tensorflow", "litert"]:
-    """`auto` is TensorFlow when a GPU is visible (and not refused), LiteRT otherwise."""
+def resolve_engine(
+    engine: EngineName, device: DeviceName,
+) -> Literal["tensorflow", "litert", "onnxruntime"]:
+    """`auto` is TensorFlow when a GPU is visible (and not refused), onnxruntime otherwise
+    (the fastest float32 engine on CPU, see classifier.onnx_engine)."""
     if engine not in ENGINES:
         raise ModelError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     if device not in DEVICES:
         raise ModelError(f"unknown device {device!r}; expected one of {DEVICES}")
     if engine != "auto":
         return engine
-    return "tensorflow" if device != "cpu" and gpu_devices() else "litert"
+    return "tensorflow" if device != "cpu" and gpu_devices() else "onnxruntime"
 
 
 def make_engine(
@@ -386,7 +387,13 @@ def make_engine(
             raise ModelError("quantization applies to the litert engine only")
         return TensorFlowEngine(build_model(), batch_size=batch_size, device=device)
     if device == "gpu":
-        raise ModelError("engine 'litert' runs on the CPU; use engine 'tensorflow' for the GPU")
+        raise ModelError(f"engine {chosen!r} runs on the CPU; use engine 'tensorflow' for the GPU")
+    if chosen == "onnxruntime":
+        from classifier.onnx_engine import OnnxRuntimeEngine
+
+        if quantization != "none":
+            raise ModelError("quantization applies to the litert engine only")
+        return OnnxRuntimeEngine(batch_size=batch_size, threads=threads)
     return LiteRTEngine.from_model(
         build_model,
         cache_dir=cache_dir,

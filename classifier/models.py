@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from classifier.base import FEATURE_SIZE, ClassifyResult
+from classifier.cache import tflite_cache_dir
 from classifier.engines import (
     DeviceName,
     Engine,
@@ -52,10 +53,10 @@ if TYPE_CHECKING:
 BUILTIN_VERSION = "builtin"
 NSFW_TAG = "nsfw"
 ARCHITECTURE = "open_nsfw+logistic_heads"
+SEED2017_ARCHITECTURE = "seed2017"  # classifier.training.seed2017.ARCHITECTURE
 FORMAT_VERSION = 1
 METADATA_FILENAME = "metadata.json"
 HEADS_FILENAME = "heads.npz"
-CACHE_DIRNAME = ".cache"
 BUILTIN_CREATED_AT = "2016-09-30T00:00:00+00:00"  # Yahoo's open_nsfw release
 
 _VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -69,8 +70,10 @@ _shared_model_lock = threading.Lock()
 
 def shared_open_nsfw_model() -> keras.Model:
     """The process-wide pre-trained open_nsfw Keras model, built on first use."""
+    from classifier.native_logs import import_tensorflow
     from classifier.opennsfw import make_pretrained_model
 
+    import_tensorflow()  # first: its native start-up lines are dropped unless debugging
     global _shared_model
     with _shared_model_lock:
         if _shared_model is None:
@@ -142,6 +145,14 @@ def read_model_version(models_dir: Path, version: str) -> tuple[dict[str, Any], 
         raise ModelError(f"{folder / METADATA_FILENAME}: unreadable: {error}") from error
     if not isinstance(metadata, dict):
         raise ModelError(f"{folder / METADATA_FILENAME}: not a JSON object")
+    if metadata.get("architecture") == SEED2017_ARCHITECTURE:
+        raise ModelError(
+            f"{folder}: model version {version!r} is a seed2017 network (a whole-image CNN "
+            "without open_nsfw's features); the daemon and `megane classify` serve only "
+            f"{ARCHITECTURE!r} versions (`megane train --architecture heads`). A seed2017 "
+            f"version can be evaluated and exported (`megane models export-tflite {version}`), "
+            "not served"
+        )
     problems = _metadata_problems(metadata)
     if problems:
         raise ModelError(f"{folder / METADATA_FILENAME}: {'; '.join(problems)}")
@@ -310,6 +321,11 @@ class LoadedClassifier:
         self.engine = engine
         self._heads = heads
 
+    @property
+    def heads(self) -> Heads:
+        """The version's logistic heads (empty for `builtin`)."""
+        return self._heads
+
     def classify(self, batch: npt.NDArray[np.float32]) -> ClassifyResult:
         """Score a batch of preprocessed images, float32 [N, 224, 224, 3]."""
         output = self.engine.run(batch)
@@ -338,8 +354,8 @@ def load_classifier(
 ) -> LoadedClassifier:
     """Load a model version (`builtin` or a folder of `models_dir`) on the chosen engine.
 
-    `threads` = 0 means every core; `cache_dir` (default `models_dir/.cache`) keeps converted
-    TFLite files. Raises ModelError, naming the folder, when the version is missing or corrupt.
+    `threads` = 0 means every core; `cache_dir` keeps converted TFLite files (default: the
+    per-user cache of `classifier.cache`, shared by every command and data_dir). Raises ModelError, naming the folder, when the version is missing or corrupt.
     Blocks for seconds the first time (building the network, converting it): call it in a
     worker thread. With LiteRT and a cached conversion, TensorFlow is never imported.
     """
@@ -350,7 +366,7 @@ def load_classifier(
         device=device,
         batch_size=batch_size,
         threads=threads,
-        cache_dir=Path(cache_dir) if cache_dir is not None else Path(models_dir) / CACHE_DIRNAME,
+        cache_dir=Path(cache_dir) if cache_dir is not None else tflite_cache_dir(os.environ),
         model_key=MODEL_KEY,
         quantization=quantization,
     )

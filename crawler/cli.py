@@ -47,24 +47,43 @@ def _load(args: argparse.Namespace) -> Config:
     configure_logging(log_format, config.daemon.log_level)
     for source in config.sources:  # masked in whatever this command prints or logs
         remember_secrets_in(source.settings)
+    from classifier.native_logs import configure_native_logs
+
+    configure_native_logs(config.daemon.log_level, os.environ)  # before any TF import
     return config
 
 
-async def _open_catalogue(config: Config) -> Any:
+async def _open_catalogue(config: Config, *, read_only: bool = False) -> Any:
+    """The catalogue; `read_only` commands never create data_dir (ConfigError if missing)."""
     from storage.catalogue import Catalogue
     from storage.placement import DataLayout
 
     layout = DataLayout(config.data_dir)
-    layout.ensure()
+    if read_only:
+        _require_data_dir(config)
+    else:
+        layout.ensure()
     return await Catalogue.open(layout.catalogue)
+
+
+def _require_data_dir(config: Config) -> None:
+    if not Path(config.data_dir).is_dir():
+        raise ConfigError(str(config.path), [
+            f"[daemon] data_dir: {config.data_dir} does not exist; check the path, or run "
+            "`megane once` (or the daemon) once to create it"])
 
 
 # -- commands ---------------------------------------------------------------------------
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from crawler.serving import configuration_problems
+
     path = find_config(args.config)
     config = load_config(path)
+    problems = configuration_problems(config)
+    if problems:
+        raise ConfigError(str(path), problems)
     kinds = ", ".join(f"{s.name} ({s.kind})" for s in config.sources) or "none"
     print(f"{path}: ok; data_dir={config.data_dir}; sources: {kinds}")
     _warn_exposed_secrets(path)
@@ -112,7 +131,7 @@ def cmd_media_list(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def body() -> list[dict[str, Any]]:
-        catalogue = await _open_catalogue(config)
+        catalogue = await _open_catalogue(config, read_only=True)
         try:
             # A media URL is normally no secret, but a feed's enclosure may be signed
             # (?sig=, ?token=): shown redacted, like every other URL the CLI prints.
@@ -136,9 +155,10 @@ def cmd_media_list(args: argparse.Namespace) -> int:
 async def status_document(config: Config) -> dict[str, Any]:
     """What `megane status --json` prints."""
     from classifier.models import list_models
+    from crawler.serving import serving_document
     from storage.placement import DataLayout
 
-    catalogue = await _open_catalogue(config)
+    catalogue = await _open_catalogue(config, read_only=True)
     try:
         states = await catalogue.counts_by_state()
         sources = []
@@ -165,8 +185,7 @@ async def status_document(config: Config) -> dict[str, Any]:
             "queue": {state: states.get(state, 0)
                       for state in ("pending", "downloaded", "decoded", "classified")},
             "model": {
-                "configured": config.classifier.model,
-                "engine": config.classifier.engine,
+                **serving_document(config),
                 "available": [info.version for info in list_models(DataLayout(config.data_dir).models)],
             },
         }
@@ -181,7 +200,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(document)
         return EXIT_OK
-    print(f"data_dir: {document['data_dir']}  model: {document['model']['configured']}")
+    model = document["model"]
+    print(f"data_dir: {document['data_dir']}  model: {model['version']} ({model['origin']}: "
+          f"{model['source']})" + (f"  problem: {model['problem']}" if model["problem"] else ""))
+    print("thresholds served by: " + (", ".join(
+        f"{tag}={how}" for tag, how in model["tag_coverage"].items()) or "none"))
     print("states: " + ", ".join(f"{k}={v}" for k, v in sorted(document["states"].items())))
     print("library tags: " + (", ".join(f"{k}={v}" for k, v in sorted(document["tags"].items()))
                               or "none"))
@@ -202,55 +225,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    import numpy as np
+    from crawler.classify_files import classify_command
 
-    from classifier.decode import DecodeLimits, decode_image
-    from classifier.errors import ClassifierError, DecodeError
-    from classifier.models import load_classifier
-    from classifier.preprocess import preprocess
-    from storage.placement import DataLayout
-
-    config = _load(args)
-    layout = DataLayout(config.data_dir)
-    limits = DecodeLimits(config.images.max_width, config.images.max_height,
-                          config.images.max_frames, config.images.formats)
-    try:
-        classifier = load_classifier(
-            config.classifier.model, layout.models, engine=config.classifier.engine,
-            device=config.classifier.device, batch_size=config.classifier.batch_size,
-            threads=config.classifier.threads, cache_dir=None,
-        )
-    except ClassifierError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER
-    results: list[dict[str, Any]] = []
-    status = EXIT_OK
-    for name in args.files:
-        try:
-            decoded = decode_image(Path(name), limits,
-                                   draft_size=(256, 256) if config.images.jpeg_draft else None)
-        except (DecodeError, OSError) as error:
-            print(f"error: {name}: {error}", file=sys.stderr)
-            results.append({"file": name, "error": str(error)})
-            status = EXIT_USER
-            continue
-        tensor = preprocess(decoded.image)[np.newaxis]
-        scores = classifier.classify(tensor).scores[0]
-        results.append({"file": name, "scores": {k: round(float(v), 6) for k, v in scores.items()}})
-    if args.json:
-        _print_json(results)
-    else:
-        for item in results:
-            if "scores" in item:
-                print(item["file"] + ": " + ", ".join(
-                    f"{tag}={score:.4f}" for tag, score in item["scores"].items()))
-    return status
+    return classify_command(_load(args), args.files, as_json=args.json, environ=os.environ)
 
 
 def _run_with_catalogue(config: Config,
-                        body: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+                        body: Callable[[Any], Coroutine[Any, Any, int]],
+                        *, read_only: bool = False) -> int:
     async def wrapper() -> int:
-        catalogue = await _open_catalogue(config)
+        catalogue = await _open_catalogue(config, read_only=read_only)
         try:
             return await body(catalogue)
         finally:
@@ -285,7 +269,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
                       f"[{scores}]  {item['urls'][0] if item['urls'] else ''}")
         return EXIT_OK
 
-    return _run_with_catalogue(config, body)
+    return _run_with_catalogue(config, body, read_only=True)
 
 
 def _review_decision(
@@ -348,15 +332,16 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def cmd_rescore(args: argparse.Namespace) -> int:
     from crawler.daemon import policy_of
-    from crawler.rescore import rescore
+    from crawler.rescore import refresh_contact_sheet, rescore
     from storage.placement import DataLayout
 
     config = _load(args)
 
     async def body(catalogue: Any) -> int:
         started = time.monotonic()
-        report = await rescore(catalogue, DataLayout(config.data_dir), policy_of(config),
-                               time.time())
+        layout = DataLayout(config.data_dir)
+        report = await rescore(catalogue, layout, policy_of(config), time.time())
+        await refresh_contact_sheet(catalogue, layout, config)
         document = {"changed": report.changed, "unchanged": report.unchanged,
                     "failed": report.failed, "seconds": round(time.monotonic() - started, 3)}
         if args.json:

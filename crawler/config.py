@@ -22,7 +22,7 @@ DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/megane-crawler/config.to
 
 LOG_FORMATS = ("json", "console", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-ENGINES = ("auto", "tensorflow", "litert")
+ENGINES = ("auto", "tensorflow", "litert", "onnxruntime")
 DEVICES = ("auto", "cpu", "gpu")
 SOURCE_KINDS = ("mastodon", "bluesky", "booru", "rss", "folder")
 
@@ -69,8 +69,8 @@ class ImagesConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    model: str = "builtin"
-    engine: Literal["auto", "tensorflow", "litert"] = "auto"
+    model: str | None = None  # None: serve models/ACTIVE, else builtin (crawler.serving)
+    engine: Literal["auto", "tensorflow", "litert", "onnxruntime"] = "auto"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     batch_size: int = 16
     max_batch_delay_ms: int = 200
@@ -362,7 +362,7 @@ def _load_classifier(raw: Mapping[str, Any], problems: _Problems) -> ClassifierC
     d = ClassifierConfig()
     _check_keys("classifier", table, set(ClassifierConfig.__dataclass_fields__), problems)
     model = _get("classifier", table, "model", d.model, str, problems)
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$", model):
+    if model is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$", model):
         problems.add("classifier", "model",
                      f"{model!r} is not a model version name (see `megane models list`)")
     return ClassifierConfig(

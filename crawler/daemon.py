@@ -15,11 +15,13 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from classifier.base import Classifier
+from classifier.cache import tflite_cache_dir
 from classifier.decode import DecodeLimits
 from classifier.errors import ClassifierError
 from crawler.config import Config, SourceConfig, load_config
@@ -28,7 +30,7 @@ from crawler.errors import ConfigError, FetchError, RetryableFetchError, SourceE
 from crawler.hygiene import PhashIndex
 from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
 from crawler.pipeline import Pipeline, PipelineSettings, screen_refs
-from crawler.promotion import follow_promotions, load_active_model
+from crawler.promotion import backfill_at_start, follow_promotions, load_active_model
 from crawler.rescore import reconcile, rescore
 from crawler.review.refresher import IndexRefresher
 from crawler.review.settings import ReviewSettings
@@ -76,15 +78,17 @@ def pipeline_settings(config: Config) -> PipelineSettings:
     )
 
 
-def load_model(config: Config, layout: DataLayout) -> tuple[Classifier | None, str | None]:
+def load_model(config: Config, layout: DataLayout,
+               cache_dir: Path | None = None) -> tuple[Classifier | None, str | None]:
     """Load the configured model (blocking). On failure: None and the reason (fail closed)."""
-    from classifier.models import load_classifier
+    from classifier.models import BUILTIN_VERSION, load_classifier
 
     try:
         classifier = load_classifier(
-            config.classifier.model, layout.models, engine=config.classifier.engine,
+            config.classifier.model or BUILTIN_VERSION, layout.models,
+            engine=config.classifier.engine,
             device=config.classifier.device, batch_size=config.classifier.batch_size,
-            threads=config.classifier.threads, cache_dir=layout.cache,
+            threads=config.classifier.threads, cache_dir=cache_dir,
         )
     except ClassifierError as error:
         log.error("model_unavailable", model=config.classifier.model, reason=str(error))
@@ -146,6 +150,9 @@ class Daemon:
         self.environ = dict(environ or {})
         self.classifier = classifier
         self.classifier_problem = classifier_problem
+        self.cache_dir = tflite_cache_dir(self.environ)
+        # What this process runs with; SIGHUP compares the new file against it.
+        self.running_config = config
         self.pipeline: Pipeline | None = None
         self.catalogue: Catalogue | None = None
         self.ready = asyncio.Event()
@@ -180,9 +187,11 @@ class Daemon:
                 log.info("placements_repaired", count=repaired)
             if self.classifier is None and self.classifier_problem is None:
                 self.classifier, self.classifier_problem = await asyncio.to_thread(
-                    load_active_model, self.config, self.layout
+                    load_active_model, self.config, self.layout, self.cache_dir
                 )
             if self.classifier is not None:
+                await backfill_at_start(catalogue, self.layout, self.classifier,
+                                        policy_of(self.config), self.clock())
                 requeued = await catalogue.requeue_unclassified_held(self.clock())
                 if requeued:
                     log.info("held_requeued", count=requeued)
@@ -343,7 +352,7 @@ class Daemon:
             return False
         restart_needed = [
             name for name in ("daemon", "http", "classifier", "sources", "images")
-            if getattr(new_config, name) != getattr(self.config, name)
+            if getattr(new_config, name) != getattr(self.running_config, name)
         ]
         self.config = new_config
         policy = policy_of(new_config)

@@ -25,9 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +41,7 @@ from classifier.errors import ClassifierError, ModelError
 from crawler.aio import wait_event
 from crawler.decide import Policy, decide
 from crawler.rescore import rescore
-from storage.placement import DataLayout
+from storage.placement import DataLayout, write_file_atomic
 
 if TYPE_CHECKING:
     from classifier.models import Heads
@@ -136,24 +134,10 @@ def read_active(models_dir: Path) -> ActiveModel | None:
 
 
 def _write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
-    """Write under a temporary name, fsync, rename, fsync the folder."""
+    """Write a JSON document atomically and durably (storage's one atomic writer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(json.dumps(dict(document), indent=2, sort_keys=True) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    text = json.dumps(dict(document), indent=2, sort_keys=True) + "\n"
+    write_file_atomic(path, text.encode("utf-8"), 0o644)
 
 
 def write_active(models_dir: Path, active: ActiveModel) -> None:
@@ -163,26 +147,29 @@ def write_active(models_dir: Path, active: ActiveModel) -> None:
         raise ModelError(f"{active_path(models_dir)}: cannot write: {error}") from error
 
 
-def serving_version(models_dir: Path, configured: str) -> tuple[str, str]:
-    """(version to serve, "active" | "config"): ACTIVE wins; an unreadable one is ignored."""
-    try:
-        active = read_active(models_dir)
-    except ModelError as error:
-        log.error("active_model_unreadable", reason=str(error), fallback=configured)
-        return configured, "config"
-    if active is None:
-        return configured, "config"
-    return active.serving, "active"
+def serving_version(models_dir: Path, configured: str | None) -> tuple[str, str]:
+    """(version to serve, origin): see `crawler.serving.resolve_serving`."""
+    from crawler.serving import resolve_serving
+
+    serving = resolve_serving(configured, models_dir)
+    return serving.version, serving.origin
 
 
 def promote(
-    models_dir: Path, version: str, *, configured: str, now: datetime,
+    models_dir: Path, version: str, *, configured: str | None, now: datetime,
     shadow_images: int | None = None,
 ) -> ActiveModel:
     """Check VERSION loads, then make it active (after a shadow run of N images if asked)."""
     from classifier.models import read_model_version
+    from crawler.serving import CONFIG_KEY
 
     read_model_version(Path(models_dir), version)
+    if configured is not None and configured != version:
+        raise ModelError(
+            f"{CONFIG_KEY} = {configured!r} in config.toml pins the served version, so "
+            f"{version!r} would never be served: remove the key (the daemon then serves "
+            f"models/ACTIVE) or set it to {version!r}"
+        )
     if shadow_images is not None and shadow_images < 1:
         raise ModelError("--shadow needs a number of images of at least 1")
     current, _ = serving_version(models_dir, configured)
@@ -198,19 +185,31 @@ def promote(
 # -- loading ----------------------------------------------------------------------------
 
 
-def load_active_model(config: Config, layout: DataLayout) -> tuple[Classifier | None, str | None]:
-    """The daemon's model at start: ACTIVE's version if present, else the configured one."""
+def load_active_model(
+    config: Config, layout: DataLayout, cache_dir: Path | None = None,
+) -> tuple[Classifier | None, str | None]:
+    """The daemon's model at start: the serving version of `crawler.serving`."""
     from crawler.daemon import load_model
+    from crawler.serving import resolve_serving
 
-    version, origin = serving_version(layout.models, config.classifier.model)
-    log.info("model_selected", version=version, origin=origin,
-             configured=config.classifier.model)
+    serving = resolve_serving(config.classifier.model, layout.models)
+    log.info("model_selected", version=serving.version, origin=serving.origin,
+             source=serving.source, configured=config.classifier.model)
+    if serving.problem is not None and serving.origin == "config":
+        # The user's own config names a version that cannot be served: a user error (exit 1),
+        # not a silent start that holds every image.
+        from crawler.errors import ConfigError
+
+        raise ConfigError(str(config.path), [serving.problem])
+    if serving.problem is not None:
+        log.error("model_problem", version=serving.version, reason=serving.problem)
     chosen = dataclasses.replace(config, classifier=dataclasses.replace(
-        config.classifier, model=version))
-    return load_model(chosen, layout)
+        config.classifier, model=serving.version))
+    return load_model(chosen, layout, cache_dir)
 
 
-def reusing_loader(current: Classifier | None, config: Config, layout: DataLayout) -> ModelLoader:
+def reusing_loader(current: Classifier | None, config: Config, layout: DataLayout,
+                   cache_dir: Path | None = None) -> ModelLoader:
     """Load versions on the running engine when there is one, else as configured."""
     from classifier.models import LoadedClassifier, load_classifier, read_model_version
 
@@ -222,7 +221,7 @@ def reusing_loader(current: Classifier | None, config: Config, layout: DataLayou
             version, layout.models, engine=config.classifier.engine,
             device=config.classifier.device,
             batch_size=config.classifier.batch_size, threads=config.classifier.threads,
-            cache_dir=layout.cache)
+            cache_dir=cache_dir)
         return classifier
 
     return load
@@ -296,6 +295,33 @@ async def backfill(
     report = await rescore(catalogue, layout, policy, now)
     return BackfillReport(rescored, int(left[0]) if left else 0, report.changed,
                           report.unchanged, report.failed)
+
+
+async def backfill_at_start(
+    catalogue: Catalogue, layout: DataLayout, classifier: Classifier, policy: Policy,
+    now: float,
+) -> BackfillReport | None:
+    """At daemon start: bring images scored by another version over to the serving one.
+
+    A version promoted while the daemon was stopped (or a changed `[classifier] model`)
+    is applied exactly as a live promotion applies it (`backfill`: re-score from cached
+    features, then re-file). None when every filed image is already on the serving version.
+    """
+    from classifier.models import Heads, LoadedClassifier
+
+    version = classifier.version
+    row = await catalogue.fetch_one(
+        """SELECT count(*) FROM blobs WHERE placement IN ('library', 'quarantine', 'held')
+           AND model_version IS NOT NULL AND model_version != ?""", (version,))
+    if not row or not row[0]:
+        return None
+    heads = classifier.heads if isinstance(classifier, LoadedClassifier) else Heads()
+    log.info("model_backfill_started", version=version, images=int(row[0]))
+    report = await backfill(catalogue, layout, version, heads, policy, now)
+    log.info("model_backfilled", version=version, rescored=report.rescored,
+             without_features=report.without_features, refiled=report.refiled,
+             unchanged=report.unchanged, failed=report.failed, at_start=True)
+    return report
 
 
 # -- shadow runs ------------------------------------------------------------------------
@@ -433,6 +459,8 @@ async def _follow(host: PromotionHost, poll_interval_s: float,
             if str(error) != broken:
                 log.error("active_model_unreadable", reason=str(error))
             broken, active = str(error), None
+        if host.config.classifier.model is not None:
+            active = None  # [classifier] model pins the version (crawler.serving)
         if active is not None and active.key != applied and host.pipeline is not None:
             applied = active.key
             current = host.classifier.version if host.classifier is not None else None
@@ -453,7 +481,8 @@ async def activate(host: PromotionHost, version: str, loader: ModelLoader | None
     from classifier.models import read_model_version
     from crawler.daemon import policy_of
 
-    load = loader or reusing_loader(host.classifier, host.config, host.layout)
+    load = loader or reusing_loader(host.classifier, host.config, host.layout,
+                                    getattr(host, "cache_dir", None))
     previous = host.classifier.version if host.classifier is not None else None
     classifier = await asyncio.to_thread(load, version)
     _, heads = await asyncio.to_thread(read_model_version, host.layout.models, version)
@@ -588,8 +617,13 @@ def print_models(config: Config, *, as_json: bool) -> int:
     from rich.table import Table
 
     table = Table(title="model versions")
+    longest = max(len(entry["version"]) for entry in document)
     for name in ("", "version", "created", "tags", "AP per tag", "problem"):
-        table.add_column(name)
+        if name == "version":
+            # Never shortened: it is what `megane models promote` needs, copied whole.
+            table.add_column(name, no_wrap=True, min_width=longest, overflow="fold")
+        else:
+            table.add_column(name, overflow="fold")
     for entry in document:
         metrics = entry.get("metrics") or {}
         ap = ", ".join(

@@ -189,3 +189,14 @@ async def refile_one(catalogue: Catalogue, layout: DataLayout, policy: Policy, s
     log.info("media_refiled", sha256=sha256, placement=decision.placement.value,
              previous=blob.placement.value, tags=list(decision.tags), reason=decision.reason)
     return decision
+
+
+async def refresh_contact_sheet(catalogue: Catalogue, layout: DataLayout, config: Any) -> None:
+    """Rewrite `quarantine/index.html` and its thumbnails after re-filing outside the daemon
+    (`megane rescore`); `config` is crawler.config.Config."""
+    from crawler.display import linkable_url
+    from crawler.review.settings import ReviewSettings
+    from storage.contact_sheet import refresh_quarantine_index
+
+    review = ReviewSettings.from_mapping(config.review, str(config.path))
+    await refresh_quarantine_index(catalogue, layout, review.blur_radius, linkable=linkable_url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -96,11 +97,24 @@ def random_batch_array() -> npt.NDArray[np.float32]:
 
 
 @functools.cache
+def cache_root_directory() -> Path:
+    """One megane cache per test process ($MEGANE_CACHE_DIR of the tests and their children)."""
+    # This module is imported under two names (tests.classifier_fixtures, classifier_fixtures);
+    # the environment makes both copies agree on one folder.
+    if os.environ.get("MEGANE_TEST_CACHE_ROOT"):
+        return Path(os.environ["MEGANE_TEST_CACHE_ROOT"])
+    directory = Path(tempfile.mkdtemp(prefix="megane-test-cache-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    os.environ["MEGANE_TEST_CACHE_ROOT"] = str(directory)
+    return directory
+
+
+@functools.cache
 def tflite_cache_directory() -> Path:
     """One TFLite cache per test process, so the model is converted once (~8 s)."""
-    directory = Path(tempfile.mkdtemp(prefix="megane-test-tflite-"))
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    return directory
+    from classifier.cache import CACHE_ENV, tflite_cache_dir
+
+    return tflite_cache_dir({CACHE_ENV: str(cache_root_directory())})
 
 
 @pytest.fixture(scope="session")

@@ -144,6 +144,17 @@ def write_config(tmp_path: Path) -> Callable[..., Config]:
     return write
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache() -> Any:
+    """Every command and daemon of the tests (subprocesses too) shares one TFLite cache."""
+    from classifier.cache import CACHE_ENV
+    from tests.classifier_fixtures import cache_root_directory
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(cache_root_directory()))
+        yield cache_root_directory()
+
+
 @pytest.fixture(scope="session")
 def shared_classifier() -> Any:
     """The builtin open_nsfw model on the LiteRT engine, loaded once per test process."""

@@ -225,7 +225,9 @@ class TestStatus:
         (source,) = document["sources"]
         assert (source["name"], source["kind"], source["cursor"], source["items_total"]) == (
             "feed", "rss", "etag-1", 4)
-        assert document["model"]["configured"] == "builtin"
+        assert document["model"]["configured"] is None  # unset: models/ACTIVE, else builtin
+        assert (document["model"]["version"], document["model"]["origin"]) == ("builtin",
+                                                                               "builtin")
         assert document["data_dir"] == str(setup.layout.root)
 
     def test_text(self, setup: Setup, capfd: pytest.CaptureFixture[str]) -> None:

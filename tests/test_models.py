@@ -146,13 +146,19 @@ class TestLoadClassifier:
         assert classifier.tags == ("nsfw",)
         assert [list(scores) for scores in result.scores] == [["nsfw"], ["nsfw"]]
 
-    def test_default_cache_is_inside_models_dir(self, models_dir: Path, tflite_cache_dir: Path) -> None:
-        """Without cache_dir the TFLite file is cached in models_dir/.cache, hidden from listing."""
-        for cached in tflite_cache_dir.glob("*-none.tflite"):  # skip the ~8 s conversion
-            (models_dir / ".cache").mkdir(exist_ok=True)
-            (models_dir / ".cache" / cached.name).write_bytes(cached.read_bytes())
+    def test_default_cache_is_shared_by_every_models_dir(
+        self, models_dir: Path, tmp_path: Path, tflite_cache_dir: Path
+    ) -> None:
+        """Without cache_dir every models_dir (data_dir) reuses the one per-user conversion."""
+        load_classifier("builtin", tmp_path / "first" / "models", engine="litert")
+        cached = sorted(tflite_cache_dir.glob("*-none.tflite"))
+        stamps = [path.stat().st_mtime_ns for path in cached]
         classifier = load_classifier("v1", models_dir, engine="litert", batch_size=2)
-        assert classifier.engine.model_path.parent == models_dir / ".cache"  # type: ignore[attr-defined]
+        assert classifier.engine.model_path.parent == tflite_cache_dir  # type: ignore[attr-defined]
+        assert sorted(tflite_cache_dir.glob("*-none.tflite")) == cached
+        assert [path.stat().st_mtime_ns for path in cached] == stamps  # not converted again
+        assert not list(tflite_cache_dir.glob(".*"))  # no temporary file left behind
+        assert not (models_dir / ".cache").exists()
         assert [info.version for info in list_models(models_dir)] == [BUILTIN_VERSION, "v1"]
 
     def test_cached_litert_never_imports_tensorflow(self, models_dir: Path, tflite_cache_dir: Path) -> None:
@@ -204,3 +210,19 @@ class TestLoadClassifier:
         path.write_text(json.dumps(metadata))
         with pytest.raises(ModelError, match="preprocessing"):
             load_classifier("v1", models_dir)
+
+
+class TestCacheLocation:
+    @pytest.mark.parametrize(("environ", "expected"), [
+        ({"MEGANE_CACHE_DIR": "/srv/cache", "XDG_CACHE_HOME": "/x", "HOME": "/h"},
+         "/srv/cache/tflite"),
+        ({"CACHE_DIRECTORY": "/var/cache/megane-crawler:/other", "HOME": "/h"},
+         "/var/cache/megane-crawler/tflite"),
+        ({"XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/x/megane-crawler/tflite"),
+        ({"HOME": "/h"}, "/h/.cache/megane-crawler/tflite"),
+    ])
+    def test_resolution_order(self, environ: dict[str, str], expected: str) -> None:
+        """The override, then systemd's CacheDirectory, then XDG, then ~/.cache."""
+        from classifier.cache import tflite_cache_dir
+
+        assert tflite_cache_dir(environ) == Path(expected)

@@ -133,7 +133,7 @@ class TestPromoteUnderRunningDaemon:
             assert not (layout.library / "photo").exists()
             _always_head(layout.models, "v2")
 
-            promote(layout.models, "v2", configured="builtin", now=NOW)
+            promote(layout.models, "v2", configured=None, now=NOW)
 
             async def backfilled() -> bool:
                 rows = await _blobs(daemon)
@@ -171,10 +171,10 @@ class TestPromoteUnderRunningDaemon:
             await _eventually(lambda: _all_final(daemon, 1))
             _always_head(layout.models, "v3")
 
-            active = promote(layout.models, "v3", configured="builtin", now=NOW,
+            active = promote(layout.models, "v3", configured=None, now=NOW,
                              shadow_images=2)
             assert active.previous == "builtin"
-            assert serving_version(layout.models, "builtin") == ("builtin", "active")
+            assert serving_version(layout.models, None) == ("builtin", "active")
             assert daemon.pipeline is not None
 
             async def shadow_listening() -> bool:
@@ -214,27 +214,42 @@ class TestActiveFile:
     def test_promote_refuses_unknown_versions(self, tmp_path: Path) -> None:
         """Promoting a version that does not exist fails and writes nothing."""
         with pytest.raises(ModelError, match="not found"):
-            promote(tmp_path, "nope", configured="builtin", now=NOW)
+            promote(tmp_path, "nope", configured=None, now=NOW)
         assert read_active(tmp_path) is None
 
     def test_round_trip_and_serving(self, tmp_path: Path) -> None:
-        """ACTIVE wins over the config; a pending shadow keeps serving the previous one."""
+        """Unset config: ACTIVE, else builtin; a set `model` pins; a pending shadow keeps
+        serving the previous one."""
         _always_head(tmp_path, "v1")
+        assert serving_version(tmp_path, None) == ("builtin", "builtin")
+        promote(tmp_path, "v1", configured=None, now=NOW)
+        assert serving_version(tmp_path, None) == ("v1", "active")
         assert serving_version(tmp_path, "builtin") == ("builtin", "config")
-        promote(tmp_path, "v1", configured="builtin", now=NOW)
-        assert serving_version(tmp_path, "builtin") == ("v1", "active")
         write_active(tmp_path, ActiveModel("v1", "t", shadow_images=5, previous="builtin"))
-        assert serving_version(tmp_path, "v0") == ("builtin", "active")
+        assert serving_version(tmp_path, None) == ("builtin", "active")
         assert read_active(tmp_path) == ActiveModel("v1", "t", 5, "builtin")
+
+    def test_promote_refuses_when_the_config_pins_another_version(self, tmp_path: Path) -> None:
+        """With `[classifier] model` set, promoting another version fails naming the key."""
+        _always_head(tmp_path, "v1")
+        with pytest.raises(ModelError, match=r"\[classifier\] model = 'builtin'.*remove the key"):
+            promote(tmp_path, "v1", configured="builtin", now=NOW)
+        assert read_active(tmp_path) is None
+        promote(tmp_path, "v1", configured="v1", now=NOW)
+        assert read_active(tmp_path) is not None
 
     @pytest.mark.parametrize("text", ["{", "[]", '{"version": 3}',
                                       '{"version": "v", "shadow": {"images": 0}}'])
-    def test_unreadable_active_falls_back_to_config(self, tmp_path: Path, text: str) -> None:
-        """A damaged ACTIVE raises on reading, and serving falls back to the config."""
+    def test_unreadable_active_falls_back_to_builtin(self, tmp_path: Path, text: str) -> None:
+        """A damaged ACTIVE raises on reading; serving falls back to builtin, naming it."""
+        from crawler.serving import resolve_serving
+
         (tmp_path / "ACTIVE").write_text(text)
         with pytest.raises(ModelError):
             read_active(tmp_path)
-        assert serving_version(tmp_path, "builtin") == ("builtin", "config")
+        serving = resolve_serving(None, tmp_path)
+        assert (serving.version, serving.origin) == ("builtin", "builtin")
+        assert serving.problem is not None and str(tmp_path / "ACTIVE") in serving.problem
 
     def test_daemon_start_loads_active(self, write_config: Any) -> None:
         """At start the daemon's model is ACTIVE's version when the file exists."""
@@ -272,7 +287,7 @@ class TestModelsCommands:
             "photo": (generator.normal(0, 0.05, 1024).astype(np.float32), -0.5),
             "cat": (generator.normal(0, 0.05, 1024).astype(np.float32), 0.2),
         }, {"metrics": {"photo": {"average_precision": 0.97}}}, created_at=NOW)
-        promote(layout.models, "v1", configured="builtin", now=NOW)
+        promote(layout.models, "v1", configured=None, now=NOW)
         capfd.readouterr()  # the promotion's log line
 
         assert await asyncio.to_thread(main, ["models", "list", "--json",

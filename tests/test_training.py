@@ -247,3 +247,51 @@ class TestSeed2017:
         exported = export_tflite(layout.models, "s1", layout.store)
         assert exported.image_source == "store" and exported.tags == ("photo",)
         assert exported.max_abs_difference < 1e-3
+
+
+class TestValidationAndTestSplits:
+    def test_halves_are_disjoint_stratified_and_seeded(self) -> None:
+        """The held-out labels split into two disjoint halves, each with both classes."""
+        from classifier.training.evaluate import validation_test_split
+
+        labels = {f"p{index:02d}": True for index in range(20)}
+        labels |= {f"n{index:02d}": False for index in range(30)}
+        validation, test = validation_test_split(labels, 7, "cat")
+        assert set(validation).isdisjoint(test) and set(validation) | set(test) == set(labels)
+        assert sum(labels[sha] for sha in test) == 10 and len(test) == 25
+        assert validation_test_split(labels, 7, "cat") == (validation, test)
+
+    def test_threshold_is_chosen_on_validation_and_reported_on_test(self) -> None:
+        """The suggestion comes from the validation scores; its precision/recall from test."""
+        from classifier.training.evaluate import split_metrics, threshold_for_precision
+
+        validation_truth = [True] * 12 + [False] * 12
+        validation_scores = np.array([0.9] * 12 + [0.6] * 12)
+        test_truth = [True] * 12 + [False] * 12
+        test_scores = np.array([0.7] * 6 + [0.95] * 6 + [0.2] * 12)
+        result = split_metrics((validation_truth, validation_scores), (test_truth, test_scores),
+                               0.5, target_precision=0.9)
+        expected = threshold_for_precision(validation_truth, validation_scores, 0.9)
+        assert result["suggested_threshold"] == pytest.approx(expected)
+        assert expected == pytest.approx(0.75)  # between 0.9 and 0.6 on validation
+        # On test only the 0.95 half clears 0.75: recall 0.5, measured there.
+        assert result["at_suggested"] == {"precision": 1.0, "recall": 0.5,
+                                          "measured_on": "test"}
+        assert result["evaluated"] == {"positives": 12, "negatives": 12}
+        assert result["splits"]["validation"] == {"positives": 12, "negatives": 12}
+        assert result["warnings"] == []
+
+    @pytest.mark.parametrize(("positives", "negatives", "expected"), [
+        (10, 10, []),
+        (9, 10, ["positives"]),
+        (10, 3, ["negatives"]),
+        (0, 0, ["positives", "negatives"]),
+    ])
+    def test_small_splits_warn(self, positives: int, negatives: int,
+                               expected: list[str]) -> None:
+        """A split with fewer than 10 positives or negatives gets a warning naming it."""
+        from classifier.training.evaluate import split_warnings
+
+        warnings = split_warnings("test", [True] * positives + [False] * negatives)
+        assert [warning.split("only ")[1].split(" ")[1] for warning in warnings] == expected
+        assert all(warning.startswith("the test split holds only") for warning in warnings)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +36,9 @@ def training_request(config: Any, tags: Sequence[str] | None, architecture: str,
 
 def run_train(config: Any, *, tags: Sequence[str] | None, architecture: str,
               version: str | None, as_json: bool) -> int:
+    from classifier.cache import tflite_cache_dir
     from classifier.models import load_classifier
+    from classifier.native_logs import import_tensorflow
     from classifier.training.evaluate import print_report
     from classifier.training.features import classifier_extractor
     from classifier.training.trainer import train
@@ -44,6 +47,7 @@ def run_train(config: Any, *, tags: Sequence[str] | None, architecture: str,
 
     layout = DataLayout(config.data_dir)
     layout.ensure()
+    import_tensorflow()  # training imports it anyway; its start-up lines are dropped here
     try:
         request = training_request(config, tags, architecture, version)
     except TrainingError as error:
@@ -53,7 +57,7 @@ def run_train(config: Any, *, tags: Sequence[str] | None, architecture: str,
         return classifier_extractor(load_classifier(
             "builtin", layout.models, engine=config.classifier.engine,
             device=config.classifier.device, batch_size=request.settings.feature_batch_size,
-            threads=config.classifier.threads, cache_dir=layout.cache))
+            threads=config.classifier.threads, cache_dir=tflite_cache_dir(os.environ)))
 
     async def body() -> Any:
         catalogue = await Catalogue.open(layout.catalogue)

@@ -1,7 +1,9 @@
 """Held-out evaluation: a stratified seeded split, per-tag metrics, suggested thresholds.
 
 Scores count as positive at or over a threshold, as in `crawler.decide`. Average precision
-is the step-wise area under the precision-recall curve (sklearn's definition). The suggested
+is the step-wise area under the precision-recall curve (sklearn's definition). The held-out
+labels are halved into a validation and a test split (`split_metrics`): the suggested threshold
+is chosen on validation and every reported figure is measured on test. The suggested
 threshold of a head tag gives the most held-out recall at a precision of at least
 `target_precision` (the highest such threshold); for `nsfw`, where a miss is what
 costs, it is the highest one that keeps recall at or over `nsfw_min_recall`.
@@ -157,6 +159,67 @@ def tag_metrics(
     return result
 
 
+MIN_SPLIT_CLASS = 10  # fewer positives or negatives than this in a split: a noisy figure
+
+
+def validation_test_split(
+    labels: Mapping[str, bool], seed: int, salt: str = ""
+) -> tuple[list[str], list[str]]:
+    """(validation, test): the held-out labels halved, stratified and seeded like
+    `stratified_split`. The threshold is chosen on the first and reported on the second."""
+    return stratified_split(labels, 0.5, seed, f"{salt}/test")
+
+
+def split_warnings(name: str, truth: Sequence[bool]) -> list[str]:
+    """Warnings for a split with fewer than MIN_SPLIT_CLASS positives or negatives."""
+    positives = int(sum(truth))
+    negatives = len(truth) - positives
+    return [f"the {name} split holds only {count} {kind} (fewer than {MIN_SPLIT_CLASS}): "
+            "its figures are noisy; label more images" for count, kind in
+            ((positives, "positives"), (negatives, "negatives")) if count < MIN_SPLIT_CLASS]
+
+
+def split_metrics(
+    validation: tuple[Sequence[bool], Scores],
+    test: tuple[Sequence[bool], Scores],
+    threshold: float,
+    *,
+    target_precision: float | None = None,
+    min_recall: float | None = None,
+) -> dict[str, Any]:
+    """`tag_metrics` with the suggested threshold chosen on `validation` and every figure
+    (at the configured and at the suggested threshold) measured on `test`, so the report
+    never grades a threshold on the examples that picked it."""
+    validation_truth, validation_scores = validation
+    test_truth, test_scores = test
+    result = tag_metrics(test_truth, test_scores, threshold)
+    validation_scores = np.asarray(validation_scores, dtype=np.float64)
+    suggested: float | None = None
+    if min_recall is not None:
+        suggested = threshold_for_recall(validation_truth, validation_scores, min_recall)
+        result["suggested_for"] = f"recall >= {min_recall}"
+    elif target_precision is not None:
+        suggested = threshold_for_precision(validation_truth, validation_scores,
+                                            target_precision)
+        result["suggested_for"] = f"precision >= {target_precision}"
+    result["suggested_threshold"] = _round(suggested)
+    if suggested is not None:
+        at = confusion(test_truth, np.asarray(test_scores), suggested)
+        result["at_suggested"] = {
+            "precision": _ratio(at["true_positives"], at["true_positives"] + at["false_positives"]),
+            "recall": _ratio(at["true_positives"], at["true_positives"] + at["false_negatives"]),
+            "measured_on": "test",
+        }
+    counts = {}
+    for name, truth in (("validation", validation_truth), ("test", test_truth)):
+        positives = int(sum(truth))
+        counts[name] = {"positives": positives, "negatives": len(truth) - positives}
+    result["splits"] = counts
+    result["warnings"] = (split_warnings("validation", validation_truth)
+                          + split_warnings("test", test_truth))
+    return result
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
@@ -169,7 +232,7 @@ def print_report(metrics: Mapping[str, Mapping[str, Any]], *, title: str, consol
     console = console or Console()
     criteria = sorted({str(row["suggested_for"]) for row in metrics.values()
                        if row.get("suggested_for")})
-    table = Table(title=title, caption="held-out pos/neg; precision, recall, TP/FP/TN/FN at the "
+    table = Table(title=title, caption="test split pos/neg; precision, recall, TP/FP/TN/FN at the "
                   "configured threshold (thr); suggested threshold: " + "; ".join(criteria))
     for name in ("tag", "pos/neg", "AP", "thr", "prec", "recall", "TP/FP/TN/FN", "suggest"):
         table.add_column(name, justify="left" if name == "tag" else "right",
@@ -194,3 +257,6 @@ def print_report(metrics: Mapping[str, Mapping[str, Any]], *, title: str, consol
             number(suggested),
         )
     console.print(table)
+    for tag, row in metrics.items():
+        for warning in row.get("warnings") or ():
+            console.print(f"warning: {tag}: {warning}")

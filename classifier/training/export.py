@@ -9,11 +9,8 @@ its outputs are compared with the TensorFlow model's on a few real images from t
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +21,10 @@ import numpy.typing as npt
 
 from classifier.base import INPUT_SIZE
 from classifier.decode import DecodeLimits, decode_image
+from classifier.engines import convert_to_tflite
 from classifier.errors import ClassifierError, ModelError
 from classifier.preprocess import RESIZE_SIZE
+from storage.placement import write_file_atomic
 
 if TYPE_CHECKING:
     import keras
@@ -74,23 +73,6 @@ def make_serving_model(heads_tags: Sequence[str], weights: npt.NDArray[np.float3
     return keras.Model(inputs, scores, name="megane_scores")
 
 
-def convert(model: keras.Model, image_size: int) -> bytes:
-    """TFLite flatbuffer of a one-input Keras model (batch dimension dynamic)."""
-    import keras
-    import tensorflow as tf
-
-    signature = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="input")]
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serve", functools.partial(model.__call__, training=False), signature)
-    with tempfile.TemporaryDirectory(prefix="megane-export-") as saved_model_dir:
-        try:
-            archive.write_out(saved_model_dir, verbose=False)
-            return bytes(tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert())
-        except Exception as error:  # the exporter and converter raise assorted internal types
-            raise ModelError(f"TFLite conversion of {model.name} failed: {error}") from error
-
-
 def run_tflite(path: Path, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -126,20 +108,6 @@ def sample_images(store: Path, count: int, image_size: int,
             .astype(np.float32), "synthetic (the store is empty)")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def export_tflite(models_dir: Path, version: str, store: Path) -> ExportReport:
     """Write `models/<version>/model.tflite` and compare it with TensorFlow (blocking)."""
     from classifier.models import read_model_version
@@ -158,9 +126,12 @@ def export_tflite(models_dir: Path, version: str, store: Path) -> ExportReport:
         model = make_serving_model(heads.tags, heads.weights, heads.biases)
         image_size = INPUT_SIZE
         tags = tuple(metadata["tags"])
-    flatbuffer = convert(model, image_size)
+    flatbuffer = convert_to_tflite(model, image_size=image_size)
     path = folder / TFLITE_FILENAME
-    _write_atomic(path, flatbuffer)
+    try:
+        write_file_atomic(path, flatbuffer, 0o644)
+    except OSError as error:
+        raise ModelError(f"{path}: cannot write: {error}") from error
     batch, source = sample_images(store, PARITY_IMAGES, image_size)
     expected = np.asarray(model(batch, training=False), dtype=np.float32)
     actual = run_tflite(path, batch)

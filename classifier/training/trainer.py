@@ -29,7 +29,11 @@ from classifier.training.dataset import (
     check_minimums,
     collect_labels,
 )
-from classifier.training.evaluate import stratified_split, tag_metrics
+from classifier.training.evaluate import (
+    split_metrics,
+    stratified_split,
+    validation_test_split,
+)
 from classifier.training.features import (
     Extractor,
     FeatureSet,
@@ -158,10 +162,12 @@ def nsfw_metrics(label_set: LabelSet, features: FeatureSet,
         return None
     names = sorted(label_set.nsfw)
     truth = [label_set.nsfw[sha] for sha in names]
-    scores = nsfw_scores(features.matrix(names))
-    result = tag_metrics(truth, scores,
-                         request.thresholds.get(NSFW_TAG, DEFAULT_NSFW_THRESHOLD),
-                         min_recall=request.settings.nsfw_min_recall)
+    validation, test = validation_test_split(label_set.nsfw, request.settings.seed, NSFW_TAG)
+    result = split_metrics(
+        ([label_set.nsfw[sha] for sha in validation], nsfw_scores(features.matrix(validation))),
+        ([label_set.nsfw[sha] for sha in test], nsfw_scores(features.matrix(test))),
+        request.thresholds.get(NSFW_TAG, DEFAULT_NSFW_THRESHOLD),
+        min_recall=request.settings.nsfw_min_recall)
     result["counts"] = {"positives": sum(truth), "negatives": len(truth) - sum(truth)}
     return result
 
@@ -184,26 +190,31 @@ def train_heads(
                              + [labels.source[sha] for sha in weak], dtype=bool)
             weights = np.array([1.0] * len(train) + [settings.source_label_weight] * len(weak),
                                dtype=np.float32)
-            holdout_truth = np.array([labels.human[sha] for sha in holdout], dtype=bool)
-            holdout_features = features.matrix(holdout)
+            held_out = {sha: labels.human[sha] for sha in holdout}
+            validation, test = validation_test_split(held_out, settings.seed, tag)
+            validation_truth = np.array([held_out[sha] for sha in validation], dtype=bool)
+            validation_features = features.matrix(validation)
+            test_truth = np.array([held_out[sha] for sha in test], dtype=bool)
             task = bar.add_task(f"head {tag}", total=settings.epochs)
             head = train_head(
                 tag, features.matrix(names), truth, weights, settings,
-                validation=(holdout_features, holdout_truth),
+                validation=(validation_features, validation_truth),
                 on_epoch=functools.partial(bar.advance, task),
             )
             bar.update(task, completed=settings.epochs)
             heads[tag] = head
-            counts = labels.counts() | {"train": len(names), "holdout": len(holdout)}
-            if len(holdout) and holdout_truth.any():
-                result = tag_metrics(
-                    list(holdout_truth), head.scores(holdout_features),
+            counts = labels.counts() | {"train": len(names), "holdout": len(holdout),
+                                        "validation": len(validation), "test": len(test)}
+            if test_truth.any():
+                result = split_metrics(
+                    (list(validation_truth), head.scores(validation_features)),
+                    (list(test_truth), head.scores(features.matrix(test))),
                     request.thresholds.get(tag, DEFAULT_THRESHOLD),
                     target_precision=settings.target_precision)
             else:
                 result = {"average_precision": None, "precision": None, "recall": None,
                           "threshold": request.thresholds.get(tag, DEFAULT_THRESHOLD),
-                          "note": "no held-out human positives: not evaluated"}
+                          "note": "no human positives in the test split: not evaluated"}
             metrics[tag] = result | {"counts": counts,
                                      "training": {"epochs": head.epochs_run,
                                                   "examples_per_round": head.examples_used}}
@@ -261,7 +272,8 @@ async def train(
                 "skipped_images": len(features.missing),
             },
             "evaluation": {
-                "split": "stratified per tag, human labels only",
+                "split": "stratified per tag, human labels only; held-out half validation "
+                         "(chooses the suggested threshold), half test (reports it)",
                 "holdout_fraction": request.settings.holdout_fraction,
                 "seed": request.settings.seed,
                 "target_precision": request.settings.target_precision,
