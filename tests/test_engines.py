@@ -28,7 +28,6 @@ from classifier.engines import (
     resolve_engine,
 )
 from classifier.errors import InferenceError, ModelError
-from classifier.onnx_engine import OnnxRuntimeEngine
 from classifier.opennsfw import MODEL_KEY
 
 BATCH_SIZE = 4
@@ -48,13 +47,7 @@ def litert_engine(pretrained_model: keras.Model, tflite_cache_dir: Path) -> Lite
     )
 
 
-@pytest.fixture(scope="module")
-def onnxruntime_engine() -> OnnxRuntimeEngine:
-    """An onnxruntime engine with batches of 4."""
-    return OnnxRuntimeEngine(batch_size=BATCH_SIZE)
-
-
-@pytest.fixture(params=["tensorflow", "litert", "onnxruntime"])
+@pytest.fixture(params=["tensorflow", "litert"])
 def engine(request: pytest.FixtureRequest) -> Engine:
     """Each engine in turn."""
     return request.getfixturevalue(f"{request.param}_engine")  # type: ignore[no-any-return]
@@ -165,22 +158,13 @@ class TestLiteRTEngine:
 
 class TestEngineChoice:
     @pytest.mark.skipif(bool(gpu_devices()), reason="this host has a GPU")
-    def test_auto_is_onnxruntime_on_cpu(self) -> None:
-        """engine='auto' picks onnxruntime (the fastest on CPU) on a host without GPU."""
-        assert resolve_engine("auto", "auto") == "onnxruntime"
+    def test_auto_is_litert_on_cpu(self) -> None:
+        """engine='auto' picks LiteRT on a host without GPU."""
+        assert resolve_engine("auto", "auto") == "litert"
 
-    def test_auto_with_cpu_device_is_onnxruntime(self) -> None:
-        """engine='auto' with device='cpu' picks onnxruntime even when a GPU exists."""
-        assert resolve_engine("auto", "cpu") == "onnxruntime"
-
-    def test_onnxruntime_refuses_gpu_and_quantization(self, tflite_cache_dir: Path) -> None:
-        """onnxruntime runs float32 on the CPU: a GPU or a quantization request is an error."""
-        with pytest.raises(ModelError, match="runs on the CPU"):
-            make_engine(lambda: None, engine="onnxruntime", device="gpu",  # type: ignore[arg-type,return-value]
-                        cache_dir=tflite_cache_dir)
-        with pytest.raises(ModelError, match="litert engine only"):
-            make_engine(lambda: None, engine="onnxruntime", quantization="fp16",  # type: ignore[arg-type,return-value]
-                        cache_dir=tflite_cache_dir)
+    def test_auto_with_cpu_device_is_litert(self) -> None:
+        """engine='auto' with device='cpu' picks LiteRT even when a GPU exists."""
+        assert resolve_engine("auto", "cpu") == "litert"
 
     def test_explicit_engine_is_kept(self) -> None:
         """An explicit engine name is used as is."""
