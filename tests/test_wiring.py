@@ -1,0 +1,287 @@
+"""The wiring of a real `megane run`: SIGHUP, the metrics endpoint and the watchdog.
+
+The unit tests exercise each part (config reload, `Metrics`, `ProgressWatchdog`) alone;
+these run `python -m crawler.cli run` as a subprocess, as systemd does: signals come from
+`kill`, sd_notify messages arrive on a real AF_UNIX socket named by `$NOTIFY_SOCKET`, and
+the metrics are scraped over HTTP. Every wait is on a notify message (READY=1, RELOADING=1,
+STATUS=) or a process exit, with a deadline; the daemon's JSON log is read afterwards.
+
+`$WATCHDOG_USEC` is set for every daemon here, as the shipped unit does (WatchdogSec=): the
+daemon then reports STATUS= every WATCHDOG_USEC/2, which is the event the tests wait on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import MediaServer
+from tests.daemon_process import REPOSITORY, DaemonProcess, connect, small_photo
+
+T = TypeVar("T")
+
+WATCHDOG_USEC = 2_000_000
+"""systemd kills the unit when no WATCHDOG=1 arrives within this; the daemon pings twice."""
+
+WAIT_S = 90.0
+
+
+# -- sd_notify messages, as they arrive ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """One sd_notify datagram: arrival time (monotonic) and its KEY=VALUE fields."""
+
+    at: float
+    fields: dict[str, str]
+
+    @property
+    def status(self) -> dict[str, int]:
+        """The counts of a STATUS= line (``library=3, pending=1``), {} without one."""
+        text = self.fields.get("STATUS", "")
+        counts: dict[str, int] = {}
+        for part in filter(None, (item.strip() for item in text.split(","))):
+            key, _, value = part.partition("=")
+            counts[key] = int(value)
+        return counts
+
+
+@dataclass
+class Notifications:
+    """Collects the daemon's notify messages in the background; tests wait on them."""
+
+    daemon: DaemonProcess
+    messages: list[Message] = field(default_factory=list)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = self.daemon.notify_socket()
+        while True:
+            data = await loop.sock_recv(sock, 65536)
+            fields = dict(line.partition("=")[::2] for line in data.decode().split("\n") if line)
+            self.messages.append(Message(time.monotonic(), fields))
+            self._arrived.set()
+
+    async def wait_for(self, predicate: Callable[[list[Message]], T | None], what: str,
+                       timeout_s: float = WAIT_S) -> T:
+        """Wait until `predicate(messages)` is not None; fail if the daemon exits first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        process = self.daemon.process
+        assert process is not None
+        while True:
+            found = predicate(self.messages)
+            if found is not None:
+                return found
+            if process.returncode is not None:
+                raise AssertionError(f"daemon exited with {process.returncode} while waiting "
+                                     f"for {what}:\n{log_tail(self.daemon)}")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"no {what} within {timeout_s} s:\n{log_tail(self.daemon)}")
+            self._arrived.clear()
+            exited = asyncio.ensure_future(process.wait())
+            arrived = asyncio.ensure_future(self._arrived.wait())
+            try:
+                await asyncio.wait({exited, arrived}, timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                exited.cancel()
+                arrived.cancel()
+
+    async def status_where(self, check: Callable[[dict[str, int]], bool], what: str,
+                           after: int = 0) -> Message:
+        """The first STATUS= message (from index `after` on) whose counts pass `check`."""
+        return await self.wait_for(
+            lambda messages: next((message for message in messages[after:]
+                                   if "STATUS" in message.fields and check(message.status)),
+                                  None), what)
+
+    async def ready_after(self, index: int) -> Message:
+        """The first READY=1 at or after message `index`."""
+        return await self.wait_for(
+            lambda messages: next((message for message in messages[index:]
+                                   if message.fields.get("READY") == "1"), None),
+            "READY=1")
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: DaemonProcess, **env: str) -> AsyncIterator[Notifications]:
+    """Start `megane run` with `env` added and collect its notify messages until it ends."""
+    daemon.env.update(env)
+    notifications = Notifications(daemon)
+    daemon.notify_socket()
+    collector = asyncio.ensure_future(notifications.collect())
+    try:
+        await daemon.start("run")
+        await notifications.ready_after(0)
+        yield notifications
+    finally:
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+        await daemon.kill()
+        daemon.close()
+
+
+def log_events(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines, parsed (other lines, e.g. the start markers, skipped)."""
+    events = []
+    for line in daemon.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                events.append(json.loads(line))
+    return events
+
+
+def named(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
+    return [entry for entry in log_events(daemon) if entry.get("event") == event]
+
+
+def log_tail(daemon: DaemonProcess) -> str:
+    return daemon.log_path.read_text(errors="replace")[-3000:] if daemon.log_path.exists() else ""
+
+
+def seed_model_cache(shared_classifier: Any, data_dir: Path) -> None:
+    """Give the daemon the test process's TFLite conversion (no conversion per start)."""
+    from tests.test_crash import _seed_model_cache
+
+    _seed_model_cache(shared_classifier, data_dir)
+
+
+def finished(total: int) -> Callable[[dict[str, int]], bool]:
+    """A STATUS check: `total` media URLs, none of them waiting for work."""
+    unfinished = ("pending", "downloaded", "decoded", "classified")
+    return lambda counts: (sum(counts.values()) == total
+                           and not any(counts.get(state) for state in unfinished))
+
+
+async def megane_json(config_path: Path, *command: str) -> Any:
+    """Run `megane COMMAND --config PATH --json` as a subprocess; its stdout, parsed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crawler.cli", *command, "--config", str(config_path), "--json",
+        cwd=REPOSITORY, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), WAIT_S)
+    assert process.returncode == 0, stderr.decode()
+    return json.loads(stdout)
+
+
+# -- 1. SIGHUP -----------------------------------------------------------------------------
+
+
+def folder_source(inbox: Path) -> str:
+    return f"""
+        [[sources]]
+        kind = "folder"
+        name = "inbox"
+        path = "{inbox}"
+        settle_s = 0
+        interval = "1m"
+        """
+
+
+def nsfw_scores(data_dir: Path) -> dict[str, float]:
+    with connect(data_dir / "catalogue.sqlite") as connection:
+        return {row["sha256"]: row["score"] for row in connection.execute(
+            "SELECT sha256, score FROM scores WHERE tag = 'nsfw'")}
+
+
+def placed(data_dir: Path) -> dict[str, set[str]]:
+    """sha256 -> the top folders (library/<tag>, quarantine, held) holding a file of it."""
+    where: dict[str, set[str]] = {}
+    for path in data_dir.glob("library/*/*.jpg"):
+        where.setdefault(path.stem, set()).add(f"library/{path.parent.name}")
+    for folder in ("quarantine", "held"):
+        for path in (data_dir / folder).glob("*.jpg"):
+            where.setdefault(path.stem, set()).add(folder)
+    return where
+
+
+class TestSighup:
+    async def test_sighup_refiles_rejects_a_bad_config_and_flags_restart_keys(
+        self, write_config: Any, shared_classifier: Any, tmp_path: Path,
+    ) -> None:
+        """SIGHUP to a running `megane run` re-files by new thresholds, keeps the old config when the new one is bad, names keys that need a restart, and SIGTERM exits 0."""
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        for index in range(4):
+            (inbox / f"photo-{index}.jpg").write_bytes(small_photo(index))
+        config = write_config("[thresholds]\nnsfw = 0.99\n", sources=folder_source(inbox))
+        seed_model_cache(shared_classifier, config.data_dir)
+        original = config.path.read_text()
+        daemon = DaemonProcess(config.path, tmp_path)
+        async with running(daemon, WATCHDOG_USEC=str(WATCHDOG_USEC)) as notes:
+            await notes.status_where(lambda counts: counts.get("library") == 4,
+                                     "STATUS with library=4")
+            scores = nsfw_scores(config.data_dir)
+            assert len(scores) == 4
+            assert placed(config.data_dir) == {sha: {"library/untagged"} for sha in scores}
+            # A threshold between the 2nd and 3rd score: exactly the top two must move.
+            ordered = sorted(scores.values())
+            assert ordered[1] < ordered[2], ordered
+            threshold = (ordered[1] + ordered[2]) / 2
+            config.path.write_text(original.replace("nsfw = 0.99", f"nsfw = {threshold!r}"))
+
+            mark = len(notes.messages)
+            daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            await notes.ready_after(mark)
+            assert any(message.fields.get("RELOADING") == "1"
+                       for message in notes.messages[mark:])
+            reloaded = named(daemon, "config_reloaded")
+            assert len(reloaded) == 1, log_tail(daemon)
+            assert reloaded[0]["refiled"] == 2 and reloaded[0]["needs_restart"] is None
+            expected = {sha: {"quarantine"} if score >= threshold else {"library/untagged"}
+                        for sha, score in scores.items()}
+            assert placed(config.data_dir) == expected
+            assert daemon.process.returncode is None  # type: ignore[union-attr]
+
+            # A broken config.toml: an out-of-range value beside a threshold of 0, which
+            # would quarantine everything if any of it were applied.
+            broken = original.replace("nsfw = 0.99", "nsfw = 0.0\nmegane = 7")
+            config.path.write_text(broken)
+            mark = len(notes.messages)
+            daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            await notes.ready_after(mark)
+            failed = named(daemon, "reload_failed")
+            assert len(failed) == 1, log_tail(daemon)
+            assert failed[0]["path"] == str(config.path)
+            assert any("thresholds.megane" in problem for problem in failed[0]["problems"]), \
+                failed[0]
+            assert failed[0]["action"] == "keeping the running configuration"
+            assert placed(config.data_dir) == expected
+            assert daemon.process.returncode is None  # type: ignore[union-attr]
+
+            # A valid config that moves data_dir: the thresholds apply now, the data_dir
+            # change is reported as needing a restart and nothing is written there.
+            moved = original.replace(str(config.data_dir), str(tmp_path / "elsewhere"))
+            assert moved != original
+            config.path.write_text(moved)
+            mark = len(notes.messages)
+            daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            await notes.ready_after(mark)
+            reloaded = named(daemon, "config_reloaded")
+            assert len(reloaded) == 2, log_tail(daemon)
+            assert reloaded[1]["needs_restart"] == ["daemon"]
+            assert reloaded[1]["refiled"] == 2
+            assert placed(config.data_dir) == {sha: {"library/untagged"} for sha in scores}
+            assert not (tmp_path / "elsewhere").exists()
+
+            assert await daemon.stop() == 0
+            assert named(daemon, "daemon_stopped"), log_tail(daemon)
