@@ -29,6 +29,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from crawler.config import Config, load_config
 from tests.conftest import MediaServer
 from tests.daemon_process import REPOSITORY, DaemonProcess, connect, small_photo
 
@@ -285,3 +286,134 @@ class TestSighup:
 
             assert await daemon.stop() == 0
             assert named(daemon, "daemon_stopped"), log_tail(daemon)
+
+
+# -- 2. the metrics endpoint ---------------------------------------------------------------
+
+
+def with_daemon_key(config: Config, line: str) -> Config:
+    """Add `line` to the [daemon] table of the config file written by `write_config`."""
+    text = config.path.read_text()
+    assert "[daemon]\n" in text
+    config.path.write_text(text.replace("[daemon]\n", f"[daemon]\n{line}\n", 1))
+    return load_config(config.path)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One scrape of /metrics: sample name -> {labels as sorted tuple: value}."""
+
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples[name][tuple(sorted(labels.items()))]
+
+    def by(self, name: str, label: str) -> dict[str, float]:
+        return {dict(key)[label]: value for key, value in self.samples.get(name, {}).items()}
+
+
+async def scrape(port: int) -> Scrape:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        text = await response.text()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = \
+                sample.value
+    return Scrape(samples)
+
+
+def metrics_feed(server: MediaServer) -> tuple[str, int, int]:
+    """A feed of 3 photos, one adult-rated photo, a 404 and an HTML page served as a JPEG.
+
+    Returns the sources TOML, the number of items and the bytes the server will serve.
+    """
+    items: list[dict[str, Any]] = []
+    served = 0
+    for index in range(4):
+        body = small_photo(20 + index)
+        server.add_bytes(f"/img/{index}.jpg", body)
+        served += len(body)
+        items.append({"image": f"/img/{index}.jpg", "rating": "adult" if index == 3 else None})
+    page = b"<!doctype html><html><body>not an image</body></html>"
+    server.add_bytes("/img/page.jpg", page)
+    served += len(page)
+    items += [{"image": "/img/page.jpg"}, {"image": "/img/missing.jpg"}]
+    server.add_feed("/feed.xml", items)
+    sources = f"""
+        [[sources]]
+        kind = "rss"
+        name = "feed"
+        url = "{server.base_url}/feed.xml"
+        interval = "1m"
+        """
+    return sources, len(items), served
+
+
+class TestMetricsEndpoint:
+    async def test_scrapes_of_a_running_daemon_agree_with_the_catalogue(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
+        tmp_path: Path,
+    ) -> None:
+        """/metrics of a running daemon answers while it works and, once idle, counts what `megane status --json` reports."""
+        sources, total, served = metrics_feed(media_server)
+        port = free_port()
+        config = with_daemon_key(
+            write_config(allowed=(media_server.host_port,), sources=sources),
+            f"metrics_port = {port}")
+        seed_model_cache(shared_classifier, config.data_dir)
+        daemon = DaemonProcess(config.path, tmp_path)
+        async with running(daemon, WATCHDOG_USEC=str(WATCHDOG_USEC)) as notes:
+            early = await scrape(port)
+            assert early.value("process_resident_memory_bytes") > 0
+            assert set(early.by("megane_items", "state")) >= {
+                "pending", "library", "quarantine", "held", "rejected"}
+
+            done = await notes.status_where(finished(total), f"STATUS with {total} final items")
+            # The metrics snapshot is refreshed right after each STATUS= line: one more
+            # STATUS means the snapshot of the finished state is the one scrapes see.
+            await notes.status_where(lambda _counts: True, "the next STATUS",
+                                     after=notes.messages.index(done) + 1)
+            metrics = await scrape(port)
+            status = await megane_json(config.path, "status")
+
+            states = {state: float(count) for state, count in status["states"].items()}
+            assert {state: count for state, count in metrics.by("megane_items", "state").items()
+                    if count} == states
+            assert states == {"library": 3.0, "quarantine": 1.0, "rejected": 2.0}, status
+            assert metrics.by("megane_images_by_tag", "tag") == {
+                tag: float(count) for tag, count in status["tags"].items()}
+            assert metrics.by("megane_items_by_source", "source") == {
+                name: float(sum(counts.values()))
+                for name, counts in status["by_source"].items()}
+            [feed] = status["sources"]
+            assert feed["last_poll_at"] is not None and feed["items_total"] == total
+
+            with connect(config.data_dir / "catalogue.sqlite") as connection:
+                classified = connection.execute(
+                    "SELECT count(*), min(model_version), max(model_version) FROM blobs "
+                    "WHERE model_version IS NOT NULL").fetchone()
+            assert metrics.value("megane_classifier_batch_size_sum") == classified[0]
+            assert metrics.by("megane_model_info", "version") == {classified[1]: 1.0}
+            assert classified[1] == classified[2]
+            assert metrics.value("megane_download_bytes_total") == served
+            # Every download attempt is timed, the 404 too (the histogram says so).
+            attempts = sum(count for path, count in media_server.hits.items()
+                           if path.startswith("/img/"))
+            assert metrics.value("megane_download_duration_seconds_count") == attempts
+            for queue, depth in metrics.by("megane_queue_depth", "queue").items():
+                assert depth == 0, queue
+
+            assert await daemon.stop() == 0
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await scrape(port)
