@@ -417,3 +417,114 @@ class TestMetricsEndpoint:
             assert await daemon.stop() == 0
         with pytest.raises(aiohttp.ClientConnectionError):
             await scrape(port)
+
+
+# -- 3. the watchdog -----------------------------------------------------------------------
+
+
+def slow_feed(server: MediaServer, count: int, delay_s: float) -> str:
+    """A feed of `count` photos, each served after `delay_s`: a backlog that takes a while."""
+
+    def slow(body: bytes) -> Callable[[Any], Any]:
+        async def handler(_request: Any) -> Any:
+            from aiohttp import web
+
+            await asyncio.sleep(delay_s)  # the server is slow; the test waits on events
+            return web.Response(body=body, content_type="image/jpeg")
+
+        return handler
+
+    for index in range(count):
+        server.routes[f"/slow/{index}.jpg"] = slow(small_photo(40 + index, side=48))
+    server.add_feed("/slow.xml", [{"image": f"/slow/{index}.jpg"} for index in range(count)])
+    return f"""
+        [[sources]]
+        kind = "rss"
+        name = "slow"
+        url = "{server.base_url}/slow.xml"
+        interval = "1m"
+        """
+
+
+def pings(messages: list[Message]) -> list[float]:
+    return [message.at for message in messages if message.fields.get("WATCHDOG") == "1"]
+
+
+class TestWatchdog:
+    async def test_pings_arrive_within_watchdog_usec_while_working_and_idle(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
+        tmp_path: Path,
+    ) -> None:
+        """With $WATCHDOG_USEC set, WATCHDOG=1 arrives at least every WATCHDOG_USEC through a backlog and while idle, beside STATUS= counts."""
+        total = 16
+        config = write_config(allowed=(media_server.host_port,),
+                              sources=slow_feed(media_server, total, delay_s=0.5))
+        seed_model_cache(shared_classifier, config.data_dir)
+        daemon = DaemonProcess(config.path, tmp_path)
+        limit_s = WATCHDOG_USEC / 1_000_000
+        async with running(daemon, WATCHDOG_USEC=str(WATCHDOG_USEC)) as notes:
+            ready_at = next(message.at for message in notes.messages
+                            if message.fields.get("READY") == "1")
+            done = await notes.status_where(finished(total), f"STATUS with {total} final items")
+            done_index = notes.messages.index(done)
+            idle_pings = 3
+            await notes.wait_for(
+                lambda messages: True if len(pings(messages[done_index:])) >= idle_pings
+                else None, f"{idle_pings} WATCHDOG=1 after the work")
+            assert await daemon.stop() == 0
+        messages = notes.messages
+        times = pings(messages)
+        assert times and times[0] <= ready_at + limit_s / 2, "no ping soon after READY=1"
+        gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+        sys.stderr.write(f"watchdog: READY {ready_at - daemon.started_at:.2f} s after spawn, worked "
+                         f"{done.at - ready_at:.2f} s, {len(times)} pings, max gap "
+                         f"{max(gaps):.2f} s (limit {limit_s} s)\n")
+        assert max(gaps) < limit_s, gaps
+        working = [at for at in times if ready_at <= at <= done.at]
+        # The backlog took a few intervals, and pings went on through it.
+        assert done.at - ready_at >= limit_s, done.at - ready_at
+        assert len(working) >= int((done.at - ready_at) / limit_s), (working, done.at - ready_at)
+        busy = [message for message in messages if message.status.get("pending")]
+        assert any(ready_at < message.at < done.at for message in busy), \
+            "no STATUS= showed pending work while the daemon worked"
+        # STATUS= lines name the states with their counts; the last agrees with the catalogue.
+        statuses = [message.status for message in messages if "STATUS" in message.fields]
+        assert len(statuses) >= 3
+        with connect(config.data_dir / "catalogue.sqlite") as connection:
+            final = {row[0]: row[1] for row in connection.execute(
+                "SELECT state, count(*) FROM media GROUP BY state")}
+        assert statuses[-1] == final and sum(final.values()) == total
+        assert messages[-1].fields == {"STOPPING": "1"}
+
+    @pytest.mark.parametrize(("env", "logged"), [
+        pytest.param({"WATCHDOG_USEC": "soon"}, True, id="usec-not-a-number"),
+        pytest.param({"WATCHDOG_USEC": str(WATCHDOG_USEC), "WATCHDOG_PID": "1"}, False,
+                     id="pid-of-another-process"),
+    ])
+    async def test_a_watchdog_not_meant_for_us_sends_no_pings(
+        self, env: dict[str, str], logged: bool, write_config: Any, shared_classifier: Any,
+        tmp_path: Path,
+    ) -> None:
+        """A bad $WATCHDOG_USEC (logged) or another process's $WATCHDOG_PID means no WATCHDOG=1, and the daemon runs on."""
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        (inbox / "photo.jpg").write_bytes(small_photo(60))
+        config = write_config(sources=folder_source(inbox))
+        seed_model_cache(shared_classifier, config.data_dir)
+        daemon = DaemonProcess(config.path, tmp_path)
+        async with running(daemon, **env) as notes:
+            # The report loop pings right before each periodic STATUS=; wait for one.
+            await notes.wait_for(
+                lambda messages: next((message for message in messages
+                                       if "STATUS" in message.fields
+                                       and "READY" not in message.fields), None),
+                "a periodic STATUS=")
+            assert await daemon.stop() == 0
+        assert pings(notes.messages) == []
+        assert any(message.fields.get("READY") == "1" for message in notes.messages)
+        assert notes.messages[-1].fields == {"STOPPING": "1"}
+        ignored = named(daemon, "watchdog_ignored")
+        if logged:
+            assert len(ignored) == 1 and "WATCHDOG_USEC" in ignored[0]["reason"], ignored
+        else:
+            assert ignored == []
