@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import socket
@@ -219,7 +220,8 @@ class TestSighup:
     async def test_sighup_refiles_rejects_a_bad_config_and_flags_restart_keys(
         self, write_config: Any, shared_classifier: Any, tmp_path: Path,
     ) -> None:
-        """SIGHUP to a running `megane run` re-files by new thresholds, keeps the old config when the new one is bad, names keys that need a restart, and SIGTERM exits 0."""
+        """SIGHUP to `megane run` re-files by new thresholds, keeps the old config when the new
+        one is bad, names keys that need a restart, and SIGTERM then exits 0."""
         inbox = tmp_path / "inbox"
         inbox.mkdir()
         for index in range(4):
@@ -229,6 +231,8 @@ class TestSighup:
         original = config.path.read_text()
         daemon = DaemonProcess(config.path, tmp_path)
         async with running(daemon, WATCHDOG_USEC=str(WATCHDOG_USEC)) as notes:
+            process = daemon.process
+            assert process is not None
             await notes.status_where(lambda counts: counts.get("library") == 4,
                                      "STATUS with library=4")
             scores = nsfw_scores(config.data_dir)
@@ -241,7 +245,7 @@ class TestSighup:
             config.path.write_text(original.replace("nsfw = 0.99", f"nsfw = {threshold!r}"))
 
             mark = len(notes.messages)
-            daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            process.send_signal(signal.SIGHUP)
             await notes.ready_after(mark)
             assert any(message.fields.get("RELOADING") == "1"
                        for message in notes.messages[mark:])
@@ -251,14 +255,14 @@ class TestSighup:
             expected = {sha: {"quarantine"} if score >= threshold else {"library/untagged"}
                         for sha, score in scores.items()}
             assert placed(config.data_dir) == expected
-            assert daemon.process.returncode is None  # type: ignore[union-attr]
+            assert process.returncode is None
 
             # A broken config.toml: an out-of-range value beside a threshold of 0, which
             # would quarantine everything if any of it were applied.
             broken = original.replace("nsfw = 0.99", "nsfw = 0.0\nmegane = 7")
             config.path.write_text(broken)
             mark = len(notes.messages)
-            daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            process.send_signal(signal.SIGHUP)
             await notes.ready_after(mark)
             failed = named(daemon, "reload_failed")
             assert len(failed) == 1, log_tail(daemon)
@@ -267,7 +271,7 @@ class TestSighup:
                 failed[0]
             assert failed[0]["action"] == "keeping the running configuration"
             assert placed(config.data_dir) == expected
-            assert daemon.process.returncode is None  # type: ignore[union-attr]
+            assert process.returncode is None
 
             # A valid config that moves data_dir: the thresholds apply now, the data_dir
             # change is reported as needing a restart and nothing is written there.
@@ -275,7 +279,7 @@ class TestSighup:
             assert moved != original
             config.path.write_text(moved)
             mark = len(notes.messages)
-            daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            process.send_signal(signal.SIGHUP)
             await notes.ready_after(mark)
             reloaded = named(daemon, "config_reloaded")
             assert len(reloaded) == 2, log_tail(daemon)
@@ -365,7 +369,8 @@ class TestMetricsEndpoint:
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
         tmp_path: Path,
     ) -> None:
-        """/metrics of a running daemon answers while it works and, once idle, counts what `megane status --json` reports."""
+        """/metrics of a running daemon answers while it works and, once it is idle, counts
+        what `megane status --json` reports."""
         sources, total, served = metrics_feed(media_server)
         port = free_port()
         config = with_daemon_key(
@@ -455,7 +460,8 @@ class TestWatchdog:
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
         tmp_path: Path,
     ) -> None:
-        """With $WATCHDOG_USEC set, WATCHDOG=1 arrives at least every WATCHDOG_USEC through a backlog and while idle, beside STATUS= counts."""
+        """With $WATCHDOG_USEC set, WATCHDOG=1 arrives at least every WATCHDOG_USEC through a
+        backlog and while idle, beside STATUS= counts."""
         total = 16
         config = write_config(allowed=(media_server.host_port,),
                               sources=slow_feed(media_server, total, delay_s=0.5))
@@ -475,9 +481,9 @@ class TestWatchdog:
         messages = notes.messages
         times = pings(messages)
         assert times and times[0] <= ready_at + limit_s / 2, "no ping soon after READY=1"
-        gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
-        sys.stderr.write(f"watchdog: READY {ready_at - daemon.started_at:.2f} s after spawn, worked "
-                         f"{done.at - ready_at:.2f} s, {len(times)} pings, max gap "
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        sys.stderr.write(f"watchdog: READY {ready_at - daemon.started_at:.2f} s after spawn, "
+                         f"worked {done.at - ready_at:.2f} s, {len(times)} pings, max gap "
                          f"{max(gaps):.2f} s (limit {limit_s} s)\n")
         assert max(gaps) < limit_s, gaps
         working = [at for at in times if ready_at <= at <= done.at]
@@ -505,7 +511,8 @@ class TestWatchdog:
         self, env: dict[str, str], logged: bool, write_config: Any, shared_classifier: Any,
         tmp_path: Path,
     ) -> None:
-        """A bad $WATCHDOG_USEC (logged) or another process's $WATCHDOG_PID means no WATCHDOG=1, and the daemon runs on."""
+        """A bad $WATCHDOG_USEC (logged) or another process's $WATCHDOG_PID means no
+        WATCHDOG=1, and the daemon runs on."""
         inbox = tmp_path / "inbox"
         inbox.mkdir()
         (inbox / "photo.jpg").write_bytes(small_photo(60))
