@@ -27,6 +27,7 @@ from crawler.decide import Policy, policy_from_config
 from crawler.errors import ConfigError, FetchError, SourceError
 from crawler.hygiene import PhashIndex
 from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
+from crawler.metrics import LISTEN_ADDRESS, MetricsServer
 from crawler.pipeline import Pipeline, PipelineSettings
 from crawler.promotion import follow_promotions, load_active_model
 from crawler.rescore import reconcile, rescore
@@ -130,6 +131,8 @@ class Daemon:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        # What the process was started with: sections that need a restart compare to it.
+        self.startup_config = config
         self.layout = DataLayout(config.data_dir)
         self.clock = clock
         self.environ = dict(environ or {})
@@ -202,8 +205,7 @@ class Daemon:
                 )
                 if self.classifier is not None:
                     self.metrics.set_model_version(self.classifier.version)
-                server = start_metrics_server(self.config.daemon.metrics_port,
-                                              self.metrics.registry)
+                server = self._start_metrics_server()
                 try:
                     await self._run_tasks(catalogue, sources, once)
                 finally:
@@ -214,6 +216,17 @@ class Daemon:
         finally:
             await catalogue.close()
         return 0
+
+    def _start_metrics_server(self) -> MetricsServer | None:
+        """The /metrics endpoint, or None when off; a taken port is the config's fault."""
+        port = self.config.daemon.metrics_port
+        try:
+            return start_metrics_server(port, self.metrics.registry)
+        except OSError as error:
+            raise ConfigError(str(self.config.path), [
+                f"daemon.metrics_port: cannot listen on {LISTEN_ADDRESS}:{port} "
+                f"({error.strerror or error}); choose a free port, or 0 to turn the "
+                f"endpoint off"]) from error
 
     async def _run_tasks(self, catalogue: Catalogue, sources: list[Source], once: bool) -> None:
         assert self.pipeline is not None
@@ -330,8 +343,8 @@ class Daemon:
                       action="keeping the running configuration")
             return False
         restart_needed = [
-            name for name in ("daemon", "http", "classifier", "sources", "images")
-            if getattr(new_config, name) != getattr(self.config, name)
+            name for name in ("daemon", "http", "classifier", "sources", "images", "review")
+            if getattr(new_config, name) != getattr(self.startup_config, name)
         ]
         self.config = new_config
         policy = policy_of(new_config)

@@ -216,6 +216,21 @@ def placed(data_dir: Path) -> dict[str, set[str]]:
     return where
 
 
+async def reload_with(notes: Notifications, text: str, event: str) -> dict[str, Any]:
+    """Write config.toml, send SIGHUP, wait for READY=1 again; the reload's log `event`."""
+    daemon = notes.daemon
+    assert daemon.process is not None
+    before = len(named(daemon, event))
+    daemon.config_path.write_text(text)
+    mark = len(notes.messages)
+    daemon.process.send_signal(signal.SIGHUP)
+    await notes.ready_after(mark)
+    assert any(message.fields.get("RELOADING") == "1" for message in notes.messages[mark:])
+    entries = named(daemon, event)
+    assert len(entries) == before + 1, log_tail(daemon)
+    return entries[-1]
+
+
 class TestSighup:
     async def test_sighup_refiles_rejects_a_bad_config_and_flags_restart_keys(
         self, write_config: Any, shared_classifier: Any, tmp_path: Path,
@@ -242,16 +257,10 @@ class TestSighup:
             ordered = sorted(scores.values())
             assert ordered[1] < ordered[2], ordered
             threshold = (ordered[1] + ordered[2]) / 2
-            config.path.write_text(original.replace("nsfw = 0.99", f"nsfw = {threshold!r}"))
-
-            mark = len(notes.messages)
-            process.send_signal(signal.SIGHUP)
-            await notes.ready_after(mark)
-            assert any(message.fields.get("RELOADING") == "1"
-                       for message in notes.messages[mark:])
-            reloaded = named(daemon, "config_reloaded")
-            assert len(reloaded) == 1, log_tail(daemon)
-            assert reloaded[0]["refiled"] == 2 and reloaded[0]["needs_restart"] is None
+            reloaded = await reload_with(
+                notes, original.replace("nsfw = 0.99", f"nsfw = {threshold!r}"),
+                "config_reloaded")
+            assert reloaded["refiled"] == 2 and reloaded["needs_restart"] is None
             expected = {sha: {"quarantine"} if score >= threshold else {"library/untagged"}
                         for sha, score in scores.items()}
             assert placed(config.data_dir) == expected
@@ -259,34 +268,33 @@ class TestSighup:
 
             # A broken config.toml: an out-of-range value beside a threshold of 0, which
             # would quarantine everything if any of it were applied.
-            broken = original.replace("nsfw = 0.99", "nsfw = 0.0\nmegane = 7")
-            config.path.write_text(broken)
-            mark = len(notes.messages)
-            process.send_signal(signal.SIGHUP)
-            await notes.ready_after(mark)
-            failed = named(daemon, "reload_failed")
-            assert len(failed) == 1, log_tail(daemon)
-            assert failed[0]["path"] == str(config.path)
-            assert any("thresholds.megane" in problem for problem in failed[0]["problems"]), \
-                failed[0]
-            assert failed[0]["action"] == "keeping the running configuration"
+            failed = await reload_with(
+                notes, original.replace("nsfw = 0.99", "nsfw = 0.0\nmegane = 7"),
+                "reload_failed")
+            assert failed["path"] == str(config.path)
+            assert any("thresholds.megane" in problem for problem in failed["problems"]), failed
+            assert failed["action"] == "keeping the running configuration"
             assert placed(config.data_dir) == expected
             assert process.returncode is None
 
-            # A valid config that moves data_dir: the thresholds apply now, the data_dir
-            # change is reported as needing a restart and nothing is written there.
+            # A valid config that moves data_dir and changes [review]: the thresholds apply
+            # now, the other two are reported as needing a restart, nothing goes elsewhere.
             moved = original.replace(str(config.data_dir), str(tmp_path / "elsewhere"))
             assert moved != original
-            config.path.write_text(moved)
-            mark = len(notes.messages)
-            process.send_signal(signal.SIGHUP)
-            await notes.ready_after(mark)
-            reloaded = named(daemon, "config_reloaded")
-            assert len(reloaded) == 2, log_tail(daemon)
-            assert reloaded[1]["needs_restart"] == ["daemon"]
-            assert reloaded[1]["refiled"] == 2
+            moved += "\n[review]\nblur_radius = 3\n"
+            reloaded = await reload_with(notes, moved, "config_reloaded")
+            assert reloaded["needs_restart"] == ["daemon", "review"], reloaded
+            assert reloaded["refiled"] == 2
             assert placed(config.data_dir) == {sha: {"library/untagged"} for sha in scores}
             assert not (tmp_path / "elsewhere").exists()
+            # Until the restart, every reload still says so; back to the start-up values,
+            # nothing needs a restart.
+            again = await reload_with(notes, moved.replace("nsfw = 0.99", "nsfw = 0.98"),
+                                      "config_reloaded")
+            assert again["needs_restart"] == ["daemon", "review"] and again["refiled"] == 0
+            back = await reload_with(notes, original, "config_reloaded")
+            assert back["needs_restart"] is None and back["refiled"] == 0
+            assert process.returncode is None
 
             assert await daemon.stop() == 0
             assert named(daemon, "daemon_stopped"), log_tail(daemon)
@@ -422,6 +430,29 @@ class TestMetricsEndpoint:
             assert await daemon.stop() == 0
         with pytest.raises(aiohttp.ClientConnectionError):
             await scrape(port)
+
+    async def test_a_taken_metrics_port_is_a_config_error(
+        self, write_config: Any, tmp_path: Path,
+    ) -> None:
+        """A metrics_port another process listens on stops `megane run` with exit 1 and a
+        message naming the key, the address and the way out."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            # No model version of that name: the daemon fails closed without loading one.
+            config = with_daemon_key(write_config('model = "no-such-version"'),
+                                     f"metrics_port = {port}")
+            daemon = DaemonProcess(config.path, tmp_path)
+            try:
+                await daemon.start("run")
+                assert await daemon.wait(WAIT_S) == 1
+            finally:
+                await daemon.kill()
+                daemon.close()
+        output = daemon.log_path.read_text()
+        assert f"daemon.metrics_port: cannot listen on 127.0.0.1:{port}" in output, output
+        assert str(config.path) in output and "choose a free port" in output
 
 
 # -- 3. the watchdog -----------------------------------------------------------------------
