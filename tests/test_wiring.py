@@ -511,7 +511,7 @@ class TestWatchdog:
             assert await daemon.stop() == 0
         messages = notes.messages
         times = pings(messages)
-        assert times and times[0] <= ready_at + limit_s / 2, "no ping soon after READY=1"
+        assert times and times[0] <= ready_at + limit_s, "no ping soon after READY=1"
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         sys.stderr.write(f"watchdog: READY {ready_at - daemon.started_at:.2f} s after spawn, "
                          f"worked {done.at - ready_at:.2f} s, {len(times)} pings, max gap "
