@@ -27,7 +27,6 @@ from crawler.decide import Policy, policy_from_config
 from crawler.errors import ConfigError, FetchError, SourceError
 from crawler.hygiene import PhashIndex
 from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
-from crawler.metrics import LISTEN_ADDRESS, MetricsServer
 from crawler.pipeline import Pipeline, PipelineSettings
 from crawler.promotion import follow_promotions, load_active_model
 from crawler.rescore import reconcile, rescore
@@ -131,8 +130,6 @@ class Daemon:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
-        # What the process was started with: sections that need a restart compare to it.
-        self.startup_config = config
         self.layout = DataLayout(config.data_dir)
         self.clock = clock
         self.environ = dict(environ or {})
@@ -144,6 +141,8 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.reloads = 0
+        # What the process was started with: sections that need a restart compare to it.
+        self.startup_config = config
         self.notifier = Notifier.from_environment(self.environ)
         self.metrics = Metrics()
         try:
@@ -205,7 +204,11 @@ class Daemon:
                 )
                 if self.classifier is not None:
                     self.metrics.set_model_version(self.classifier.version)
-                server = self._start_metrics_server()
+                try:
+                    server = start_metrics_server(self.config.daemon.metrics_port,
+                                                  self.metrics.registry)
+                except OSError as error:
+                    raise metrics_port_error(self.config, error) from error
                 try:
                     await self._run_tasks(catalogue, sources, once)
                 finally:
@@ -216,17 +219,6 @@ class Daemon:
         finally:
             await catalogue.close()
         return 0
-
-    def _start_metrics_server(self) -> MetricsServer | None:
-        """The /metrics endpoint, or None when off; a taken port is the config's fault."""
-        port = self.config.daemon.metrics_port
-        try:
-            return start_metrics_server(port, self.metrics.registry)
-        except OSError as error:
-            raise ConfigError(str(self.config.path), [
-                f"daemon.metrics_port: cannot listen on {LISTEN_ADDRESS}:{port} "
-                f"({error.strerror or error}); choose a free port, or 0 to turn the "
-                f"endpoint off"]) from error
 
     async def _run_tasks(self, catalogue: Catalogue, sources: list[Source], once: bool) -> None:
         assert self.pipeline is not None
@@ -439,3 +431,13 @@ class Daemon:
 def stats_for_status(counts: Mapping[str, Any]) -> str:
     """A one-line STATUS= text for systemd."""
     return ", ".join(f"{key}={value}" for key, value in sorted(counts.items()))
+
+
+def metrics_port_error(config: Config, error: OSError) -> ConfigError:
+    """The /metrics endpoint could not listen (a taken port): the config's fault, exit 1."""
+    from crawler.metrics import LISTEN_ADDRESS
+
+    port = config.daemon.metrics_port
+    return ConfigError(str(config.path), [
+        f"daemon.metrics_port: cannot listen on {LISTEN_ADDRESS}:{port} "
+        f"({error.strerror or error}); choose a free port, or 0 to turn the endpoint off"])
