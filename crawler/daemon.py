@@ -159,6 +159,11 @@ class Daemon:
         """Run until stopped (or, with `once`, until every polled item is final). Returns 0."""
         from crawler.fetch import Fetcher, make_session
 
+        # A SIGHUP while starting (loading a model can take minutes) is a reload to do once
+        # running; its default action would kill the process. `_run_tasks` takes it over.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP,
+                                                          self.reload_requested.set)
         self.layout.ensure()
         catalogue = await Catalogue.open(self.layout.catalogue)
         self.catalogue = catalogue

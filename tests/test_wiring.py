@@ -39,6 +39,8 @@ T = TypeVar("T")
 WATCHDOG_USEC = 2_000_000
 """systemd kills the unit when no WATCHDOG=1 arrives within this; the daemon pings twice."""
 
+WATCHDOG_ENV = {"WATCHDOG_USEC": str(WATCHDOG_USEC)}
+
 WAIT_S = 90.0
 
 
@@ -124,15 +126,17 @@ class Notifications:
 
 
 @contextlib.asynccontextmanager
-async def running(daemon: DaemonProcess, **env: str) -> AsyncIterator[Notifications]:
+async def running(daemon: DaemonProcess, env: dict[str, str] | None = None, *,
+                  wait_ready: bool = True) -> AsyncIterator[Notifications]:
     """Start `megane run` with `env` added and collect its notify messages until it ends."""
-    daemon.env.update(env)
+    daemon.env.update(env or {})
     notifications = Notifications(daemon)
     daemon.notify_socket()
     collector = asyncio.ensure_future(notifications.collect())
     try:
         await daemon.start("run")
-        await notifications.ready_after(0)
+        if wait_ready:
+            await notifications.ready_after(0)
         yield notifications
     finally:
         collector.cancel()
@@ -154,6 +158,17 @@ def log_events(daemon: DaemonProcess) -> list[dict[str, Any]]:
 
 def named(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
     return [entry for entry in log_events(daemon) if entry.get("event") == event]
+
+
+async def logged(daemon: DaemonProcess, event: str, timeout_s: float = WAIT_S) -> None:
+    """Wait until the log has `event`: a file has no change event, so this one polls."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not named(daemon, event):
+        assert daemon.process is not None and daemon.process.returncode is None, \
+            log_tail(daemon)
+        assert loop.time() < deadline, f"no {event} within {timeout_s} s:\n{log_tail(daemon)}"
+        await asyncio.sleep(0.01)  # the poll interval of the log file
 
 
 def log_tail(daemon: DaemonProcess) -> str:
@@ -245,7 +260,7 @@ class TestSighup:
         seed_model_cache(shared_classifier, config.data_dir)
         original = config.path.read_text()
         daemon = DaemonProcess(config.path, tmp_path)
-        async with running(daemon, WATCHDOG_USEC=str(WATCHDOG_USEC)) as notes:
+        async with running(daemon, WATCHDOG_ENV) as notes:
             process = daemon.process
             assert process is not None
             await notes.status_where(lambda counts: counts.get("library") == 4,
@@ -298,6 +313,30 @@ class TestSighup:
 
             assert await daemon.stop() == 0
             assert named(daemon, "daemon_stopped"), log_tail(daemon)
+
+
+    async def test_sighup_while_starting_is_a_reload_once_running(
+        self, write_config: Any, shared_classifier: Any, tmp_path: Path,
+    ) -> None:
+        """A SIGHUP that arrives while the daemon loads its model neither kills it nor is lost:
+        the daemon reloads once it is running."""
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        config = write_config(sources=folder_source(inbox))
+        seed_model_cache(shared_classifier, config.data_dir)
+        daemon = DaemonProcess(config.path, tmp_path)
+        async with running(daemon, wait_ready=False) as notes:
+            process = daemon.process
+            assert process is not None
+            await logged(daemon, "model_selected")  # logged right before the model loads
+            assert not named(daemon, "daemon_started"), "the signal would come too late"
+            process.send_signal(signal.SIGHUP)
+            first = await notes.ready_after(0)
+            await notes.ready_after(notes.messages.index(first) + 1)
+            assert any(message.fields.get("RELOADING") == "1" for message in notes.messages)
+            [reloaded] = named(daemon, "config_reloaded")
+            assert reloaded["needs_restart"] is None
+            assert await daemon.stop() == 0
 
 
 # -- 2. the metrics endpoint ---------------------------------------------------------------
@@ -386,7 +425,7 @@ class TestMetricsEndpoint:
             f"metrics_port = {port}")
         seed_model_cache(shared_classifier, config.data_dir)
         daemon = DaemonProcess(config.path, tmp_path)
-        async with running(daemon, WATCHDOG_USEC=str(WATCHDOG_USEC)) as notes:
+        async with running(daemon, WATCHDOG_ENV) as notes:
             early = await scrape(port)
             assert early.value("process_resident_memory_bytes") > 0
             assert set(early.by("megane_items", "state")) >= {
@@ -499,7 +538,7 @@ class TestWatchdog:
         seed_model_cache(shared_classifier, config.data_dir)
         daemon = DaemonProcess(config.path, tmp_path)
         limit_s = WATCHDOG_USEC / 1_000_000
-        async with running(daemon, WATCHDOG_USEC=str(WATCHDOG_USEC)) as notes:
+        async with running(daemon, WATCHDOG_ENV) as notes:
             ready_at = next(message.at for message in notes.messages
                             if message.fields.get("READY") == "1")
             done = await notes.status_where(finished(total), f"STATUS with {total} final items")
@@ -550,7 +589,7 @@ class TestWatchdog:
         config = write_config(sources=folder_source(inbox))
         seed_model_cache(shared_classifier, config.data_dir)
         daemon = DaemonProcess(config.path, tmp_path)
-        async with running(daemon, **env) as notes:
+        async with running(daemon, env) as notes:
             # The report loop pings right before each periodic STATUS=; wait for one.
             await notes.wait_for(
                 lambda messages: next((message for message in messages
