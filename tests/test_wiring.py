@@ -4,7 +4,8 @@ The unit tests exercise each part (config reload, `Metrics`, `ProgressWatchdog`)
 these run `python -m crawler.cli run` as a subprocess, as systemd does: signals come from
 `kill`, sd_notify messages arrive on a real AF_UNIX socket named by `$NOTIFY_SOCKET`, and
 the metrics are scraped over HTTP. Every wait is on a notify message (READY=1, RELOADING=1,
-STATUS=) or a process exit, with a deadline; the daemon's JSON log is read afterwards.
+STATUS=) or a process exit, with a deadline; the daemon's JSON log is read afterwards (one
+test waits for a log line, by polling the file, to signal the daemon mid-start-up).
 
 `$WATCHDOG_USEC` is set for every daemon here, as the shipped unit does (WatchdogSec=): the
 daemon then reports STATUS= every WATCHDOG_USEC/2, which is the event the tests wait on.
@@ -19,7 +20,6 @@ import json
 import signal
 import socket
 import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -448,6 +448,12 @@ class TestMetricsEndpoint:
             assert metrics.by("megane_items_by_source", "source") == {
                 name: float(sum(counts.values()))
                 for name, counts in status["by_source"].items()}
+            # The files on disk are what the counts say.
+            on_disk = placed(config.data_dir)
+            assert metrics.by("megane_images_by_tag", "tag") == {
+                "untagged": float(sum("library/untagged" in where for where in on_disk.values()))}
+            assert metrics.value("megane_items", state="quarantine") == sum(
+                "quarantine" in where for where in on_disk.values())
             [feed] = status["sources"]
             assert feed["last_poll_at"] is not None and feed["items_total"] == total
 
