@@ -135,14 +135,14 @@ class Daemon:
         self.environ = dict(environ or {})
         self.classifier = classifier
         self.classifier_problem = classifier_problem
+        # What this process runs with; SIGHUP compares the new file against it.
+        self.running_config = config
         self.pipeline: Pipeline | None = None
         self.catalogue: Catalogue | None = None
         self.ready = asyncio.Event()
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.reloads = 0
-        # What the process was started with: sections that need a restart compare to it.
-        self.startup_config = config
         self.notifier = Notifier.from_environment(self.environ)
         self.metrics = Metrics()
         try:
@@ -340,9 +340,11 @@ class Daemon:
                       action="keeping the running configuration")
             return False
         restart_needed = [
-            name for name in ("daemon", "http", "classifier", "sources", "images", "review")
-            if getattr(new_config, name) != getattr(self.startup_config, name)
+            name for name in ("daemon", "http", "classifier", "sources", "images")
+            if getattr(new_config, name) != getattr(self.running_config, name)
         ]
+        if new_config.review != self.running_config.review:
+            restart_needed.append("review")  # read once at start-up, like [daemon]
         self.config = new_config
         policy = policy_of(new_config)
         assert self.pipeline is not None and self.catalogue is not None
