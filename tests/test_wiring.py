@@ -477,7 +477,7 @@ class TestMetricsEndpoint:
             await scrape(port)
 
     async def test_a_taken_metrics_port_is_a_config_error(
-        self, write_config: Any, tmp_path: Path,
+        self, write_config: Any, shared_classifier: Any, tmp_path: Path,
     ) -> None:
         """A metrics_port another process listens on stops `megane run` with exit 1 and a
         message naming the key, the address and the way out."""
@@ -485,9 +485,8 @@ class TestMetricsEndpoint:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            # No model version of that name: the daemon fails closed without loading one.
-            config = with_daemon_key(write_config('model = "no-such-version"'),
-                                     f"metrics_port = {port}")
+            config = with_daemon_key(write_config(), f"metrics_port = {port}")
+            seed_model_cache(shared_classifier, config.data_dir)
             daemon = DaemonProcess(config.path, tmp_path)
             try:
                 await daemon.start("run")
