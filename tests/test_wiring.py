@@ -537,7 +537,7 @@ class TestWatchdog:
     ) -> None:
         """With $WATCHDOG_USEC set, WATCHDOG=1 arrives at least every WATCHDOG_USEC through a
         backlog and while idle, beside STATUS= counts."""
-        total = 16
+        total = 12
         config = write_config(allowed=(media_server.host_port,),
                               sources=slow_feed(media_server, total, delay_s=0.5))
         seed_model_cache(shared_classifier, config.data_dir)
