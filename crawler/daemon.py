@@ -175,6 +175,11 @@ class Daemon:
         """Run until stopped (or, with `once`, until every polled item is final). Returns 0."""
         from crawler.fetch import Fetcher, make_session
 
+        # A SIGHUP while starting (loading a model can take minutes) is a reload to do once
+        # running; its default action would kill the process. `_run_tasks` takes it over.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP,
+                                                          self.reload_requested.set)
         self.layout.ensure()
         catalogue = await Catalogue.open(self.layout.catalogue)
         self.catalogue = catalogue
@@ -223,8 +228,11 @@ class Daemon:
                 )
                 if self.classifier is not None:
                     self.metrics.set_model_version(self.classifier.version)
-                server = start_metrics_server(self.config.daemon.metrics_port,
-                                              self.metrics.registry)
+                try:
+                    server = start_metrics_server(self.config.daemon.metrics_port,
+                                                  self.metrics.registry)
+                except OSError as error:
+                    raise metrics_port_error(self.config, error) from error
                 try:
                     await self._run_tasks(catalogue, sources, once)
                 finally:
@@ -354,6 +362,8 @@ class Daemon:
             name for name in ("daemon", "http", "classifier", "sources", "images")
             if getattr(new_config, name) != getattr(self.running_config, name)
         ]
+        if new_config.review != self.running_config.review:
+            restart_needed.append("review")  # read once at start-up, like [daemon]
         self.config = new_config
         policy = policy_of(new_config)
         assert self.pipeline is not None and self.catalogue is not None
@@ -485,3 +495,13 @@ class Daemon:
 def stats_for_status(counts: Mapping[str, Any]) -> str:
     """A one-line STATUS= text for systemd."""
     return ", ".join(f"{key}={value}" for key, value in sorted(counts.items()))
+
+
+def metrics_port_error(config: Config, error: OSError) -> ConfigError:
+    """The /metrics endpoint could not listen (a taken port): the config's fault, exit 1."""
+    from crawler.metrics import LISTEN_ADDRESS
+
+    port = config.daemon.metrics_port
+    return ConfigError(str(config.path), [
+        f"daemon.metrics_port: cannot listen on {LISTEN_ADDRESS}:{port} "
+        f"({error.strerror or error}); choose a free port, or 0 to turn the endpoint off"])

@@ -87,6 +87,7 @@ class DaemonProcess:
     starts: int = 0
     started_at: float = 0.0
     ready_s: list[float] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     _socket: socket.socket | None = None
 
     @property
@@ -105,6 +106,10 @@ class DaemonProcess:
             sock.setblocking(False)
             self._socket = sock
         return self._socket
+
+    def notify_socket(self) -> socket.socket:
+        """The bound, non-blocking socket the daemon's sd_notify messages arrive on."""
+        return self._bind()
 
     def _drain(self) -> None:
         sock = self._bind()
@@ -128,7 +133,7 @@ class DaemonProcess:
                 cwd=REPOSITORY, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file, stderr=log_file,
                 env={**os.environ, "NOTIFY_SOCKET": str(self.socket_path),
-                     "PYTHONUNBUFFERED": "1"},
+                     "PYTHONUNBUFFERED": "1", **self.env},
             )
 
     async def wait_ready(self, timeout_s: float = 120.0) -> float:
