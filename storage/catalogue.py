@@ -33,6 +33,7 @@ from storage.records import BlobRow, MediaRef, MediaRow, Placement, State
 from storage.redact import redact, redact_value
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 from storage.untrusted import (
+    capped_fields,
     capped_url,
     storable_cursor,
     storable_field,
@@ -149,9 +150,11 @@ def _admissible(ref: MediaRef) -> tuple[MediaRef, str | None]:
     if md5 is not None and not md5.isascii():
         md5 = None
     cleaned = replace(
-        ref, url=url, dedup_key=dedup_key,
-        post_url=storable_url(ref.post_url) if ref.post_url is not None else None,
-        author=storable_field(ref.author), posted_at=storable_field(ref.posted_at), md5=md5,
+        ref, url=url, dedup_key=dedup_key, md5=md5,
+        **capped_fields(
+            author=storable_field(ref.author), posted_at=storable_field(ref.posted_at),
+            post_url=storable_url(ref.post_url) if ref.post_url is not None else None,
+            tags=ref.tags, flags=ref.flags, extra=ref.extra),
     )
     return cleaned, problem
 

@@ -12,6 +12,8 @@ UnicodeEncodeError. Every such value is either stored losslessly or not at all:
   stay distinct, and the row says what was cut.
 - Other fields (author, dates, hashes) that are not valid text are not stored (None).
 - Messages (reasons, errors, notices) are for people: undecodable bytes become ``\\xNN``.
+- Text fields from sources have length caps (`FIELD_CAPS`, `capped_fields`): a 200,000-char
+  author must not make an 800 KB review page. A cut value ends in ``…[+N chars]``.
 
 `url_problem` is the check every media URL passes before it gets a row: ``bad_url`` when it
 does not parse (a full-width colon in the host, invalid IDNA, a port out of range),
@@ -22,10 +24,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TypedDict
 
 from yarl import URL
 
 MAX_STORED_URL_CHARS = 2048
+MAX_AUTHOR_CHARS = 256
+"""Authors, dates, titles: short fields from a source, cut beyond this."""
+MAX_POST_URL_CHARS = 4096
+"""A post URL is only shown (never fetched); a longer one is cut like a message."""
+MAX_LIST_ITEMS = 64
+"""Tags kept per media row (the first ones, in the source's order)."""
+MAX_ITEM_CHARS = 64
+"""One tag; a longer one is cut."""
+MAX_EXTRA_CHARS = 1024
+"""One value of a ref's `extra` pairs."""
 STORED_SCHEMES = frozenset({"http", "https", "file"})
 _HOSTED_SCHEMES = frozenset({"http", "https"})
 
@@ -127,3 +140,48 @@ def _scheme_of(url: str) -> str:
 def _only_escaped_bytes(value: str) -> bool:
     return all(not 0xD800 <= ord(char) <= 0xDFFF or 0xDC80 <= ord(char) <= 0xDCFF
                for char in value)
+
+
+class CappedFields(TypedDict):
+    """The text fields of a media ref after `capped_fields` (keyword arguments of replace)."""
+
+    author: str | None
+    posted_at: str | None
+    post_url: str | None
+    tags: tuple[str, ...]
+    flags: tuple[str, ...]
+    extra: tuple[tuple[str, str], ...]
+
+
+def capped_text(value: str | None, limit: int) -> str | None:
+    """`value` cut to `limit` characters, marked ``…[+N chars]`` when cut; None stays None."""
+    if value is None or len(value) <= limit:
+        return value
+    return f"{value[:limit]}…[+{len(value) - limit} chars]"
+
+
+def capped_items(items: tuple[str, ...]) -> tuple[str, ...]:
+    """At most MAX_LIST_ITEMS tags, each at most MAX_ITEM_CHARS (plus the cut mark)."""
+    return tuple(capped_text(item, MAX_ITEM_CHARS) or "" for item in items[:MAX_LIST_ITEMS])
+
+
+def capped_fields(*, author: str | None, posted_at: str | None, post_url: str | None,
+                  tags: tuple[str, ...], flags: tuple[str, ...],
+                  extra: tuple[tuple[str, str], ...]) -> CappedFields:
+    """The length-capped text fields of one media ref, as keyword arguments for `replace`.
+
+    Caps: author and posted_at `MAX_AUTHOR_CHARS`, post URL `MAX_POST_URL_CHARS`, tags
+    `MAX_LIST_ITEMS` x `MAX_ITEM_CHARS`, each `extra` value `MAX_EXTRA_CHARS`. Flags are
+    all kept (each cut at `MAX_AUTHOR_CHARS`): dropping one could un-quarantine an image.
+    """
+    return CappedFields(
+        author=capped_text(author, MAX_AUTHOR_CHARS),
+        posted_at=capped_text(posted_at, MAX_AUTHOR_CHARS),
+        post_url=capped_text(post_url, MAX_POST_URL_CHARS),
+        tags=capped_items(tags),
+        # Flags are never dropped (one may be what quarantines the image); only absurdly long
+        # ones are cut, past any flag a source really produces.
+        flags=tuple(capped_text(flag, MAX_AUTHOR_CHARS) or "" for flag in flags),
+        extra=tuple((key[:MAX_ITEM_CHARS], capped_text(value, MAX_EXTRA_CHARS) or "")
+                    for key, value in extra[:MAX_LIST_ITEMS]),
+    )
