@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from classifier.base import INPUT_SIZE
 from classifier.decode import DecodeLimits, decode_image
 from classifier.errors import ClassifierError, ModelError
 from classifier.preprocess import RESIZE_SIZE
+from storage.placement import write_file_atomic
 
 if TYPE_CHECKING:
     import keras
@@ -126,20 +126,6 @@ def sample_images(store: Path, count: int, image_size: int,
             .astype(np.float32), "synthetic (the store is empty)")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def export_tflite(models_dir: Path, version: str, store: Path) -> ExportReport:
     """Write `models/<version>/model.tflite` and compare it with TensorFlow (blocking)."""
     from classifier.models import read_model_version
@@ -160,7 +146,7 @@ def export_tflite(models_dir: Path, version: str, store: Path) -> ExportReport:
         tags = tuple(metadata["tags"])
     flatbuffer = convert(model, image_size)
     path = folder / TFLITE_FILENAME
-    _write_atomic(path, flatbuffer)
+    write_file_atomic(path, flatbuffer, 0o644)
     batch, source = sample_images(store, PARITY_IMAGES, image_size)
     expected = np.asarray(model(batch, training=False), dtype=np.float32)
     actual = run_tflite(path, batch)
