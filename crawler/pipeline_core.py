@@ -23,6 +23,7 @@ from crawler.aio import DaemonThreadRunner, ThreadLimiter
 from crawler.decide import Policy
 from crawler.hygiene import PhashIndex
 from crawler.pipeline_work import (
+    DISK_RETRY_S,
     Downloader,
     NullObserver,
     PipelineObserver,
@@ -126,11 +127,28 @@ class PipelineCore:
     async def _reject(self, work: Work, reason: str, sha256: str | None = None) -> None:
         await self.catalogue.reject(work.row.id, reason, self.clock(), sha256=sha256)
         if sha256 is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.layout.spool_file(sha256).unlink()
+            self._discard_spool(sha256)
         self.observer.progress("reject")  # a final state is progress, whatever the outcome
         log.info("media_rejected", url=work.row.url, sha256=sha256, reason=reason)
         self._done(work)
+
+    async def _failed_internally(self, work: Work, stage: str, error: Exception,
+                                 sha256: str | None = None) -> None:
+        """A bug met while handling one item (call it in the `except`): logged, item rejected."""
+        log.exception("media_failed", url=work.row.url, stage=stage)
+        await self._reject(work, f"internal_error: {type(error).__name__}: {error}",
+                           sha256=sha256)
+
+    async def _defer(self, work: Work, reason: str) -> None:
+        """Our disk failed, not the item: keep its committed state, try it again later."""
+        now = self.clock()
+        await self.catalogue.defer(work.row.id, reason, now + DISK_RETRY_S, now)
+        self._done(work)
+
+    def _discard_spool(self, sha256: str) -> None:
+        """Remove the spooled download of `sha256`, if it is still there."""
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.spool_file(sha256).unlink()
 
     def _tags_matter(self, row: MediaRow) -> bool:
         return bool(self.policy.source_tag_matches(row.tags))

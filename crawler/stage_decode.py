@@ -33,9 +33,7 @@ class DecodeStage(NearCopies):
             except DecodeError as error:
                 await self._reject(work, error.reason, sha256=work.sha256)
             except Exception as error:
-                log.exception("media_failed", url=work.row.url, stage="decode")
-                await self._reject(work, f"internal_error: {type(error).__name__}: {error}",
-                                   sha256=work.sha256)
+                await self._failed_internally(work, "decode", error, sha256=work.sha256)
 
     async def _decode(self, work: Work) -> None:
         sha256 = work.sha256

@@ -8,7 +8,6 @@ retryable failure schedules a retry with backoff (honouring Retry-After) until
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from pathlib import Path
@@ -37,15 +36,12 @@ class DownloadStage(PipelineCore):
                 await self._fetch_failed(work, error)
             except OSError as error:
                 # Our disk (spool full, permissions), not the item: keep it and retry later.
-                now = self.clock()
                 reason = f"disk_error: {error.strerror or error}"
-                await self.catalogue.defer(work.row.id, reason, now + DISK_RETRY_S, now)
                 log.error("media_deferred", url=work.row.url, reason=reason,
                           retry_in_s=DISK_RETRY_S)
-                self._done(work)
+                await self._defer(work, reason)
             except Exception as error:  # one item, never the daemon
-                log.exception("media_failed", url=work.row.url, stage="download")
-                await self._reject(work, f"internal_error: {type(error).__name__}: {error}")
+                await self._failed_internally(work, "download", error)
 
     async def _download(self, work: Work) -> None:
         row = work.row
@@ -67,16 +63,14 @@ class DownloadStage(PipelineCore):
         self.observer.progress("download")
         self.observer.downloaded(size, time.monotonic() - started)
         if known is not None and known.placement is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.layout.spool_file(sha256).unlink()
+            self._discard_spool(sha256)
             log.info("media_duplicate", url=row.url, sha256=sha256,
                      state=known.placement.value, reason=f"duplicate_of:{sha256}")
             await self._refile_for_copy(work.row, sha256)
             self._done(work)
             return
         if known is not None:  # placement is None but the blob row said rejected
-            with contextlib.suppress(FileNotFoundError):
-                self.layout.spool_file(sha256).unlink()
+            self._discard_spool(sha256)
             log.info("media_rejected", url=row.url, sha256=sha256, reason=known.reason)
             self._done(work)
             return

@@ -16,7 +16,7 @@ import structlog
 from crawler.aio import shielded
 from crawler.decide import Decision, decide
 from crawler.near_copies import NearCopies
-from crawler.pipeline_work import DISK_RETRY_S, Work
+from crawler.pipeline_work import Work
 from crawler.sidecar import quarantine_sidecar
 from storage.errors import PlacementError
 from storage.placement import place
@@ -38,14 +38,9 @@ class PlaceStage(NearCopies):
                 # again later; nothing partial is visible (placement is atomic).
                 log.error("media_place_failed", url=work.row.url, sha256=work.sha256,
                           reason=str(error))
-                now = self.clock()
-                await self.catalogue.defer(work.row.id, f"place_failed: {error.reason}",
-                                           now + DISK_RETRY_S, now)
-                self._done(work)
+                await self._defer(work, f"place_failed: {error.reason}")
             except Exception as error:
-                log.exception("media_failed", url=work.row.url, stage="place")
-                await self._reject(work, f"internal_error: {type(error).__name__}: {error}",
-                                   sha256=None)
+                await self._failed_internally(work, "place", error)
 
     async def _place(self, work: Work) -> None:
         sha256 = work.sha256
