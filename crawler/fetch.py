@@ -47,7 +47,7 @@ from crawler.errors import (
 from crawler.fetch_errors import (
     MAX_DETAIL_CHARS,
     REDIRECT_STATUSES,
-    raise_for_status,
+    raise_for_download_status,
     translate_error,
 )
 from crawler.headers import sendable_header_value, shown_header_value
@@ -222,7 +222,7 @@ class Fetcher:
                     current = target
                     continue
                 if not for_document:
-                    raise_for_status(url, response, self._config.max_retry_after_s)
+                    raise_for_download_status(url, response, self._config.max_retry_after_s)
                 yield response
                 return
         raise AssertionError("unreachable")  # pragma: no cover

@@ -1,6 +1,6 @@
 """aiohttp's outcomes as ours: status codes and client errors become `crawler.errors`.
 
-Translated here, once: `raise_for_status` turns a final non-2xx response into a
+Translated here, once: `raise_for_download_status` turns a final non-2xx response into a
 retryable or permanent FetchError (Retry-After honoured, capped), `translate_error` turns
 an aiohttp or socket exception into a FetchError with a constant reason and a short
 detail.
@@ -28,7 +28,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_DETAIL_CHARS = 300
 
 
-def raise_for_status(
+def raise_for_download_status(
     url: str, response: aiohttp.ClientResponse, max_retry_after_s: float
 ) -> None:
     """Raise the FetchError a final non-2xx `response` to `url` stands for; 2xx passes.
