@@ -46,16 +46,22 @@ class DownloadStage(PipelineCore):
     async def _download(self, work: Work) -> None:
         row = work.row
         started = time.monotonic()
-        if row.url.startswith("file:"):
-            if row.source not in self.local_sources:
-                raise PermanentFetchError(row.url, "bad_scheme", "file:// only from folder sources")
-            copy = await self._io_threads.run(
-                copy_to_spool, row.url, self.layout.spool, self.settings.max_bytes
-            )
-            temp_path, sha256, size = copy.path, copy.sha256, copy.size
-        else:
-            download = await self.fetcher.download(row.url)
-            temp_path, sha256, size = Path(download.path), download.sha256, download.size
+        try:
+            if row.url.startswith("file:"):
+                if row.source not in self.local_sources:
+                    raise PermanentFetchError(row.url, "bad_scheme",
+                                              "file:// only from folder sources")
+                copy = await self._io_threads.run(
+                    copy_to_spool, row.url, self.layout.spool, self.settings.max_bytes
+                )
+                temp_path, sha256, size = copy.path, copy.sha256, copy.size
+            else:
+                download = await self.fetcher.download(row.url)
+                temp_path, sha256, size = Path(download.path), download.sha256, download.size
+        except FetchError:
+            # Failed attempts are timed too: the duration histogram counts every download.
+            self.observer.downloaded(0, time.monotonic() - started)
+            raise
         # Spool is scratch: admit_to_store makes the bytes durable later.
         rename_into_place(temp_path, self.layout.spool_file(sha256), durable=False)
         now = self.clock()
