@@ -13,17 +13,24 @@ All functions here block: call them in a worker thread.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import errno
 import json
 import os
-import secrets
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Atomic writes live in storage.atomic; these names stay importable from here.
+from storage.atomic import TEMP_PREFIX as TEMP_PREFIX
+from storage.atomic import batch_durability as batch_durability
+from storage.atomic import fsync_dir as fsync_dir
+from storage.atomic import fsync_file as fsync_file
+from storage.atomic import rename_into_place as rename_into_place
+from storage.atomic import staged_directory as staged_directory
+from storage.atomic import temp_name
+from storage.atomic import write_file_atomic as write_file_atomic
 from storage.errors import PlacementError
 from storage.records import Placement
 from storage.redact import redact_value
@@ -32,7 +39,6 @@ PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 PUBLIC_DIR_MODE = 0o755
 PUBLIC_FILE_MODE = 0o644
-TEMP_PREFIX = ".tmp-"
 SPOOL_SUFFIX = ".part"
 UNTAGGED = "untagged"
 
@@ -136,51 +142,11 @@ class DataLayout:
         return links
 
 
-# Inside `batch_durability()`, fsyncs are deferred to one sync at the end of the batch.
-_deferring: contextvars.ContextVar[bool] = contextvars.ContextVar("deferring", default=False)
-
-
-@contextlib.contextmanager
-def batch_durability() -> Iterator[None]:
-    """Make many placements durable with one sync at the end instead of fsyncs per file.
-
-    For re-filing thousands of images (rescore): the caller commits their rows only after
-    this block has exited, so rows never get ahead of the disk.
-    """
-    token = _deferring.set(True)
-    try:
-        yield
-    finally:
-        _deferring.reset(token)
-        os.sync()
-
-
-def fsync_dir(path: Path) -> None:
-    if _deferring.get():
-        return
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def fsync_file(path: Path) -> None:
-    if _deferring.get():
-        return
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
 def _ensure_dir(path: Path, mode: int) -> None:
     if not path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
         fsync_dir(path.parent)
     os.chmod(path, mode)
-
-
-def _temp_name(folder: Path, sha256: str) -> Path:
-    return folder / f"{TEMP_PREFIX}{sha256[:16]}-{secrets.token_hex(4)}"
 
 
 def _link_into(source: Path, target: Path, mode: int) -> None:
@@ -193,7 +159,7 @@ def _link_into(source: Path, target: Path, mode: int) -> None:
             # content's sha256 and copies are renamed into place whole, so it is complete.
             os.chmod(target, mode)
             return
-    temp = _temp_name(target.parent, source.name[:64])
+    temp = temp_name(target.parent, source.name[:64])
     try:
         try:
             os.link(source, temp)
@@ -221,24 +187,6 @@ def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
         fsync_dir(path.parent)
-
-
-def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` at `path` via a temp name in the same folder: write, fsync, rename."""
-    temp = _temp_name(path.parent, path.stem)
-    try:
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if not _deferring.get():
-                os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    fsync_dir(path.parent)
 
 
 def admit_to_store(layout: DataLayout, sha256: str, extension: str) -> Path:
@@ -309,7 +257,9 @@ def place(
                 _unlink(layout.sidecar(sha256))
         return targets
     except OSError as error:
-        raise PlacementError(error.filename or str(layout.root), error.strerror or str(error)) from error
+        raise PlacementError(
+            error.filename or str(layout.root), error.strerror or str(error)
+        ) from error
 
 
 def remove_everywhere(layout: DataLayout, sha256: str, extension: str) -> None:
@@ -336,7 +286,8 @@ def sweep(layout: DataLayout, keep_spool: set[str]) -> list[Path]:
             orphan_spool = (
                 folder == layout.spool and path.is_file() and path.name not in keep_spool
             )
-            if path.name.startswith(TEMP_PREFIX) or path.name.endswith(SPOOL_SUFFIX) or orphan_spool:
+            leftover = path.name.startswith(TEMP_PREFIX) or path.name.endswith(SPOOL_SUFFIX)
+            if leftover or orphan_spool:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 removed.append(path)

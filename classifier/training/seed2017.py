@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -51,7 +48,7 @@ from classifier.preprocess import (
 from classifier.training.dataset import check_minimums, collect_labels
 from classifier.training.evaluate import stratified_split, tag_metrics
 from storage.errors import UnknownMediaError
-from storage.placement import DataLayout
+from storage.placement import DataLayout, staged_directory
 
 if TYPE_CHECKING:
     import keras
@@ -111,7 +108,7 @@ def make_model(tags: Sequence[str], image_size: int = DEFAULT_IMAGE_SIZE,
     x = layers.RandomTranslation(0.08, 0.08, fill_mode="reflect", name="augment_shift")(x)
     x = layers.RandomContrast(0.2, value_range=(-128, 152), name="augment_contrast")(x)
     x = layers.Rescaling(1.0 / 128.0, name="scale")(x)  # mean-subtracted pixels → about ±1
-    for block, (filters, name) in enumerate(((64, "1"), (128, "2"), (256, "3"))):
+    for filters, name in ((64, "1"), (128, "2"), (256, "3")):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu",
                           name=f"conv{name}_1")(x)
         x = layers.Conv2D(filters, 3, padding="same", activation="relu",
@@ -173,20 +170,10 @@ def save_seed2017(models_dir: Path, version: str, model: keras.Model, tags: Sequ
         "preprocessing": preprocessing_description(image_size),
         "created_at": created.isoformat(timespec="seconds"),
     }
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
-    try:
+    with staged_directory(folder, 0o755) as staging:
         model.save(staging / MODEL_FILENAME)
         (staging / METADATA_FILENAME).write_text(
             json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for path in staging.iterdir():
-            with path.open("rb") as file:
-                os.fsync(file.fileno())
-        staging.chmod(0o755)
-        os.rename(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
