@@ -21,6 +21,7 @@ from storage.catalogue_filing import Filing, RescoreItem
 from storage.catalogue_hygiene import Hygiene
 from storage.catalogue_media import MAX_RETRY_WAIT_S, MediaQueue
 from storage.catalogue_reporting import Reporting
+from storage.catalogue_review import Review
 from storage.catalogue_scores import Scores
 from storage.catalogue_sources import Sources, SourceState
 from storage.errors import CatalogueError
@@ -39,7 +40,9 @@ def _make_private(path: Path) -> None:
             os.chmod(companion, PRIVATE_FILE_MODE)
 
 
-class Catalogue(MediaQueue, Scores, Filing, Sources, Hygiene, Reporting, CatalogueBase):
+class Catalogue(
+    MediaQueue, Scores, Filing, Sources, Hygiene, Reporting, Review, CatalogueBase
+):
     """Async access to `catalogue.sqlite`. Open with `await Catalogue.open(path)`.
 
     Each concern lives in its own mixin module (storage/catalogue_*.py); this class owns

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from storage.catalogue_base import CatalogueBase
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """One label row: a verdict on `tag`, where it came from, who gave it and when."""
+
+    tag: str
+    value: bool
+    origin: str
+    who: str | None
+    created_at: float
 
 
 class Labels(CatalogueBase):
@@ -42,3 +55,10 @@ class Labels(CatalogueBase):
                 bucket = counts.setdefault(tag, {"yes": 0, "no": 0})
                 bucket["yes" if value else "no"] += 1
         return counts
+
+    async def label_history(self, sha256: str) -> list[LabelRecord]:
+        """Every label ever given to an image (human and source), oldest first."""
+        rows = await self._fetchall(
+            "SELECT * FROM labels WHERE sha256 = ? ORDER BY id", (sha256,))
+        return [LabelRecord(row["tag"], bool(row["value"]), row["origin"], row["who"],
+                            row["created_at"]) for row in rows]
