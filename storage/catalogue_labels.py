@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage.catalogue_base import CatalogueBase
+from storage.catalogue_base import CatalogueBase, loads_tuple
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,23 @@ class Labels(CatalogueBase):
             "SELECT * FROM labels WHERE sha256 = ? ORDER BY id", (sha256,))
         return [LabelRecord(row["tag"], bool(row["value"]), row["origin"], row["who"],
                             row["created_at"]) for row in rows]
+
+    async def source_labels_by_tag(self) -> dict[str, dict[str, bool]]:
+        """Labels of origin 'source', per tag: sha256 -> value (the latest label wins)."""
+        labels: dict[str, dict[str, bool]] = {}
+        for row in await self._fetchall(
+            "SELECT sha256, tag, value FROM labels WHERE origin = 'source' ORDER BY id"
+        ):
+            labels.setdefault(row["tag"], {})[row["sha256"]] = bool(row["value"])
+        return labels
+
+    async def stored_image_source_tags(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(sha256, source tags) of every URL with tags whose content is stored, not rejected.
+
+        One pair per media row, so an image reached from several URLs appears once for each.
+        """
+        rows = await self._fetchall(
+            """SELECT m.sha256, m.tags FROM media m JOIN blobs b ON b.sha256 = m.sha256
+               WHERE m.tags != '[]' AND b.placement IS NOT NULL AND b.placement != 'rejected'"""
+        )
+        return [(row["sha256"], loads_tuple(row["tags"])) for row in rows]

@@ -61,3 +61,21 @@ class Scores(CatalogueBase):
             "SELECT sha256, vector FROM features WHERE backbone = ?", (backbone,)
         )
         return {row["sha256"]: bytes(row["vector"]) for row in rows}
+
+    async def features_of(self, backbone: str, sha256s: Sequence[str]) -> dict[str, bytes]:
+        """The stored vectors of `sha256s` only (a library's worth would not fit in memory)."""
+        found: dict[str, bytes] = {}
+        for start in range(0, len(sha256s), QUERY_CHUNK):
+            chunk = list(sha256s[start : start + QUERY_CHUNK])
+            rows = await self._fetchall(
+                f"SELECT sha256, vector FROM features WHERE backbone = ? "
+                f"AND sha256 IN ({','.join('?' * len(chunk))})", [backbone, *chunk])
+            found.update((row["sha256"], bytes(row["vector"])) for row in rows)
+        return found
+
+    async def store_features(self, backbone: str, vectors: Sequence[tuple[str, bytes]]) -> None:
+        """Cache (sha256, vector bytes) pairs of `backbone` in one transaction."""
+        async with self._transaction():
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO features (sha256, backbone, vector) VALUES (?, ?, ?)",
+                [(sha256, backbone, vector) for sha256, vector in vectors])
