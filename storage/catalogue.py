@@ -62,19 +62,20 @@ class Catalogue(
         except OSError as error:
             raise CatalogueError(f"{path}: cannot open the catalogue: {error}") from error
         connection = aiosqlite.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+        # Connecting runs on aiosqlite's worker thread. When this task is cancelled
+        # meanwhile, the connect still finishes and is then closed, so the thread ends (or
+        # it keeps the process alive at exit) while the event loop can still hear back.
+        # A failed connect stops the thread itself.
+        opening = asyncio.ensure_future(connection)
         try:
-            await connection
-        except BaseException as error:
-            # Stop the worker thread (or it keeps the process alive at exit), and wait for
-            # it, so it never reports back to an event loop that has closed meanwhile.
-            started = connection._thread.is_alive()
-            stopping = connection.stop()
-            if stopping is not None and started:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(stopping, 5.0)
-            if isinstance(error, sqlite3.Error):
-                raise CatalogueError(f"{path}: cannot open the catalogue: {error}") from error
+            await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(opening, 5.0)
+                await connection.close()
             raise
+        except sqlite3.Error as error:
+            raise CatalogueError(f"{path}: cannot open the catalogue: {error}") from error
         connection.row_factory = sqlite3.Row
         catalogue = cls(connection, path)
         try:
