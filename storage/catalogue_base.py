@@ -131,8 +131,9 @@ class CatalogueBase:
             row: sqlite3.Row | None = await cursor.fetchone()
             return row
 
-    # Public query seams for modules that keep their own SQL beside the catalogue
-    # (review, training). Writes go through `transaction()` so they stay atomic.
+    # Raw query seams, for storage/ modules and tests only: code outside storage/ asks the
+    # catalogue's named methods (crawler/promotion.py still uses these until its SQL moves).
+    # Writes go through `transaction()` so they stay atomic.
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return await self._fetchall(sql, params)
