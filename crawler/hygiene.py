@@ -40,7 +40,6 @@ from storage.placement import DataLayout, remove_everywhere
 DEFAULT_NEAR_DUPLICATE_DISTANCE = 6
 DELETED_BY_USER = "deleted_by_user"
 CONFIRMED_NSFW = "confirmed_nsfw"
-FILED_PLACEMENTS = ("library", "quarantine", "held")
 
 
 def _as_int(phash: int | str) -> int:
@@ -120,27 +119,20 @@ class PhashIndex:
     async def load(cls, catalogue: Catalogue) -> PhashIndex:
         """Every filed image's hash (library, quarantine, held) and every blocked hash."""
         index = cls()
-        for row in await catalogue.fetch_all(
-            f"""SELECT sha256, phash FROM blobs WHERE phash IS NOT NULL
-                AND placement IN ({",".join("?" * len(FILED_PLACEMENTS))})""",
-            FILED_PLACEMENTS,
-        ):
-            index.add(row["sha256"], row["phash"])
+        for sha256, phash in await catalogue.filed_image_hashes():
+            index.add(sha256, phash)
         await index.refresh_blocked(catalogue)
         return index
 
     async def refresh_blocked(self, catalogue: Catalogue) -> int:
         """Read hashes blocked since the last call (by any process); returns how many."""
-        rows = await catalogue.fetch_all(
-            "SELECT rowid, phash, sha256 FROM blocked_hashes WHERE rowid > ? ORDER BY rowid",
-            (self._blocked_rowid,),
-        )
+        rows = await catalogue.blocked_hashes_after(self._blocked_rowid)
         for row in rows:
             # A hash blocked before the information rule (e.g. a deleted plain page, 0)
             # would block every plain image: only balanced hashes block.
-            if balanced(row["phash"]):
-                self.blocked.put(f"{row['sha256']}:{row['phash']}", _as_int(row["phash"]))
-            self._blocked_rowid = max(self._blocked_rowid, int(row["rowid"]))
+            if balanced(row.phash):
+                self.blocked.put(f"{row.sha256}:{row.phash}", _as_int(row.phash))
+            self._blocked_rowid = max(self._blocked_rowid, row.rowid)
         return len(rows)
 
     def add(self, sha256: str, phash: int | str) -> None:
@@ -239,28 +231,11 @@ async def record_near_duplicate(catalogue: Catalogue, layout: DataLayout, media_
     them. Returns False, changing nothing, when the original is no longer filed: the
     caller then carries on with the new image as usual.
     """
-    async with catalogue.transaction() as connection:
-        cursor = await connection.execute(
-            "SELECT placement FROM blobs WHERE sha256 = ?", (verdict.of_sha256,)
-        )
-        original = await cursor.fetchone()
-        if original is None or original["placement"] not in FILED_PLACEMENTS:
-            return False
-        await connection.execute(
-            """UPDATE media SET state = ?, reason = ?, sha256 = ?, updated_at = ?
-               WHERE id = ?""",
-            (original["placement"], verdict.reason, verdict.of_sha256, now, media_id),
-        )
-        cursor = await connection.execute(
-            """DELETE FROM blobs WHERE sha256 = ? AND placement IS NULL
-               AND NOT EXISTS (SELECT 1 FROM media WHERE sha256 = ?)
-               AND NOT EXISTS (SELECT 1 FROM scores WHERE sha256 = ?)
-               AND NOT EXISTS (SELECT 1 FROM features WHERE sha256 = ?)
-               AND NOT EXISTS (SELECT 1 FROM labels WHERE sha256 = ?)""",
-            (sha256,) * 5,
-        )
-        dropped = cursor.rowcount > 0
-    if dropped:
+    outcome = await catalogue.record_near_duplicate(
+        media_id, sha256, verdict.of_sha256, verdict.reason, now)
+    if not outcome.recorded:
+        return False
+    if outcome.blob_dropped:
         await asyncio.to_thread(_unlink_missing_ok, layout.spool_file(sha256))
     return True
 
@@ -272,16 +247,14 @@ def _unlink_missing_ok(path: Path) -> None:
 async def _phash_of(catalogue: Catalogue, layout: DataLayout | None,
                     sha256: str) -> str | None:
     """The informative dHash of an image (stored, or computed from its file), else None."""
-    row = await catalogue.fetch_one(
-        "SELECT phash, extension FROM blobs WHERE sha256 = ?", (sha256,)
-    )
-    if row is None:
+    stored = await catalogue.image_hash(sha256)
+    if stored is None:
         return None
-    if row["phash"]:
-        return str(row["phash"]) if balanced(row["phash"]) else None
+    if stored.phash:
+        return stored.phash if balanced(stored.phash) else None
     if layout is None:
         return None
-    path = layout.content_file(sha256, row["extension"])
+    path = layout.content_file(sha256, stored.extension)
     if path is None:
         return None
     return await asyncio.to_thread(_compute_phash, path)
@@ -304,12 +277,7 @@ async def block(catalogue: Catalogue, sha256: str, reason: str, now: float,
     phash = await _phash_of(catalogue, layout, sha256)
     if phash is None:
         return None
-    async with catalogue.transaction() as connection:
-        await connection.execute(
-            """INSERT OR IGNORE INTO blocked_hashes (phash, sha256, reason, created_at)
-               VALUES (?, ?, ?, ?)""",
-            (phash, sha256, reason, now),
-        )
+    await catalogue.block_hash(phash, sha256, reason, now)
     return phash
 
 
@@ -331,16 +299,7 @@ async def delete_image(catalogue: Catalogue, layout: DataLayout, sha256: str, no
     """
     blob = await catalogue.get_blob(sha256)
     await block(catalogue, sha256, reason, now, layout)
-    async with catalogue.transaction() as connection:
-        await connection.execute(
-            """UPDATE blobs SET placement = 'rejected', reason = ?, tags = '[]',
-               updated_at = ? WHERE sha256 = ?""",
-            (reason, now, sha256),
-        )
-        await connection.execute(
-            "UPDATE media SET state = 'rejected', reason = ?, updated_at = ? WHERE sha256 = ?",
-            (reason, now, sha256),
-        )
+    await catalogue.mark_deleted(sha256, reason, now)
     await asyncio.to_thread(remove_everywhere, layout, sha256, blob.extension)
     await asyncio.to_thread(remove_thumbnails, layout, sha256)
 

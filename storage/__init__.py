@@ -2,6 +2,9 @@
 one redactor every package uses before text is stored, logged or shown."""
 
 from storage.catalogue import Catalogue, RescoreItem, SourceState
+from storage.catalogue_hygiene import BlockedHash, ImageHash, NearDuplicateRecord
+from storage.catalogue_labels import LabelRecord
+from storage.catalogue_review import ReviewItem
 from storage.errors import (
     CatalogueError,
     MeganeError,
@@ -15,15 +18,20 @@ from storage.redact import redact
 
 __all__ = [
     "BlobRow",
+    "BlockedHash",
     "Catalogue",
     "CatalogueError",
     "DataLayout",
+    "ImageHash",
+    "LabelRecord",
     "MediaRef",
     "MediaRow",
     "MeganeError",
+    "NearDuplicateRecord",
     "Placement",
     "PlacementError",
     "RescoreItem",
+    "ReviewItem",
     "SourceState",
     "State",
     "StorageError",

@@ -21,6 +21,7 @@ import jinja2
 from markupsafe import Markup
 
 from storage.redact import redact
+from storage.untrusted import capped_text
 
 
 BIDI_CONTROLS = frozenset(
@@ -50,10 +51,7 @@ def neutralise_bidi(text: str) -> str:
 
 def clip(text: object, limit: int = TEXT_CHARS) -> str:
     """`text` cut to `limit` characters, ending in `…` (and the count left out) when cut."""
-    value = "" if text is None else str(text)
-    if len(value) <= limit:
-        return value
-    return f"{value[:limit]}{ELLIPSIS} (+{len(value) - limit} chars)"
+    return capped_text("" if text is None else str(text), limit) or ""
 
 
 def display_text(value: Any) -> Markup:

@@ -12,8 +12,8 @@ UnicodeEncodeError. Every such value is either stored losslessly or not at all:
   stay distinct, and the row says what was cut.
 - Other fields (author, dates, hashes) that are not valid text are not stored (None).
 - Messages (reasons, errors, notices) are for people: undecodable bytes become ``\\xNN``.
-- Text fields from sources have length caps (`FIELD_CAPS`, `capped_fields`): a 200,000-char
-  author must not make an 800 KB review page. A cut value ends in ``…[+N chars]``.
+- Text fields from sources have length caps (`capped_fields`): a 200,000-char
+  author must not make an 800 KB review page. A cut value ends in ``… (+N chars)``.
 
 `url_problem` is the check every media URL passes before it gets a row: ``bad_url`` when it
 does not parse (a full-width colon in the host, invalid IDNA, a port out of range),
@@ -154,10 +154,13 @@ class CappedFields(TypedDict):
 
 
 def capped_text(value: str | None, limit: int) -> str | None:
-    """`value` cut to `limit` characters, marked ``…[+N chars]`` when cut; None stays None."""
+    """`value` cut to `limit` characters, marked ``… (+N chars)`` when cut; None stays None.
+
+    The one cut of text from sources: storage caps with it, pages (`storage.display.clip`) too.
+    """
     if value is None or len(value) <= limit:
         return value
-    return f"{value[:limit]}…[+{len(value) - limit} chars]"
+    return f"{value[:limit]}… (+{len(value) - limit} chars)"
 
 
 def capped_items(items: tuple[str, ...]) -> tuple[str, ...]:

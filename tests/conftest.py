@@ -169,18 +169,24 @@ def shared_classifier() -> Any:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail loudly, not by hanging at exit, when a test left a SQLite connection open."""
     import gc
+    import sqlite3
     import warnings
 
     import aiosqlite
 
-    alive = [
+    def still_open(connection: aiosqlite.Connection) -> bool:
+        # aiosqlite's public properties raise ValueError ("no active connection") once it
+        # is closed (or never connected); a connection closed under it raises sqlite3's.
+        try:
+            connection.in_transaction  # noqa: B018
+        except (ValueError, sqlite3.Error):
+            return False
+        return True
+
+    leaked = [
         connection for connection in gc.get_objects()
-        if isinstance(connection, aiosqlite.Connection) and connection._thread.is_alive()
+        if isinstance(connection, aiosqlite.Connection) and still_open(connection)
     ]
-    for connection in alive:
-        if not connection._running:  # closed: its thread is on its way out; let it finish
-            connection._thread.join(timeout=5.0)
-    leaked = [connection for connection in alive if connection._thread.is_alive()]
     for connection in leaked:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

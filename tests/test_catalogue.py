@@ -11,6 +11,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -143,6 +145,20 @@ class TestOpen:
         with pytest.raises(CatalogueError) as caught:
             await Catalogue.open(path)
         assert str(path) in str(caught.value)
+
+    async def test_cancelled_open_leaves_no_worker_thread(self, tmp_path: Path) -> None:
+        """An open cancelled while connecting closes its connection promptly: no thread stays."""
+        before = set(threading.enumerate())
+        opening = asyncio.ensure_future(Catalogue.open(tmp_path / "catalogue.sqlite"))
+        await asyncio.sleep(0)  # let it start connecting on aiosqlite's worker thread
+        started = time.monotonic()
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        assert time.monotonic() - started < 4.0, "the cancelled open waited out a timeout"
+        for thread in set(threading.enumerate()) - before:
+            await asyncio.to_thread(thread.join, 5.0)
+            assert not thread.is_alive(), f"{thread.name} outlived the cancelled open"
 
     async def test_migration_applied_in_order(self, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,8 +35,8 @@ class TestCappedText:
         (None, 5, None),
         ("", 5, ""),
         ("abcde", 5, "abcde"),
-        ("abcdef", 5, "abcde…[+1 chars]"),
-        ("x" * 200_000, 3, "xxx…[+199997 chars]"),
+        ("abcdef", 5, "abcde… (+1 chars)"),
+        ("x" * 200_000, 3, "xxx… (+199997 chars)"),
     ])
     def test_cut_and_marked(self, value: str | None, limit: int, expected: str | None) -> None:
         """A value over the cap is cut and says how much was cut; others are unchanged."""

@@ -13,10 +13,9 @@ are collected so the evaluation can report the backbone's threshold, but it is n
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from classifier.training.errors import NotEnoughLabelsError, TrainingError
 from classifier.training.settings import TrainingSettings
@@ -29,7 +28,9 @@ class LabelStore(Protocol):
 
     async def human_labels(self) -> dict[str, dict[str, bool]]: ...
 
-    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
+    async def source_labels_by_tag(self) -> dict[str, dict[str, bool]]: ...
+
+    async def stored_image_source_tags(self) -> list[tuple[str, tuple[str, ...]]]: ...
 
 
 @dataclass(frozen=True)
@@ -109,23 +110,16 @@ async def collect_labels(
 async def _source_labels(
     catalogue: LabelStore, aliases: Mapping[str, Sequence[str]]
 ) -> dict[str, dict[str, bool]]:
-    labels: dict[str, dict[str, bool]] = {}
-    for row in await catalogue.fetch_all(
-        "SELECT sha256, tag, value FROM labels WHERE origin = 'source' ORDER BY id"
-    ):
-        labels.setdefault(row["tag"], {})[row["sha256"]] = bool(row["value"])
+    labels = await catalogue.source_labels_by_tag()
     alias_to_tags: dict[str, set[str]] = {}
     for tag, names in aliases.items():
         for name in names:
             alias_to_tags.setdefault(name.lower().lstrip("#"), set()).add(tag)
     if alias_to_tags:
-        for row in await catalogue.fetch_all(
-            """SELECT m.sha256, m.tags FROM media m JOIN blobs b ON b.sha256 = m.sha256
-               WHERE m.tags != '[]' AND b.placement IS NOT NULL AND b.placement != 'rejected'"""
-        ):
-            for source_tag in json.loads(row["tags"]):
+        for sha256, source_tags in await catalogue.stored_image_source_tags():
+            for source_tag in source_tags:
                 for tag in alias_to_tags.get(str(source_tag).lower().lstrip("#"), ()):
-                    labels.setdefault(tag, {})[row["sha256"]] = True
+                    labels.setdefault(tag, {})[sha256] = True
     return labels
 
 

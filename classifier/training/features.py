@@ -30,7 +30,6 @@ from storage.placement import DataLayout
 log = structlog.get_logger("megane.training")
 
 BACKBONE = "open_nsfw"
-QUERY_CHUNK = 500
 FeatureMatrix = npt.NDArray[np.float32]
 Extractor = Callable[[npt.NDArray[np.float32]], FeatureMatrix]
 
@@ -38,11 +37,13 @@ Extractor = Callable[[npt.NDArray[np.float32]], FeatureMatrix]
 class FeatureStore(Protocol):
     """What feature caching needs from the catalogue (storage.catalogue.Catalogue)."""
 
-    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
+    async def features_of(self, backbone: str, sha256s: Sequence[str]) -> dict[str, bytes]: ...
+
+    async def store_features(
+        self, backbone: str, vectors: Sequence[tuple[str, bytes]]
+    ) -> None: ...
 
     async def get_blob(self, sha256: str) -> Any: ...
-
-    def transaction(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,7 @@ def vector_of(blob: bytes) -> npt.NDArray[np.float32]:
 
 async def cached_features(catalogue: FeatureStore, sha256s: Sequence[str]) -> dict[str, bytes]:
     """The stored vectors of `sha256s` (only those: a library's worth would not fit)."""
-    found: dict[str, bytes] = {}
-    for start in range(0, len(sha256s), QUERY_CHUNK):
-        chunk = list(sha256s[start : start + QUERY_CHUNK])
-        rows = await catalogue.fetch_all(
-            f"SELECT sha256, vector FROM features WHERE backbone = ? "
-            f"AND sha256 IN ({','.join('?' * len(chunk))})", [BACKBONE, *chunk])
-        found.update((row["sha256"], bytes(row["vector"])) for row in rows)
-    return found
+    return await catalogue.features_of(BACKBONE, sha256s)
 
 
 def classifier_extractor(classifier: Any) -> Extractor:
@@ -172,11 +166,8 @@ async def load_features(
                     stored = np.asarray(vector).astype(np.float16)
                     # Through float16 like the cached ones, so both train the same way.
                     vectors[sha256] = stored.astype(np.float32)
-                    rows.append((sha256, BACKBONE, stored.tobytes()))
-                async with catalogue.transaction() as connection:
-                    await connection.executemany(
-                        "INSERT OR REPLACE INTO features (sha256, backbone, vector) "
-                        "VALUES (?, ?, ?)", rows)
+                    rows.append((sha256, stored.tobytes()))
+                await catalogue.store_features(BACKBONE, rows)
                 computed += len(names)
             bar.advance(task, len(chunk))
     log.info("training_features_computed", computed=computed, cached=len(wanted) - computed

@@ -1,0 +1,185 @@
+"""Where stored images are filed: blobs, placements, re-filing (rescore)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from storage.catalogue_base import blob_row, loads_tuple, serialized
+from storage.catalogue_labels import Labels
+from storage.errors import UnknownMediaError
+from storage.records import BlobRow, Placement
+
+# A media row's reason once it is recorded as a copy of stored content; re-filing the
+# content changes the row's state but keeps this reason.
+_KEEP_COPY_REASON = "reason GLOB 'duplicate_of:*' OR reason GLOB 'near_duplicate_of:*'"
+
+
+@dataclass(frozen=True)
+class RescoreItem:
+    """What re-filing one stored image needs: its current filing, scores and source flags."""
+
+    blob: BlobRow
+    scores: dict[str, float]
+    flags: tuple[str, ...]
+    labels: dict[str, bool]
+    source_tags: tuple[str, ...] = ()
+
+
+class Filing(Labels):
+    """Blobs and their placement: record filings, look images up, gather what rescore needs."""
+
+    async def source_tags_for(self, sha256: str) -> tuple[str, ...]:
+        """The union of source tags of every URL that carried this content (or a near-copy)."""
+        rows = await self._fetchall(
+            "SELECT tags FROM media WHERE sha256 = ? AND tags != '[]'", (sha256,))
+        tags: set[str] = set()
+        for row in rows:
+            tags.update(loads_tuple(row["tags"]))
+        return tuple(sorted(tags))
+
+    async def flags_for(self, sha256: str) -> tuple[str, ...]:
+        """The union of source flags of every URL that carried this content."""
+        rows = await self._fetchall("SELECT flags FROM media WHERE sha256 = ?", (sha256,))
+        flags: set[str] = set()
+        for row in rows:
+            flags.update(loads_tuple(row["flags"]))
+        return tuple(sorted(flags))
+
+    @serialized
+    async def record_placement(
+        self, sha256: str, placement: Placement, reason: str, tags: Sequence[str],
+        now: float, media_id: int | None = None,
+    ) -> None:
+        """Commit where an image was filed; every row carrying it becomes final there."""
+        await self._db.execute(
+            """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
+               WHERE sha256 = ? AND placement IS NOT 'rejected'""",
+            (placement.value, reason, json.dumps(list(tags)), now, sha256),
+        )
+        # The first row to carry the content gets the decision's reason; every other row
+        # (the same bytes from another URL) is `duplicate_of:<sha256>`, and a row already
+        # recorded as a copy keeps its reason.
+        await self._db.execute(
+            f"""UPDATE media SET state = :state, updated_at = :now, reason = CASE
+                  WHEN {_KEEP_COPY_REASON} THEN reason
+                  WHEN id = (SELECT min(id) FROM media AS first WHERE first.sha256 = :sha
+                             AND first.state NOT IN ('pending', 'rejected')
+                             AND (first.reason IS NULL OR NOT (
+                                 first.reason GLOB 'duplicate_of:*'
+                                 OR first.reason GLOB 'near_duplicate_of:*')))
+                    THEN :reason
+                  ELSE 'duplicate_of:' || :sha END
+               WHERE sha256 = :sha AND (state IN ('downloaded', 'decoded', 'classified',
+               'library', 'quarantine', 'held') OR id = :id)""",
+            {"state": placement.value, "reason": reason, "now": now, "sha": sha256,
+             "id": media_id if media_id is not None else -1},
+        )
+        await self._db.commit()
+
+    async def get_blob(self, sha256: str) -> BlobRow:
+        row = await self._fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if row is None:
+            raise UnknownMediaError(f"no stored image with sha256 {sha256}")
+        return blob_row(row)
+
+    async def resolve_sha(self, prefix: str) -> str:
+        """The full sha256 of the stored image whose hash starts with `prefix`."""
+        cleaned = prefix.strip().lower()
+        if not cleaned or any(ch not in "0123456789abcdef" for ch in cleaned):
+            raise UnknownMediaError(f"{prefix!r} is not a sha256 (prefix) of hex digits")
+        rows = await self._fetchall(
+            "SELECT sha256 FROM blobs WHERE sha256 LIKE ? LIMIT 2", (cleaned + "%",)
+        )
+        if not rows:
+            raise UnknownMediaError(
+                f"no stored image has a sha256 starting with {cleaned!r}; "
+                "see `megane media list` or `megane quarantine list`"
+            )
+        if len(rows) > 1:
+            raise UnknownMediaError(
+                f"sha256 prefix {cleaned!r} is ambiguous; give more digits"
+            )
+        return str(rows[0]["sha256"])
+
+    # -- re-filing ---------------------------------------------------------------
+
+    async def rescore_items(self) -> list[RescoreItem]:
+        """Every classified, filed image with its scores, source flags and tags, human labels."""
+        blobs = await self._fetchall(
+            """SELECT * FROM blobs WHERE placement IN ('library', 'quarantine', 'held')
+               AND model_version IS NOT NULL"""
+        )
+        scores: dict[str, dict[str, float]] = {}
+        for row in await self._fetchall(
+            """SELECT s.sha256, s.tag, s.score FROM scores s JOIN blobs b
+               ON b.sha256 = s.sha256 AND b.model_version = s.model_version"""
+        ):
+            scores.setdefault(row["sha256"], {})[row["tag"]] = row["score"]
+        flags: dict[str, set[str]] = {}
+        for row in await self._fetchall(
+            "SELECT sha256, flags FROM media WHERE sha256 IS NOT NULL AND flags != '[]'"
+        ):
+            flags.setdefault(row["sha256"], set()).update(loads_tuple(row["flags"]))
+        source_tags: dict[str, set[str]] = {}
+        for row in await self._fetchall(
+            "SELECT sha256, tags FROM media WHERE sha256 IS NOT NULL AND tags != '[]'"
+        ):
+            source_tags.setdefault(row["sha256"], set()).update(loads_tuple(row["tags"]))
+        labels = await self.human_labels()
+        return [
+            RescoreItem(
+                blob=blob_row(row), scores=scores.get(row["sha256"], {}),
+                flags=tuple(sorted(flags.get(row["sha256"], ()))),
+                labels=labels.get(row["sha256"], {}),
+                source_tags=tuple(sorted(source_tags.get(row["sha256"], ()))),
+            )
+            for row in blobs
+        ]
+
+    @serialized
+    async def record_decisions(
+        self, decisions: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float
+    ) -> set[str]:
+        """Commit where images are about to be filed, before their files move.
+
+        Committing the decision first means a file never appears under library/ ahead of
+        the catalogue saying so; a crash between the two is repaired by re-placing every
+        image whose links disagree with its committed placement (rescore.reconcile).
+        """
+        await self._db.executemany(
+            """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
+               WHERE sha256 = ? AND placement IS NOT 'rejected'""",
+            [(p.value, reason, json.dumps(list(tags)), now, sha)
+             for sha, p, reason, tags in decisions],
+        )
+        # Content rejected meanwhile (deleted by a reviewer) keeps that verdict: say which.
+        refused: set[str] = set()
+        shas = [sha for sha, *_ in decisions]
+        for start in range(0, len(shas), 500):
+            chunk = shas[start:start + 500]
+            rows = await self._fetchall(
+                f"SELECT sha256 FROM blobs WHERE placement = 'rejected' "
+                f"AND sha256 IN ({','.join('?' * len(chunk))})", chunk)
+            refused.update(row["sha256"] for row in rows)
+        return refused
+
+    @serialized
+    async def record_placements(
+        self, changes: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float
+    ) -> None:
+        """Commit many re-filings in one transaction (rescore)."""
+        await self._db.executemany(
+            """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
+               WHERE sha256 = ? AND placement IS NOT 'rejected'""",
+            [(p.value, reason, json.dumps(list(tags)), now, sha)
+             for sha, p, reason, tags in changes],
+        )
+        await self._db.executemany(
+            f"""UPDATE media SET state = ?, updated_at = ?,
+               reason = CASE WHEN {_KEEP_COPY_REASON} THEN reason ELSE ? END
+               WHERE sha256 = ? AND state IN ('library', 'quarantine', 'held')""",
+            [(p.value, now, reason, sha) for sha, p, reason, _ in changes],
+        )
+        await self._db.commit()
