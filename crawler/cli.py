@@ -383,13 +383,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from crawler.promotion import print_models
+    from crawler.commands.models import print_models
 
     return print_models(_load(args), as_json=args.json)
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
-    from crawler.promotion import promote_command
+    from crawler.commands.models import promote_command
 
     return promote_command(_load(args), args.version, shadow_images=args.shadow)
 
