@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from classifier.errors import ModelError
+from crawler.commands.common import load
 from storage.placement import DataLayout
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ def models_document(config: Config) -> list[dict[str, Any]]:
     """`megane models list --json`: every version with its metadata and whether it is active."""
     from classifier.models import list_models
     from classifier.training.seed2017 import read_seed2017_metadata
+    from classifier.errors import ModelError
     from crawler.promotion.active import read_active, serving_version
 
     layout = DataLayout(config.data_dir)
@@ -74,6 +76,7 @@ def print_models(config: Config, *, as_json: bool) -> int:
 
 def promote_command(config: Config, version: str, *, shadow_images: int | None) -> int:
     """`megane models promote VERSION [--shadow N]`: write ACTIVE and say what follows."""
+    from classifier.errors import ModelError
     from crawler.promotion.active import SHADOW_FILENAME, promote
     from crawler.promotion.swap import POLL_INTERVAL_S
 
@@ -92,3 +95,24 @@ def promote_command(config: Config, version: str, *, shadow_images: int | None) 
         print(f"{version}: active; a running daemon swaps it in within "
               f"{POLL_INTERVAL_S:.0f} s and re-files the library")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from classifier.training.cli import run_train
+
+    return run_train(load(args), tags=args.tags, architecture=args.architecture,
+                     version=args.version, as_json=args.json)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    return print_models(load(args), as_json=args.json)
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    return promote_command(load(args), args.version, shadow_images=args.shadow)
+
+
+def cmd_models_export_tflite(args: argparse.Namespace) -> int:
+    from classifier.training.export import export_command
+
+    return export_command(load(args), args.version, as_json=args.json)
