@@ -14,9 +14,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -24,27 +22,38 @@ from classifier.base import Classifier
 from classifier.cache import tflite_cache_dir
 from classifier.decode import DecodeLimits
 from classifier.errors import ClassifierError
-from crawler.config import Config, SourceConfig, load_config
+from crawler.config import Config, load_config
 from crawler.decide import Policy, policy_from_config
-from crawler.errors import ConfigError, FetchError, RetryableFetchError, SourceError
+from crawler.errors import ConfigError
 from crawler.hygiene import PhashIndex
-from crawler.metrics import CatalogueCounts, Metrics, start_metrics_server
-from crawler.pipeline import Pipeline, PipelineSettings, screen_refs
+from crawler.metrics import Metrics, start_metrics_server
+from crawler.pipeline import Pipeline, PipelineSettings
+from crawler.polling import MAX_BACKOFF_S, ONCE_MAX_EXTRA_POLLS, PollerState, poll_loop
 from crawler.promotion import backfill_at_start, follow_promotions, load_active_model
+from crawler.reporting import DaemonObserver, report_loop, stats_for_status
 from crawler.rescore import reconcile, rescore
 from crawler.review.refresher import IndexRefresher
 from crawler.review.settings import ReviewSettings
-from crawler.schedule import next_poll_delay_s, quiet_notice
 from crawler.sdnotify import Notifier, ProgressWatchdog, watchdog_interval_s
 from crawler.sources import Source, SourceContext, create_source
-from storage.catalogue import Catalogue, SourceState
+from storage.catalogue import Catalogue
 from storage.placement import DataLayout, sweep
-from storage.records import State
-from storage.untrusted import storable_cursor
 
 log = structlog.get_logger("megane.daemon")
-ONCE_MAX_EXTRA_POLLS = 100
-MAX_BACKOFF_S = 6 * 3600.0
+
+# Moved to crawler.polling and crawler.reporting; still importable from here.
+__all__ = [
+    "MAX_BACKOFF_S",
+    "ONCE_MAX_EXTRA_POLLS",
+    "Daemon",
+    "DaemonObserver",
+    "PollerState",
+    "Shutdown",
+    "load_model",
+    "pipeline_settings",
+    "policy_of",
+    "stats_for_status",
+]
 
 
 class Shutdown(Exception):
@@ -95,37 +104,6 @@ def load_model(config: Config, layout: DataLayout,
         return None, f"no_model: {error}"[:300]
     return classifier, None
 
-
-class DaemonObserver:
-    """Feeds pipeline progress to the watchdog and the metrics.
-
-    Progress is movement, not success: a stage done, an item reaching any final state
-    (rejected too), or a retry scheduled. A backlog of 404s keeps the watchdog fed.
-    """
-
-    def __init__(self, watchdog: ProgressWatchdog | None, metrics: Metrics) -> None:
-        self.watchdog = watchdog
-        self.metrics = metrics
-
-    def progress(self, stage: str, count: int = 1) -> None:
-        if self.watchdog is not None:
-            self.watchdog.record_progress(time.monotonic())
-
-    def downloaded(self, size_bytes: int, duration_s: float) -> None:
-        self.metrics.observe_download(size_bytes, duration_s)
-
-    def batch(self, size: int, duration_s: float) -> None:
-        self.metrics.observe_batch(size, duration_s)
-
-
-@dataclass
-class PollerState:
-    """In-memory schedule state of one source, mirrored from the catalogue."""
-
-    source: Source
-    consecutive_errors: int = 0
-    empty_polls: int = 0
-    polled_once: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Daemon:
@@ -262,12 +240,17 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as group:
                 for poller in pollers:
-                    group.create_task(self._poll_loop(catalogue, poller, once),
+                    group.create_task(poll_loop(catalogue, poller, self.config.sources,
+                                                pipeline=pipeline, clock=self.clock,
+                                                once=once),
                                       name=f"poll-{poller.source.name}")
                 group.create_task(self._sources_done(pollers), name="sources-done")
                 pipeline_task = group.create_task(pipeline.run(until_idle=once), name="pipeline")
                 group.create_task(self._watch_signals(), name="signals")
-                group.create_task(self._report(catalogue), name="report")
+                group.create_task(report_loop(
+                    catalogue, pipeline, notifier=self.notifier, watchdog=self.watchdog,
+                    watchdog_interval_s=self.watchdog_interval_s, metrics=self.metrics,
+                    clock=self.clock), name="report")
                 group.create_task(self.refresher.run(), name="contact-sheet")
                 group.create_task(follow_promotions(self), name="promotions")
                 self.ready.set()
@@ -326,30 +309,6 @@ class Daemon:
                 continue
             self.notifier.ready()
 
-    async def _report(self, catalogue: Catalogue) -> None:
-        """Watchdog pings that depend on progress, STATUS= lines and metrics snapshots."""
-        assert self.pipeline is not None
-        period_s = min(self.watchdog_interval_s or 15.0, 15.0)
-        while True:
-            states = await catalogue.counts_by_state()
-            pending = await catalogue.count_due(self.clock())
-            if self.watchdog_interval_s:
-                healthy = not self.pipeline.inference_hung and (
-                    self.watchdog is None or self.watchdog.should_ping(time.monotonic(), pending))
-                if healthy:
-                    self.notifier.watchdog()
-                else:
-                    log.error("pipeline_stalled", pending=pending,
-                              queues=self.pipeline.queue_depths())
-            self.notifier.status(stats_for_status(states))
-            by_source = {name: sum(counts.values())
-                         for name, counts in (await catalogue.counts_by_source()).items()}
-            self.metrics.refresh(CatalogueCounts(
-                by_state=states, by_tag=await catalogue.counts_by_tag(), by_source=by_source))
-            for queue, depth in self.pipeline.queue_depths().items():
-                self.metrics.set_queue_depth(queue, depth)
-            await asyncio.sleep(period_s)
-
     async def reload(self) -> bool:
         """Re-read config.toml; apply thresholds and quarantine rules and re-file everything."""
         try:
@@ -376,125 +335,6 @@ class Daemon:
                  unchanged=report.unchanged,
                  needs_restart=restart_needed or None)
         return True
-
-    async def _poll_loop(self, catalogue: Catalogue, poller: PollerState, once: bool) -> None:
-        """Poll one source on its schedule: the one place that isolates a poll's failures.
-
-        Whatever a poll raises (the source, the network, storing its rows or cursor) is
-        caught here and costs that poll: `last_error`, backoff, and the other sources go
-        on. Only a failure to record that (a broken catalogue) ends the daemon.
-        """
-        source = poller.source
-        config = next(item for item in self.config.sources if item.name == source.name)
-        state = await catalogue.ensure_source(source.name, source.kind, source.query_key())
-        poller.consecutive_errors = state.consecutive_errors
-        poller.empty_polls = state.empty_polls
-        result_full = False
-        extra_polls = 0
-        while True:
-            if not once and state.next_poll_at is not None:
-                # Bounded by the longest delay we could have scheduled, so a wall clock
-                # that jumped back cannot park the source.
-                longest_s = MAX_BACKOFF_S if poller.consecutive_errors else config.max_interval_s
-                wait_s = min(state.next_poll_at - self.clock(), longest_s)
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
-            now = self.clock()
-            try:
-                result_full = await self._poll_once(catalogue, poller, config, state, now)
-            except Exception as error:  # noqa: BLE001 - isolation: a failed poll costs that poll
-                result_full = False
-                await self._poll_failed(catalogue, poller, config, error, now)
-            refreshed = await catalogue.source_state(source.name)
-            if refreshed is not None:
-                state = refreshed
-            if once and result_full and extra_polls < ONCE_MAX_EXTRA_POLLS:
-                # `once` drains a source that had more than a page, from the new cursor.
-                extra_polls += 1
-                continue
-            poller.polled_once.set()
-            if once:
-                return
-
-
-    async def _poll_once(self, catalogue: Catalogue, poller: PollerState,
-                         config: SourceConfig, state: SourceState, now: float) -> bool:
-        """Poll one source and store what it found; True when more is waiting (a full page).
-
-        Anything raised here, from the source, the network or storing the result, costs
-        this poll only (see `_poll_failed`).
-        """
-        source = poller.source
-        result = await source.poll(state.cursor, now)
-        refs = result.refs
-        if self.pipeline is not None:
-            refs = tuple(screen_refs(refs, self.pipeline.local_sources))
-        rows = await catalogue.add_media(refs, now)
-        poller.consecutive_errors = 0
-        poller.empty_polls = 0 if rows else poller.empty_polls + 1
-        delay = next_poll_delay_s(
-            config, empty_polls=poller.empty_polls, full=result.full,
-            errors=0, retry_after_s=result.retry_after_s,
-        )
-        notice = result.notice or quiet_notice(
-            empty_polls=poller.empty_polls,
-            last_new_at=now if rows else state.last_new_at,
-            first_poll_at=state.first_poll_at or now, now=now,
-        )
-        cursor = result.cursor
-        if cursor is not None and storable_cursor(cursor) is None:
-            log.warning("cursor_not_stored", source=source.name,
-                        reason="not valid text and not JSON; the previous cursor is kept")
-            cursor = None
-        await catalogue.record_poll(
-            source.name, cursor=cursor, new_items=len(rows),
-            next_poll_at=now + delay, notice=notice, now=now,
-        )
-        rejected = 0
-        for row in rows:
-            rejected += row.state is State.REJECTED
-            log.info("media_found", url=row.url, source=source.name,
-                     state=row.state.value, reason=row.reason, flags=list(row.flags))
-        for item, reason in result.skipped:
-            # An entry the source could not read costs that entry; the poll goes on.
-            log.warning("entry_skipped", source=source.name, item=item, reason=reason)
-        log.info("source_polled", source=source.name, found=len(result.refs),
-                 new=len(rows), rejected=rejected, skipped=len(result.skipped),
-                 next_poll_in_s=round(delay, 1), notice=result.notice)
-        if self.pipeline is not None and rows:
-            self.pipeline.notify()
-        return result.full
-
-    async def _poll_failed(self, catalogue: Catalogue, poller: PollerState,
-                           config: SourceConfig, error: Exception, now: float) -> None:
-        """Record a failed poll as the source's `last_error` and back off; the others go on.
-
-        If even that cannot be stored, the catalogue itself is broken: that error ends the
-        daemon (exit 2), as a fault of its own state.
-        """
-        source = poller.source
-        poller.consecutive_errors += 1
-        retry_after = (error.retry_after_s
-                       if isinstance(error, SourceError | RetryableFetchError) else None)
-        delay = next_poll_delay_s(config, empty_polls=poller.empty_polls, full=False,
-                                  errors=poller.consecutive_errors, retry_after_s=retry_after)
-        if isinstance(error, SourceError | FetchError):
-            reason = str(error)
-            log.warning("source_failed", source=source.name, reason=error.reason,
-                        url=error.url, detail=reason, retry_in_s=round(delay, 1),
-                        errors=poller.consecutive_errors)
-        else:
-            reason = f"internal_error: {type(error).__name__}: {error}"[:1000]
-            log.error("source_failed", source=source.name, reason="internal_error",
-                      detail=reason, retry_in_s=round(delay, 1),
-                      errors=poller.consecutive_errors, exc_info=error)
-        await catalogue.record_poll_error(source.name, reason, next_poll_at=now + delay,
-                                          now=now)
-
-
-def stats_for_status(counts: Mapping[str, Any]) -> str:
-    """A one-line STATUS= text for systemd."""
-    return ", ".join(f"{key}={value}" for key, value in sorted(counts.items()))
 
 
 def metrics_port_error(config: Config, error: OSError) -> ConfigError:

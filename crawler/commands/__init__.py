@@ -1,0 +1,1 @@
+"""The `megane` commands, one module per command group; `crawler.cli` parses and dispatches."""
