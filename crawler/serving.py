@@ -66,7 +66,11 @@ def resolve_serving(configured: str | None, models_dir: Path) -> ServingModel:
             serving = ServingModel(active.serving, "active", str(active_path(models_dir)))
     tags, problem = _tags_of(models_dir, serving.version)
     if problem is not None:
-        problem = f"{serving.source} names {serving.version!r}: {problem}"
+        remedy = ("set it to a version `megane models list` shows, or remove it"
+                  if serving.origin == "config" else
+                  "promote a version `megane models list` shows (`megane models promote "
+                  "VERSION`), or remove that file to serve the builtin model")
+        problem = f"{serving.source} names {serving.version!r}: {problem}; {remedy}"
     return ServingModel(serving.version, serving.origin, serving.source, problem, tags)
 
 

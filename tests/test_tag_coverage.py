@@ -86,13 +86,13 @@ class TestCheckConfig:
         assert main(["check-config", "--config", str(config.path)]) == 0
         assert capfd.readouterr().err == ""
 
-    def test_unreadable_model_is_a_warning(
+    def test_unknown_active_model_is_an_error(
         self, write_config: Callable[..., Config], capfd: pytest.CaptureFixture[str]
     ) -> None:
-        """An active version missing from the registry is named (the check goes on, exit 0)."""
+        """An active version missing from the registry is a config error naming it (exit 1)."""
         config = write_config(CONFIG)
         write_active(DataLayout(config.data_dir).models,
                      ActiveModel("v9", "2026-01-01T00:00:00+00:00"))
-        assert main(["check-config", "--config", str(config.path)]) == 0
-        err = capfd.readouterr().err
-        assert "cannot tell which tags the serving model scores" in err and "'v9'" in err
+        assert main(["check-config", "--config", str(config.path)]) == 1
+        captured = capfd.readouterr()
+        assert "v9" in captured.out + captured.err
