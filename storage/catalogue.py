@@ -93,9 +93,7 @@ class Catalogue(
             await self._db.execute("PRAGMA foreign_keys = ON")
             await self._migrate()
         except sqlite3.OperationalError as error:
-            raise CatalogueError(
-                f"{self.path}: {error} (is another process holding the catalogue locked?)"
-            ) from error
+            raise self._operational(error) from error
         except sqlite3.DatabaseError as error:
             raise CatalogueError(f"{self.path}: not a usable catalogue: {error}") from error
 

@@ -93,8 +93,10 @@ class CatalogueBase:
             await self._db.rollback()
 
     def _operational(self, error: sqlite3.OperationalError) -> CatalogueError:
+        # sqlite3 errors carry SQLite's own code (Python 3.11+): branch on it, not on text.
+        code = getattr(error, "sqlite_errorname", "") or ""
         hint = (" (another process holds it locked; stop it or wait, then try again)"
-                if "locked" in str(error) or "busy" in str(error) else "")
+                if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) else "")
         return CatalogueError(f"{self.path}: {error}{hint}")
 
     @contextlib.asynccontextmanager

@@ -255,7 +255,7 @@ class TestLocking:
         path = tmp_path / "catalogue.sqlite"
         holder = LockHolder(path)
         try:
-            with pytest.raises(CatalogueError, match="locked") as caught:
+            with pytest.raises(CatalogueError, match="another process holds it locked") as caught:
                 await Catalogue.open(path)
             assert str(path) in str(caught.value)
         finally:
