@@ -85,7 +85,7 @@ def _decode_summary(output: str) -> list[str]:
             rows.append(summary_row(
                 f"decode + resize, {current}: ours vs naive", f"{found.group(1)}/s",
                 "naive full decode + resize", f"{ratio:.2f}x", goal, "yes" if met else "no"))
-    return rows + [""] if rows else []
+    return [*rows, ""] if rows else []
 
 
 def _memory_summary(output: str) -> list[str]:
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     unknown = [name for name in arguments.names if name not in BENCHMARKS]
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; "
+                     f"choose from {', '.join(BENCHMARKS)}")
     if passthrough and len(arguments.names) != 1:
         parser.error("options after -- need exactly one benchmark name")
     names = arguments.names or list(BENCHMARKS)

@@ -304,7 +304,8 @@ def render(results: dict[str, object]) -> str:
         "",
         "### Cold start and memory (fresh process each; `builtin` model, first batch of 8)",
         "",
-        "| engine | process start -> first batch scored | peak RSS | ratio of RSS to onnxruntime | TensorFlow imported |",
+        "| engine | process start -> first batch scored | peak RSS | "
+        "ratio of RSS to onnxruntime | TensorFlow imported |",
         "|---|---|---|---|---|",
     ]
     onnx_rss = cold["onnxruntime"]["peak_rss_mb"]  # type: ignore[index]
@@ -321,8 +322,8 @@ def render(results: dict[str, object]) -> str:
         "",
         "### JPEG draft mode (decode at the smallest DCT scale keeping both sides >= 256 px)",
         "",
-        "| JPEG (quality 90) | draft decodes to | full decode (best of 5) | draft decode | time ratio | "
-        "NSFW score full -> draft | shift |",
+        "| JPEG (quality 90) | draft decodes to | full decode (best of 5) | draft decode | "
+        "time ratio | NSFW score full -> draft | shift |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in draft:

@@ -79,7 +79,8 @@ def _wait_ready(listener: socket.socket, process: subprocess.Popen[bytes],
             message = listener.recv(4096).decode(errors="replace")
         except TimeoutError:
             if process.poll() is not None:
-                raise RuntimeError(f"megane run exited {process.returncode} before READY=1")
+                raise RuntimeError(
+                    f"megane run exited {process.returncode} before READY=1") from None
             continue
         if "READY=1" in message.split("\n"):
             return time.perf_counter() - started

@@ -229,10 +229,10 @@ def render(results: dict[str, object], command: str) -> str:
             "download, images/s (ours vs gallery-dl)", f"{ours.images_per_s:.0f}/s",
             f"gallery-dl {runs['gallery-dl'].images_per_s:.1f}/s", f"{ratio:.1f}x",
             "many times", "yes" if ratio >= 4 else "no"))
-    lines += summary + ["",
-                        ("| tool | URLs | seconds | images/s | MB/s | ratio ours / tool | "
-                        "client CPU ms per image | note |"),
-                        "|---|---|---|---|---|---|---|---|"]
+    lines += [*summary, "",
+              ("| tool | URLs | seconds | images/s | MB/s | ratio ours / tool | "
+               "client CPU ms per image | note |"),
+              "|---|---|---|---|---|---|---|---|"]
     for run in runs.values():
         ratio = ours.images_per_s / run.images_per_s if run.images_per_s else float("nan")
         lines.append(

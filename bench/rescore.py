@@ -331,11 +331,13 @@ def render(results: dict[str, Any], command: str) -> str:
         f"{results['placements']}), scores for nsfw, megane and cat. `rescore()` as SIGHUP "
         "runs it; the floor is the same link/unlink/sidecar work with bare os calls (no "
         "fsync, no catalogue) on the same disk."), "",
-        summary_row(f"rescore {results['count']:,}, ~10% re-filed (seconds)", f"{change['seconds']:.1f} s",
+        summary_row(f"rescore {results['count']:,}, ~10% re-filed (seconds)",
+                    f"{change['seconds']:.1f} s",
                     f"bare os moves {runs['change_floor']:.2f} s",
                     f"{change['seconds'] / runs['change_floor']:.0f}x the floor",
                     f"seconds, not minutes (<= {GOAL_S:.0f} s)", "yes" if met else "no"),
-        summary_row(f"rescore {results['count']:,}, nothing changes (seconds)", f"{none['seconds']:.1f} s",
+        summary_row(f"rescore {results['count']:,}, nothing changes (seconds)",
+                    f"{none['seconds']:.1f} s",
                     f"load {none['load']:.1f} s + plan {none['plan']:.1f} s", "-",
                     f"<= {GOAL_S:.0f} s", "yes" if none["seconds"] <= GOAL_S else "no"),
         "",

@@ -152,7 +152,7 @@ def corpus(count: int, seed: int = 0, root: Path | None = None) -> Path:
             attempt += 1
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for index, data in zip(range(have, count), pool.map(make, range(have, count))):
+        for index, data in zip(range(have, count), pool.map(make, range(have, count)), strict=True):
             (folder / f"{index:05d}.jpg").write_bytes(data)
     files = corpus_files(folder, count)
     for rng_round in range(5):

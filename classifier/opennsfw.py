@@ -173,7 +173,8 @@ def load_onnx_weights(model: keras.Model, path: Path | None = None) -> keras.Mod
     if set(weighted) != set(weights):
         missing = sorted(set(weighted) - set(weights))
         extra = sorted(set(weights) - set(weighted))
-        raise ModelError(f"open_nsfw weights do not match the model: missing {missing}, extra {extra}")
+        raise ModelError(
+            f"open_nsfw weights do not match the model: missing {missing}, extra {extra}")
     for name, layer in weighted.items():
         expected = [tuple(variable.shape) for variable in layer.weights]
         actual = [array.shape for array in weights[name]]

@@ -24,7 +24,8 @@ near-duplicates (and for blocking after a delete or an NSFW confirm) when it is
 Measured (tests/test_phash.py, TestInformation; JPEG q90, decoded as the pipeline does):
 24 skimage.data photos have balance 18-32 and 26-64 decided comparisons (lowest: brick, a
 low-contrast wall texture, 18 and 26, and 23 decided after a JPEG q60 re-encode; cell
-27/27; the rest at least 20 and 46). Low-detail images: flat colours and black 0/0; lines of black text on white 3-6/6-8; a white-on-black
+27/27; the rest at least 20 and 46). Low-detail images: flat colours and black 0/0; lines of
+black text on white 3-6/6-8; a white-on-black
 screenshot 6/6; skimage's scanned page (lit unevenly, left to right) 0/64; left-to-right and
 top-to-bottom gradients 0; noisy synthetic scans 16-19/3-19; centred text cards 12-14/17-19;
 flat grey with noise 13/0. Flat, text and unevenly lit images fail the balance (at most 6,

@@ -124,7 +124,8 @@ def decide(
                 if low <= scores[tag] < high:
                     return Decision(
                         Placement.QUARANTINE, (),
-                        f"uncertain: {tag}={scores[tag]:.3f} in review band [{low:.2f}, {high:.2f})",
+                        f"uncertain: {tag}={scores[tag]:.3f} "
+                        f"in review band [{low:.2f}, {high:.2f})",
                     )
 
     tags = {

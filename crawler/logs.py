@@ -42,7 +42,8 @@ def configure_logging(log_format: str = "auto", log_level: str = "info",
         log_format == "auto" and hasattr(output, "isatty") and output.isatty()
     )
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=output.isatty() if hasattr(output, "isatty") else False)
+        structlog.dev.ConsoleRenderer(
+            colors=output.isatty() if hasattr(output, "isatty") else False)
         if use_console else structlog.processors.JSONRenderer(sort_keys=False)
     )
     structlog.configure(

@@ -141,7 +141,7 @@ async def reconcile(catalogue: Catalogue, layout: DataLayout, policy: Policy) ->
     misplaced = await asyncio.to_thread(
         lambda: [blob for blob in blobs if _misplaced(layout, blob)])
     for blob in misplaced:
-        assert blob.placement is not None  # noqa: S101 - filtered by _misplaced
+        assert blob.placement is not None  # filtered by _misplaced
         sidecar = None
         if blob.placement is Placement.QUARANTINE:
             decision = Decision(blob.placement, blob.tags, blob.reason or "")

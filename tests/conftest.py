@@ -44,13 +44,14 @@ def rss_feed(base_url: str, items: list[dict[str, Any]]) -> bytes:
         categories = "".join(f"<category>{c}</category>" for c in item.get("categories", ()))
         rating = (f'<media:rating scheme="urn:simple">{item["rating"]}</media:rating>'
                   if item.get("rating") else "")
+        media_type = item.get("type", "image/jpeg")
         entries.append(textwrap.dedent(f"""\
             <item>
               <title>{item.get('title', f'post {index}')}</title>
               <link>{base_url}/post/{index}</link>
               <guid>{base_url}/post/{index}</guid>
               {categories}
-              <enclosure url="{base_url}{item['image']}" type="{item.get('type', 'image/jpeg')}" length="1"/>
+              <enclosure url="{base_url}{item['image']}" type="{media_type}" length="1"/>
               {rating}
             </item>"""))
     return (

@@ -117,8 +117,10 @@ class TestLoadValid:
         assert config.file_by_source_tags is True
         assert dict(config.tag_aliases) == {}
 
-    @pytest.mark.parametrize(("line", "expected"), [("", True), ("file_by_source_tags = true", True),
-                                                    ("file_by_source_tags = false", False)])
+    @pytest.mark.parametrize(("line", "expected"), [
+        ("", True), ("file_by_source_tags = true", True),
+        ("file_by_source_tags = false", False),
+    ])
     def test_file_by_source_tags(self, tmp_path: Path, line: str, expected: bool) -> None:
         """The [tag_aliases] policy key is on by default and is not read as a tag."""
         config = load_config(write(tmp_path, f"[tag_aliases]\n{line}\ncat = [\" Neko \"]\n"))
@@ -254,11 +256,14 @@ class TestProblems:
     @pytest.mark.parametrize(
         ("section", "line", "dotted", "message"),
         [
-            ("daemon", "log_format = \"xml\"", "daemon.log_format", "must be one of json, console, auto"),
+            ("daemon", "log_format = \"xml\"", "daemon.log_format",
+             "must be one of json, console, auto"),
             ("daemon", "log_level = \"loud\"", "daemon.log_level", "must be one of"),
             ("daemon", "download_workers = 0", "daemon.download_workers", "must be at least 1"),
-            ("daemon", "download_workers = 5000", "daemon.download_workers", "must be at most 1024"),
-            ("daemon", "download_workers = \"4\"", "daemon.download_workers", "expected an integer, got '4'"),
+            ("daemon", "download_workers = 5000", "daemon.download_workers",
+             "must be at most 1024"),
+            ("daemon", "download_workers = \"4\"", "daemon.download_workers",
+             "expected an integer, got '4'"),
             ("daemon", "download_workers = 4.5", "daemon.download_workers", "expected an integer"),
             ("daemon", "watchdog = \"yes\"", "daemon.watchdog", "expected true or false"),
             ("daemon", "queue_size = true", "daemon.queue_size", "got a boolean"),
@@ -278,23 +283,32 @@ class TestProblems:
              "expected an array of strings"),
             ("images", "max_width = 0", "images.max_width", "must be at least 1"),
             ("images", "formats = \"JPEG\"", "images.formats", "expected an array of strings"),
-            ("classifier", "engine = \"cuda\"", "classifier.engine", "must be one of auto, tensorflow, litert"),
-            ("classifier", "device = \"tpu\"", "classifier.device", "must be one of auto, cpu, gpu"),
-            ("classifier", "model = \"../evil\"", "classifier.model", "is not a model version name"),
+            ("classifier", "engine = \"cuda\"", "classifier.engine",
+             "must be one of auto, tensorflow, litert"),
+            ("classifier", "device = \"tpu\"", "classifier.device",
+             "must be one of auto, cpu, gpu"),
+            ("classifier", "model = \"../evil\"", "classifier.model",
+             "is not a model version name"),
             ("classifier", "batch_size = 0", "classifier.batch_size", "must be at least 1"),
             ("thresholds", "nsfw = 1.5", "thresholds.nsfw", "must be between 0 and 1, got 1.5"),
             ("thresholds", "nsfw = -0.1", "thresholds.nsfw", "must be between 0 and 1"),
             ("thresholds", "nsfw = nan", "thresholds.nsfw", "must be between 0 and 1"),
             ("thresholds", "cat = \"high\"", "thresholds.cat", "expected a number between 0 and 1"),
             ("thresholds", "cat = true", "thresholds.cat", "expected a number between 0 and 1"),
-            ("quarantine", "review_band = [0.8, 0.4]", "quarantine.review_band", "0 <= low < high <= 1"),
+            ("quarantine", "review_band = [0.8, 0.4]", "quarantine.review_band",
+             "0 <= low < high <= 1"),
             ("quarantine", "review_band = [0.4]", "quarantine.review_band", "expected [low, high]"),
-            ("quarantine", "review_band = [0.4, 1.2]", "quarantine.review_band", "expected [low, high]"),
-            ("quarantine", "review_band = [0.4, nan]", "quarantine.review_band", "expected [low, high]"),
-            ("quarantine", "review_band = [true, 0.5]", "quarantine.review_band", "expected [low, high]"),
-            ("quarantine", "trust_source_flags = 1", "quarantine.trust_source_flags", "expected true or false"),
+            ("quarantine", "review_band = [0.4, 1.2]", "quarantine.review_band",
+             "expected [low, high]"),
+            ("quarantine", "review_band = [0.4, nan]", "quarantine.review_band",
+             "expected [low, high]"),
+            ("quarantine", "review_band = [true, 0.5]", "quarantine.review_band",
+             "expected [low, high]"),
+            ("quarantine", "trust_source_flags = 1", "quarantine.trust_source_flags",
+             "expected true or false"),
             ("quarantine", "tags = [\"gore\"]", "quarantine.tags", "tag 'gore' has no threshold"),
-            ("tag_aliases", "megane = \"glasses\"", "tag_aliases.megane", "expected an array of strings"),
+            ("tag_aliases", "megane = \"glasses\"", "tag_aliases.megane",
+             "expected an array of strings"),
             ("tag_aliases", "file_by_source_tags = \"yes\"", "tag_aliases.file_by_source_tags",
              "expected true or false"),
             ("tag_aliases", "file_by_source_tags = [\"x\"]", "tag_aliases.file_by_source_tags",
@@ -501,7 +515,8 @@ class TestSources:
             ('kind = "folder"\nname = "a"\npath = "/nonexistent/megane/inbox"', "sources[0].path",
              "does not exist"),
             ('kind = "folder"\nname = "a"', "sources[0].path", "required"),
-            ('kind = "mastodon"\nname = "a"\nhashtag = "megane"', "sources[0].instance", "required"),
+            ('kind = "mastodon"\nname = "a"\nhashtag = "megane"',
+             "sources[0].instance", "required"),
             ('kind = "mastodon"\nname = "a"\ninstance = "https://m.example"\nhashtag = "a"\n'
              'timeline = "public"', "sources[0].timeline", "give exactly one of"),
             ('kind = "mastodon"\nname = "a"\ninstance = "https://m.example"\ntimeline = "home"',

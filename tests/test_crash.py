@@ -13,6 +13,7 @@ The random seed is printed and can be fixed with MEGANE_CRASH_SEED.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -341,7 +342,8 @@ class TestCrash:
         self, kills: int, media_server: MediaServer, write_config: Any,
         shared_classifier: Any, tmp_path: Path,
     ) -> None:
-        """SIGKILL at random moments never shows an unvetted file, and a final run finishes every URL exactly once."""
+        """SIGKILL at random moments never shows an unvetted file, and a final run finishes every
+        URL exactly once."""
         seed = int(os.environ.get("MEGANE_CRASH_SEED") or random.SystemRandom().randrange(2**32))
         sys.stderr.write(f"crash suite seed: MEGANE_CRASH_SEED={seed}\n")
         rng = random.Random(seed)
@@ -450,10 +452,8 @@ class TestPlacementWindow:
             await asyncio.to_thread(classifier.locked.wait, 60)
             # The first image is classified (committed); give its placement time to act.
             library = config.data_dir / "library"
-            try:
+            with contextlib.suppress(TimeoutError):
                 await _wait_for(lambda: any(files_under(library)), timeout_s=5.0)
-            except TimeoutError:
-                pass
             visible = library_problems(config.data_dir)
         finally:
             classifier.release.set()
@@ -465,7 +465,8 @@ class TestDuplicateContent:
     async def test_adult_flag_on_a_duplicate_of_a_library_image_hides_it(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
     ) -> None:
-        """A trusted adult flag on new URL of bytes already in the library takes them out of sight."""
+        """A trusted adult flag on new URL of bytes already in the library takes them out of
+        sight."""
         from crawler.daemon import Daemon
 
         media_server.add_bytes("/img/plain.jpg", small_photo(3))

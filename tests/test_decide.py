@@ -275,7 +275,8 @@ class TestHumanLabels:
     def test_released_image_keeps_its_tags(self) -> None:
         """A released image is filed under its tags like any clean one."""
         decision = decide({"nsfw": 0.95, "megane": 0.7}, (), policy(), {"nsfw": False})
-        assert decision == Decision(LIBRARY, ("megane",), "human_label: nsfw=no; tags: megane=0.700")
+        assert decision == Decision(
+            LIBRARY, ("megane",), "human_label: nsfw=no; tags: megane=0.700")
 
     def test_quarantine_tag_yes_label_is_never_a_library_tag(self) -> None:
         """A label on a quarantine tag never becomes a library folder."""

@@ -9,6 +9,7 @@ moves; the pipeline's own waits are bounded and do not depend on it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -120,7 +121,8 @@ class TestDiskFull:
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
         mount_tmpfs: Callable[[Path, str], Path],
     ) -> None:
-        """ENOSPC while filing leaves no partial file and no lost row; freed space files them all."""
+        """ENOSPC while filing leaves no partial file and no lost row; freed space files them
+        all."""
         media_server.add_feed("/feed.xml", _serve(media_server))
         config = write_config("[quarantine]\nreview_band = []\n",
                               allowed=(media_server.host_port,), sources=_rss(media_server))
@@ -327,7 +329,8 @@ class TestGarbageSource:
     async def test_garbage_source_backs_off_while_others_go_on(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
     ) -> None:
-        """A source answering garbage poll after poll backs off, shows its error, and stops no one."""
+        """A source answering garbage poll after poll backs off, shows its error, and stops no
+        one."""
         polls: list[float] = []
 
         async def garbage(_request: web.Request) -> web.StreamResponse:
@@ -360,7 +363,7 @@ class TestGarbageSource:
         assert sources["garbage"]["last_error"], sources["garbage"]
         assert sources["garbage"]["consecutive_errors"] >= 5, sources["garbage"]
         assert sources["good"]["last_error"] is None and sources["good"]["consecutive_errors"] == 0
-        gaps = [later - earlier for earlier, later in zip(polls, polls[1:])]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(polls)]
         assert gaps[-1] > 4 * gaps[0], gaps  # exponential backoff, not a fixed beat
         rows = _rows(config.data_dir)
         assert {row["state"] for row in rows.values()} <= {"library", "quarantine"}, rows
@@ -431,7 +434,8 @@ class TestClockJumps:
     async def test_backward_jump_does_not_park_a_source(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
     ) -> None:
-        """After the clock jumps back a day, a source is polled again within its longest interval."""
+        """After the clock jumps back a day, a source is polled again within its longest
+        interval."""
         media_server.add_feed("/feed.xml", _serve(media_server, ("chelsea",)))
         config = write_config(allowed=(media_server.host_port,),
                               sources=_rss(media_server, interval="0.5s"))

@@ -120,7 +120,8 @@ def make_app(hits: Hits, bomb: bytes) -> web.Application:
     @routes.get("/gzip-small")
     async def gzip_small(request: web.Request) -> web.Response:
         return web.Response(
-            body=gzip.compress(PNG), headers={"Content-Encoding": "gzip", "Content-Type": "image/png"}
+            body=gzip.compress(PNG),
+            headers={"Content-Encoding": "gzip", "Content-Type": "image/png"},
         )
 
     @routes.get("/gzip-corrupt")

@@ -25,9 +25,12 @@ class TestRedaction:
         ("text", "expected"),
         [
             ("https://user:hunter2@example.org/a.jpg", "https://example.org/a.jpg"),
-            ("https://e.org/api?access_token=abc123&x=1", "https://e.org/api?access_token=[redacted]&x=1"),
-            ("https://e.org/index.php?api_key=K&user_id=7", "https://e.org/index.php?api_key=[redacted]&user_id=[redacted]"),
-            ("fetch failed: https://e.org/?token=zzz (timeout)", "fetch failed: https://e.org/?token=[redacted] (timeout)"),
+            ("https://e.org/api?access_token=abc123&x=1",
+             "https://e.org/api?access_token=[redacted]&x=1"),
+            ("https://e.org/index.php?api_key=K&user_id=7",
+             "https://e.org/index.php?api_key=[redacted]&user_id=[redacted]"),
+            ("fetch failed: https://e.org/?token=zzz (timeout)",
+             "fetch failed: https://e.org/?token=[redacted] (timeout)"),
             ("https://e.org/plain.jpg", "https://e.org/plain.jpg"),
         ],
     )

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import numpy.typing as npt
 import pytest
-from classifier_fixtures import (  # noqa: F401 (fixtures)
+from classifier_fixtures import (  # fixtures
     PARITY_TOLERANCE,
     OnnxReference,
     onnx_reference,
@@ -39,7 +39,9 @@ def _model_outputs(
     return np.asarray(probabilities), np.asarray(features)
 
 
-def _variant(model: keras.Model, layer_name: str, padding: tuple[tuple[int, int], ...]) -> keras.Model:
+def _variant(
+    model: keras.Model, layer_name: str, padding: tuple[tuple[int, int], ...],
+) -> keras.Model:
     """A copy of `model` whose ZeroPadding2D `layer_name` pads differently, same weights."""
 
     def clone(layer: layers.Layer) -> layers.Layer:
@@ -92,7 +94,8 @@ class TestLoadOnnxWeights:
 
 class TestParity:
     def test_random_tensors(
-        self, pretrained_model: keras.Model, onnx_reference: OnnxReference, random_batch: npt.NDArray[np.float32]
+        self, pretrained_model: keras.Model, onnx_reference: OnnxReference,
+        random_batch: npt.NDArray[np.float32],
     ) -> None:
         """On random tensors our NSFW probability and features equal onnxruntime's."""
         probabilities, features = _model_outputs(pretrained_model, random_batch)
@@ -101,7 +104,8 @@ class TestParity:
         assert np.abs(features - reference.features).max() < 1e-3 * np.abs(reference.features).max()
 
     def test_photos(
-        self, pretrained_model: keras.Model, onnx_reference: OnnxReference, photo_batch: npt.NDArray[np.float32]
+        self, pretrained_model: keras.Model, onnx_reference: OnnxReference,
+        photo_batch: npt.NDArray[np.float32],
     ) -> None:
         """On real photos our NSFW probability and features equal onnxruntime's."""
         probabilities, features = _model_outputs(pretrained_model, photo_batch)
@@ -131,7 +135,8 @@ class TestParity:
         assert np.abs(probabilities - reference.probabilities).max() > 0.01
 
     def test_wrong_channel_order_is_detected(
-        self, pretrained_model: keras.Model, onnx_reference: OnnxReference, photo_batch: npt.NDArray[np.float32]
+        self, pretrained_model: keras.Model, onnx_reference: OnnxReference,
+        photo_batch: npt.NDArray[np.float32],
     ) -> None:
         """Feeding RGB where BGR is expected moves the scores well beyond the tolerance."""
         rgb = ((photo_batch + MEAN_BGR)[..., ::-1] - MEAN_BGR).astype(np.float32)
@@ -182,7 +187,7 @@ class TestPreprocess:
         """Undecodable bytes raise DecodeError naming the file."""
         path = tmp_path / "broken.jpg"
         path.write_bytes(b"\xff\xd8 definitely not a jpeg")
-        with pytest.raises(DecodeError, match="broken.jpg"):
+        with pytest.raises(DecodeError, match=r"broken\.jpg"):
             preprocess_file(path)
 
 

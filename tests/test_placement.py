@@ -99,7 +99,8 @@ class TestPlaceLibrary:
         """An image with several tags appears in each tag folder as one inode, 0644."""
         digest = spool(b"one image")
         paths = place(layout, digest, ".jpg", LIBRARY, ("cat", "megane", "food"))
-        assert paths == [layout.library / tag / f"{digest}.jpg" for tag in ("cat", "megane", "food")]
+        assert paths == [
+            layout.library / tag / f"{digest}.jpg" for tag in ("cat", "megane", "food")]
         inodes = {path.stat().st_ino for path in paths}
         stored = layout.store_file(digest, ".jpg")
         assert inodes == {stored.stat().st_ino}

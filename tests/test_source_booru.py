@@ -1,4 +1,5 @@
-"""The booru source: Danbooru, Gelbooru and Moebooru parsing (pure) and id paging on a fake board."""
+"""The booru source: Danbooru, Gelbooru and Moebooru parsing (pure) and id paging on a fake
+board."""
 
 from __future__ import annotations
 
@@ -344,7 +345,7 @@ class TestBooruSource:
             third = await source.poll(second.cursor, now=0.0)
             fourth = await source.poll(third.cursor, now=0.0)
             seen = ids_of(second) + ids_of(third) + ids_of(fourth)
-            assert sorted(seen) == added + [added[-1] + 1, added[-1] + 2]
+            assert sorted(seen) == [*added, added[-1] + 1, added[-1] + 2]
             assert len(seen) == len(set(seen))
 
     @pytest.mark.parametrize("api", ["danbooru", "gelbooru", "moebooru"])

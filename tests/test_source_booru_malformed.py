@@ -45,7 +45,8 @@ def xml_row(post_id: int, **overrides: str) -> str:
 
 class TestXmlText:
     @pytest.mark.parametrize(("text", "expected"), [
-        ("a\x0bb", "a\ufffdb"), ("a\x00b\x1f", "a\ufffdb\ufffd"), ("tab\tnl\ncr\r", "tab\tnl\ncr\r"),
+        ("a\x0bb", "a\ufffdb"), ("a\x00b\x1f", "a\ufffdb\ufffd"),
+        ("tab\tnl\ncr\r", "tab\tnl\ncr\r"),
         ("&#11;&#x1F;&#0;", "&#xFFFD;&#xFFFD;&#xFFFD;"), ("&#65;&#x1F600;", "&#65;&#x1F600;"),
         ("&#1114112;&#x110000;", "&#xFFFD;&#xFFFD;"), ("&#xD800;", "&#xFFFD;"),
         ("\ufffe\uffff", "\ufffd\ufffd"), ("&#99999999999999999999;", "&#xFFFD;"),
@@ -219,5 +220,5 @@ class TestOneBadPost:
     ], ids=["post-int", "post-string", "bare-number", "object", "deep-nesting", "huge-int"])
     def test_bad_page_is_a_source_error(self, api: str, body: bytes) -> None:
         """A page of the wrong shape is a SourceError naming the board, never another error."""
-        with pytest.raises(SourceError, match="board.example"):
+        with pytest.raises(SourceError, match=r"board\.example"):
             parse_booru(body, api=api, base_url=BASE, source="b")

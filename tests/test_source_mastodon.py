@@ -252,7 +252,10 @@ class FakeMastodon:
         items = list(self.statuses)
         if query.get("only_media") == "true":
             items = [item for item in items if item["media_attachments"] or item["reblog"]]
-        key = lambda item: id_key(item["id"])
+
+        def key(item: dict[str, Any]) -> tuple[int, str]:
+            return id_key(item["id"])
+
         if "min_id" in query:
             floor = id_key(query["min_id"])
             page = sorted((item for item in items if key(item) > floor), key=key)[:limit]

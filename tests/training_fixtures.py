@@ -79,7 +79,8 @@ def generated_pictures(count: int, seed: int = 2) -> list[Image.Image]:
             image = Image.new("RGB", IMAGE_SIZE, colour)
             draw = ImageDraw.Draw(image)
             for _ in range(4):
-                box = sorted(generator.integers(0, width, 2)), sorted(generator.integers(0, height, 2))
+                box = (sorted(generator.integers(0, width, 2)),
+                       sorted(generator.integers(0, height, 2)))
                 shape_colour = tuple(int(c) for c in generator.integers(0, 256, 3))
                 draw.ellipse((box[0][0], box[1][0], box[0][1], box[1][1]), fill=shape_colour)
         images.append(image)

@@ -224,7 +224,9 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
-def print_report(metrics: Mapping[str, Mapping[str, Any]], *, title: str, console: Any = None) -> None:
+def print_report(
+    metrics: Mapping[str, Mapping[str, Any]], *, title: str, console: Any = None,
+) -> None:
     """The per-tag table of a training report (rich)."""
     from rich.console import Console
     from rich.table import Table

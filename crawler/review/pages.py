@@ -23,7 +23,7 @@ from storage.display import make_environment
 
 KEYS_HELP = (
     "j/k next/previous · u or space unblur · o open · r release · c confirm · "
-    "t or 1–9 choose the tag · y/n label it · ? this help"  # noqa: RUF001 (a real dash)
+    "t or 1–9 choose the tag · y/n label it · ? this help"  # a real en dash
 )
 NAV = (("quarantine", "Quarantine"), ("held", "Held"), ("library", "Library"))
 _ENVIRONMENT = make_environment("crawler.review", linkable_url)

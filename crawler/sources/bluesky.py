@@ -7,9 +7,9 @@ takes).
 
 There is no "since" in these endpoints: each poll pages from the top (the API's own `cursor`
 parameter) until it meets a post it has already seen. (A feed generator need not be in time
-order: its pages are read whole, and paging stops after a page holding a seen post.) The cursor keeps the URIs of the most
-recent posts seen, and, when a burst was bigger than one poll's page budget, the API cursor
-where that sweep stopped, which the next poll finishes.
+order: its pages are read whole, and paging stops after a page holding a seen post.) The cursor
+keeps the URIs of the most recent posts seen, and, when a burst was bigger than one poll's page
+budget, the API cursor where that sweep stopped, which the next poll finishes.
 
 Images come from `app.bsky.embed.images#view` (`images[].fullsize`), from
 `app.bsky.embed.recordWithMedia#view` (under `media`) and from `app.bsky.embed.gallery#view`
@@ -123,7 +123,8 @@ class BlueskySource:
             params["filter"] = "posts_with_media"
         if api_cursor:
             params["cursor"] = api_cursor
-        return f"{self.service}/xrpc/{ENDPOINTS[self.selector]}?{urlencode(params, quote_via=quote)}"
+        query = urlencode(params, quote_via=quote)
+        return f"{self.service}/xrpc/{ENDPOINTS[self.selector]}?{query}"
 
     async def _page(self, api_cursor: str | None, limit: int,
                     now: float) -> tuple[FeedPage, float | None]:

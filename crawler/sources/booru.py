@@ -13,8 +13,8 @@ Paging is by post id so that nothing is missed or repeated:
 - Gelbooru and Moebooru have no "after" page, so a sweep reads newest-first with the id
   bounds in the search itself (`id:>after id:<lowest read so far`; one `id:A..B` range on
   Moebooru): keyset paging, which new posts arriving mid-sweep cannot shift. A board that
-  ignores the bounds is reported rather than silently skipped past. A sweep cut short by the per-poll page cap goes on
-  at the next poll from where it stopped.
+  ignores the bounds is reported rather than silently skipped past. A sweep cut short by the
+  per-poll page cap goes on at the next poll from where it stopped.
 
 Ratings are normalised to g/s/q/e: Danbooru's letters as they are; Gelbooru's words
 (general, sensitive, questionable, explicit; and the old "safe" / "s" meaning general);

@@ -305,7 +305,9 @@ def validate(settings: Mapping[str, Any]) -> list[str]:
             problems.append("move_to: must be an absolute path to a folder (created if missing)")
         elif path is not None and path.is_absolute():
             resolved, target = path.resolve(), move_to.resolve()
-            if target == resolved or (settings.get("recursive") and target.is_relative_to(resolved)):
+            if target == resolved or (
+                settings.get("recursive") and target.is_relative_to(resolved)
+            ):
                 problems.append("move_to: must be outside `path`, or files would be seen again")
             elif move_to.exists() and not move_to.is_dir():
                 problems.append(f"move_to: {str(move_to)!r} exists and is not a folder")
