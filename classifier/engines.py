@@ -15,6 +15,7 @@ detection does not import it on hosts without a GPU device node.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -192,10 +193,9 @@ def _tensorflow_device(device: DeviceName) -> str:
     import tensorflow as tf
 
     for gpu in gpus:
-        try:
+        # RuntimeError: already initialised by an earlier engine; memory growth is set by then.
+        with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass  # already initialised by an earlier engine: memory growth is set by then.
     return "/GPU:0"
 
 

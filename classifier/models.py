@@ -27,7 +27,7 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +138,8 @@ def read_model_version(models_dir: Path, version: str) -> tuple[dict[str, Any], 
     folder = Path(models_dir) / version
     if not folder.is_dir():
         known = [info.version for info in list_models(models_dir) if info.problem is None]
-        raise ModelError(f"model version {version!r} not found: no folder {folder} (known: {known})")
+        raise ModelError(
+            f"model version {version!r} not found: no folder {folder} (known: {known})")
     try:
         metadata = json.loads((folder / METADATA_FILENAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -267,7 +268,7 @@ def write_model_version(
         if weight_array.shape != (FEATURE_SIZE,) or not math.isfinite(float(bias)):
             raise ModelError(f"head {tag!r}: need a finite [{FEATURE_SIZE}] weight and bias")
         weights[row], biases[row] = weight_array, float(bias)
-    created = (created_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    created = (created_at or datetime.now(UTC)).astimezone(UTC)
     document = {
         **dict(metadata),
         **builtin_metadata(),
@@ -355,7 +356,8 @@ def load_classifier(
     """Load a model version (`builtin` or a folder of `models_dir`) on the chosen engine.
 
     `threads` = 0 means every core; `cache_dir` keeps converted TFLite files (default: the
-    per-user cache of `classifier.cache`, shared by every command and data_dir). Raises ModelError, naming the folder, when the version is missing or corrupt.
+    per-user cache of `classifier.cache`, shared by every command and data_dir). Raises
+    ModelError, naming the folder, when the version is missing or corrupt.
     Blocks for seconds the first time (building the network, converting it): call it in a
     worker thread. With LiteRT and a cached conversion, TensorFlow is never imported.
     """

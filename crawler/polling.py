@@ -66,7 +66,7 @@ async def poll_loop(
         try:
             result_full = await poll_once(catalogue, poller, config, state, now,
                                            pipeline=pipeline)
-        except Exception as error:  # isolation: a failed poll costs that poll
+        except Exception as error:  # noqa: BLE001 - isolation: a failed poll costs that poll
             result_full = False
             await poll_failed(catalogue, poller, config, error, now)
         refreshed = await catalogue.source_state(source.name)

@@ -54,7 +54,7 @@ class ClassifyStage(PipelineCore):
                 )
                 if len(result.scores) != len(batch):
                     raise ValueError(f"{len(result.scores)} results for {len(batch)} images")
-            except Exception as error:  # fail closed: the batch is held
+            except Exception as error:  # noqa: BLE001 - fail closed: the batch is held
                 reason = f"inference_failed: {type(error).__name__}: {error}"[:300]
                 log.error("batch_failed", size=len(batch), reason=reason,
                           model_version=classifier.version)

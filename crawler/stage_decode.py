@@ -32,7 +32,7 @@ class DecodeStage(NearCopies):
                 await self._decode(work)
             except DecodeError as error:
                 await self._reject(work, error.reason, sha256=work.sha256)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - isolation: one item, never the daemon
                 await self._failed_internally(work, "decode", error, sha256=work.sha256)
 
     async def _decode(self, work: Work) -> None:

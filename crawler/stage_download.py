@@ -40,7 +40,7 @@ class DownloadStage(PipelineCore):
                 log.error("media_deferred", url=work.row.url, reason=reason,
                           retry_in_s=DISK_RETRY_S)
                 await self._defer(work, reason)
-            except Exception as error:  # one item, never the daemon
+            except Exception as error:  # noqa: BLE001 - isolation: one item, never the daemon
                 await self._failed_internally(work, "download", error)
 
     async def _download(self, work: Work) -> None:

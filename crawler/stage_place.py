@@ -39,7 +39,7 @@ class PlaceStage(NearCopies):
                 log.error("media_place_failed", url=work.row.url, sha256=work.sha256,
                           reason=str(error))
                 await self._defer(work, f"place_failed: {error.reason}")
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - isolation: one item, never the daemon
                 await self._failed_internally(work, "place", error)
 
     async def _place(self, work: Work) -> None:

@@ -77,7 +77,7 @@ class TestOpen:
     """Catalogue.open: WAL, foreign keys, schema version, refusals."""
 
     async def test_fresh_catalogue(self, tmp_path: Path) -> None:
-        """A new file is created (with its folder) in WAL mode, foreign keys on, at the latest schema."""
+        """A new file is created (with its folder) in WAL mode, foreign keys on, latest schema."""
         path = tmp_path / "nested" / "dir" / "catalogue.sqlite"
         catalogue = await Catalogue.open(path)
         try:
@@ -366,7 +366,8 @@ class TestDownloadAndRetry:
         (row,) = await catalogue.add_media([ref("https://e.org/a.jpg")], NOW)
         assert await catalogue.record_download(row.id, sha("A"), 1234, NOW + 1) is None
         media = await catalogue.get_media(row.id)
-        assert (media.state, media.sha256, media.updated_at) == (State.DOWNLOADED, sha("A"), NOW + 1)
+        assert (media.state, media.sha256, media.updated_at) == (
+            State.DOWNLOADED, sha("A"), NOW + 1)
         blob = await catalogue.get_blob(sha("A"))
         assert blob.size == 1234 and blob.placement is None
         assert await catalogue.spool_references() == {sha("A")}
@@ -474,7 +475,8 @@ class TestClassifyAndPlace:
         media = await catalogue.get_media(row.id)
         assert (media.state, media.reason) == (State.LIBRARY, "clean")
         blob = await catalogue.get_blob(sha("A"))
-        assert (blob.placement, blob.tags, blob.model_version) == (Placement.LIBRARY, ("cat",), "v7")
+        assert (blob.placement, blob.tags, blob.model_version) == (
+            Placement.LIBRARY, ("cat",), "v7")
         assert await catalogue.spool_references() == set()
 
     async def test_rescoring_with_a_new_model_keeps_both(self, catalogue: Catalogue,
@@ -533,7 +535,7 @@ class TestResolveSha:
 
     async def test_unknown_prefix(self, catalogue: Catalogue) -> None:
         """A prefix nothing matches raises UnknownMediaError pointing at the list commands."""
-        with pytest.raises(UnknownMediaError, match="no stored image.*megane media list"):
+        with pytest.raises(UnknownMediaError, match=r"no stored image.*megane media list"):
             await catalogue.resolve_sha("abc123")
 
     async def test_ambiguous_prefix(self, catalogue: Catalogue, file_media: FileMedia) -> None:
@@ -788,6 +790,7 @@ class TestConcurrency:
         await inside.wait()
         reading = asyncio.ensure_future(catalogue.get_media(row.id))
         done, _ = await asyncio.wait([reading], timeout=1.0)
+        assert not done, "a read must wait while another task's transaction is open"
         finish.set()
         with pytest.raises(RuntimeError):
             await task

@@ -245,7 +245,8 @@ class TestResume:
         media = await _media(config)
         assert len(media) == len(PHOTOS)
         assert {item["state"] for item in media} <= {"library", "quarantine"}
-        assert sum(media_server.hits.get(f"/img/{name}.jpg", 0) for name in PHOTOS) <= 2 * len(PHOTOS)
+        requests = sum(media_server.hits.get(f"/img/{name}.jpg", 0) for name in PHOTOS)
+        assert requests <= 2 * len(PHOTOS)
         assert not list((config.data_dir / "spool").iterdir())
 
 
@@ -261,7 +262,8 @@ class TestLiveThresholds:
         await Daemon(config, classifier=shared_classifier).run(once=True)
         assert _library_files(config.data_dir)
 
-        text = config.path.read_text().replace("[quarantine]", "[thresholds]\nnsfw = 0.0\n\n[quarantine]")
+        text = config.path.read_text().replace(
+            "[quarantine]", "[thresholds]\nnsfw = 0.0\n\n[quarantine]")
         config.path.write_text(text)
         daemon = Daemon(config, classifier=FailingClassifier(shared_classifier))
         task = asyncio.create_task(daemon.run())

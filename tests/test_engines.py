@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import numpy.typing as npt
 import pytest
-from classifier_fixtures import (  # noqa: F401 (fixtures)
+from classifier_fixtures import (
     PARITY_TOLERANCE,
     OnnxReference,
     onnx_reference,
@@ -43,7 +43,10 @@ def tensorflow_engine(pretrained_model: keras.Model) -> TensorFlowEngine:
 def litert_engine(pretrained_model: keras.Model, tflite_cache_dir: Path) -> LiteRTEngine:
     """A LiteRT engine with a fixed batch of 4."""
     return LiteRTEngine.from_model(
-        lambda: pretrained_model, cache_dir=tflite_cache_dir, model_key=MODEL_KEY, batch_size=BATCH_SIZE
+        lambda: pretrained_model,
+        cache_dir=tflite_cache_dir,
+        model_key=MODEL_KEY,
+        batch_size=BATCH_SIZE,
     )
 
 
@@ -61,7 +64,10 @@ class TestParity:
         output = engine.run(photo_batch)
         reference = onnx_reference.run(photo_batch)
         assert np.abs(output.probabilities - reference.probabilities).max() < PARITY_TOLERANCE
-        assert np.abs(output.features - reference.features).max() < 1e-3 * np.abs(reference.features).max()
+        assert (
+            np.abs(output.features - reference.features).max()
+            < 1e-3 * np.abs(reference.features).max()
+        )
 
     def test_random_tensors(
         self, engine: Engine, onnx_reference: OnnxReference, random_batch: npt.NDArray[np.float32]
@@ -73,7 +79,9 @@ class TestParity:
 
 
 class TestBatching:
-    def test_partial_batch_is_padded(self, engine: Engine, photo_batch: npt.NDArray[np.float32]) -> None:
+    def test_partial_batch_is_padded(
+        self, engine: Engine, photo_batch: npt.NDArray[np.float32]
+    ) -> None:
         """A batch smaller than batch_size gives the same scores as inside a full batch."""
         full = engine.run(photo_batch[:BATCH_SIZE])
         partial = engine.run(photo_batch[:1])
@@ -81,10 +89,14 @@ class TestBatching:
         assert partial.features.shape == (1, 1024)
         np.testing.assert_allclose(partial.probabilities, full.probabilities[:1], atol=1e-6)
 
-    def test_large_batch_is_split(self, engine: Engine, photo_batch: npt.NDArray[np.float32]) -> None:
+    def test_large_batch_is_split(
+        self, engine: Engine, photo_batch: npt.NDArray[np.float32]
+    ) -> None:
         """A batch larger than batch_size is run in chunks and comes back whole and in order."""
         whole = engine.run(photo_batch)
-        one_by_one = np.concatenate([engine.run(photo_batch[i : i + 1]).probabilities for i in range(len(photo_batch))])
+        one_by_one = np.concatenate(
+            [engine.run(photo_batch[i : i + 1]).probabilities for i in range(len(photo_batch))]
+        )
         assert whole.probabilities.shape == (len(photo_batch), 2)
         np.testing.assert_allclose(whole.probabilities, one_by_one, atol=1e-6)
 
@@ -99,7 +111,9 @@ class TestBatching:
         with pytest.raises(InferenceError, match="shape"):
             engine.run(np.zeros((1, 256, 256, 3), np.float32))
 
-    def test_concurrent_callers_are_serialised(self, engine: Engine, photo_batch: npt.NDArray[np.float32]) -> None:
+    def test_concurrent_callers_are_serialised(
+        self, engine: Engine, photo_batch: npt.NDArray[np.float32]
+    ) -> None:
         """Two threads calling at once both get their own, correct results."""
         expected = engine.run(photo_batch[:2]).probabilities
         results: list[npt.NDArray[np.float32]] = []
@@ -117,7 +131,9 @@ class TestBatching:
 
 
 class TestTensorFlowEngine:
-    def test_never_retraces(self, pretrained_model: keras.Model, photo_batch: npt.NDArray[np.float32]) -> None:
+    def test_never_retraces(
+        self, pretrained_model: keras.Model, photo_batch: npt.NDArray[np.float32]
+    ) -> None:
         """Batches of 1, 3, 4 and 7 images all run through the single traced graph."""
         engine = TensorFlowEngine(pretrained_model, batch_size=BATCH_SIZE)
         for count in (1, 3, 4, 7):
@@ -137,14 +153,18 @@ class TestTensorFlowEngine:
 
 
 class TestLiteRTEngine:
-    def test_conversion_is_cached(self, litert_engine: LiteRTEngine, tflite_cache_dir: Path) -> None:
+    def test_conversion_is_cached(
+        self, litert_engine: LiteRTEngine, tflite_cache_dir: Path
+    ) -> None:
         """A second engine reuses the cached .tflite file without building the model again."""
         modified = litert_engine.model_path.stat().st_mtime_ns
 
         def build_model() -> keras.Model:
             raise AssertionError("the model should not be built when the file is cached")
 
-        again = LiteRTEngine.from_model(build_model, cache_dir=tflite_cache_dir, model_key=MODEL_KEY, batch_size=2)
+        again = LiteRTEngine.from_model(
+            build_model, cache_dir=tflite_cache_dir, model_key=MODEL_KEY, batch_size=2
+        )
         assert again.model_path == litert_engine.model_path
         assert again.model_path.stat().st_mtime_ns == modified
         assert list(tflite_cache_dir.glob("*.tmp")) == []
@@ -175,10 +195,16 @@ class TestEngineChoice:
         with pytest.raises(ModelError, match="onnx"):
             resolve_engine("onnx", "auto")  # type: ignore[arg-type]
 
-    def test_make_engine_builds_the_choice(self, pretrained_model: keras.Model, tflite_cache_dir: Path) -> None:
+    def test_make_engine_builds_the_choice(
+        self, pretrained_model: keras.Model, tflite_cache_dir: Path
+    ) -> None:
         """make_engine returns an engine of the resolved kind with the requested batch size."""
         engine = make_engine(
-            lambda: pretrained_model, engine="litert", batch_size=3, cache_dir=tflite_cache_dir, model_key=MODEL_KEY
+            lambda: pretrained_model,
+            engine="litert",
+            batch_size=3,
+            cache_dir=tflite_cache_dir,
+            model_key=MODEL_KEY,
         )
         assert isinstance(engine, LiteRTEngine)
         assert engine.batch_size == 3

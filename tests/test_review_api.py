@@ -30,7 +30,7 @@ from crawler.review.settings import ReviewSettings
 from crawler.display import linkable_url
 from storage.display import BIDI_CONTROLS, clip, neutralise_bidi
 from tests.conftest import photo
-from tests.review_fixtures import (  # noqa: F401
+from tests.review_fixtures import (
     REVIEW_CONFIG,
     REVIEW_HOST,
     TOKEN,

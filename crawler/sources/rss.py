@@ -115,7 +115,7 @@ def read_feed(body: bytes, *, source: str, base_url: str,
         # tags (sanitising would drop data-src), and resolve them ourselves.
         parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
                                   resolve_relative_uris=False, sanitize_html=False)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - feedparser failing on a body costs this poll
         raise SourceError(source, f"{base_url} could not be parsed as a feed: "
                                   f"{type(error).__name__}: {error}") from None
     entries = list(parsed.get("entries") or [])
@@ -139,7 +139,7 @@ def read_feed(body: bytes, *, source: str, base_url: str,
             entry_refs, entry_dropped = _entry_refs(
                 entry, source=source, base_url=base_url, channel_adult=channel_adult,
                 superseded=superseded)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - isolation: an entry costs that entry
             failed.append((_entry_name(entry, index), f"{type(error).__name__}: {error}"))
             continue
         dropped.extend(entry_dropped)
