@@ -24,6 +24,24 @@ EXTENSIONS: dict[str, str] = {
     "PSD": ".psd",
 }
 
+MEDIA_TYPES: dict[str, str] = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "ICO": "image/vnd.microsoft.icon",
+    "AVIF": "image/avif",
+    "HEIF": "image/heic",
+    "JPEG2000": "image/jp2",
+    "JXL": "image/jxl",
+    "QOI": "image/qoi",
+    "PSD": "image/vnd.adobe.photoshop",
+}
+"""The media type (Content-Type) of every format `sniff_format` names; not Pillow's
+`Image.MIME`, which stays empty until `Image.init()` has run in the process."""
+
 SNIFF_BYTES = 64
 """How many leading bytes `sniff_format` needs to tell every format it knows."""
 

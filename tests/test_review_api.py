@@ -8,6 +8,8 @@ import io
 import json
 import re
 from collections.abc import Callable
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -1028,7 +1030,8 @@ class TestImageTypeFromBytes:
         response = await review_state.client.get(f"/image/{sha}", headers=review_state.bearer)
         assert response.status == 404 and response.content_type == "text/plain"
         body = await response.text()
-        assert "<script" not in body and "not a known image type" in body
+        assert "<script" not in body and "is not an image" in body
+        assert f"store/{sha[:2]}/{sha}.jpg" in body  # the real path, under data_dir
 
     @pytest.mark.parametrize(("image_format", "expected"), [
         ("JPEG", "image/jpeg"), ("PNG", "image/png"), ("GIF", "image/gif"),
@@ -1037,3 +1040,21 @@ class TestImageTypeFromBytes:
     def test_content_type_table(self, image_format: str, expected: str) -> None:
         """Real encoded images of each common format get their image/* type."""
         assert image_content_type(photo("coffee", image_format)) == expected
+
+    def test_every_sniffed_format_has_a_media_type(self) -> None:
+        """Every format sniffing can name has an image/* media type of its own."""
+        from classifier.sniff import EXTENSIONS, MEDIA_TYPES
+
+        assert set(MEDIA_TYPES) == set(EXTENSIONS)
+        assert all(value.startswith("image/") for value in MEDIA_TYPES.values())
+
+    def test_a_fresh_process_serves_the_type(self, tmp_path: Path) -> None:
+        """In a new process (Pillow's registry not yet initialised) a JPEG is image/jpeg."""
+        path = tmp_path / "photo.jpg"
+        path.write_bytes(photo("coffee", "JPEG"))
+        script = ("import sys; from crawler.review.app import image_content_type as f; "
+                  "print(f(open(sys.argv[1], 'rb').read()))")
+        completed = subprocess.run([sys.executable, "-c", script, str(path)],
+                                   cwd=Path(__file__).resolve().parent.parent,
+                                   capture_output=True, text=True, timeout=120, check=True)
+        assert completed.stdout.strip() == "image/jpeg"

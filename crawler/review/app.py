@@ -30,9 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from PIL import Image
 
 from classifier.decode import SNIFF_BYTES, sniff_format
+from classifier.sniff import MEDIA_TYPES
 from crawler.config import Config
 from crawler.review import actions, pages, queries, security
 from crawler.review.actions import REVIEW_UI, ReviewContext
@@ -149,18 +149,12 @@ async def item(request: web.Request) -> web.Response:
 
 
 # Types Pillow's table lacks, or names differently from what browsers expect.
-IMAGE_TYPES = {"ICO": "image/vnd.microsoft.icon", "AVIF": "image/avif", "HEIF": "image/heif",
-               "JPEG2000": "image/jp2", "JXL": "image/jxl", "QOI": "image/qoi",
-               "PSD": "image/vnd.adobe.photoshop"}
-
-
 def image_content_type(data: bytes) -> str | None:
     """The image type of `data` from its magic bytes (never the catalogue), or None."""
     image_format = sniff_format(data[:SNIFF_BYTES])
     if image_format is None:
         return None
-    content_type = IMAGE_TYPES.get(image_format) or Image.MIME.get(image_format)
-    return content_type if content_type and content_type.startswith("image/") else None
+    return MEDIA_TYPES.get(image_format)
 
 
 async def image(request: web.Request) -> web.Response:
@@ -176,9 +170,10 @@ async def image(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="404: the image file is missing\n") from None
     content_type = image_content_type(data)
     if content_type is None:
+        shown = path.relative_to(context.layout.root)
         raise web.HTTPNotFound(
-            text=f"404: the stored file store/{path.name} is not a known image type; "
-                 "run `megane delete SHA` to remove it\n")
+            text=f"404: the stored file {shown} is not an image (damaged on disk?); "
+                 "check it, then `megane delete SHA` if it is beyond repair\n")
     return web.Response(body=data, content_type=content_type)
 
 
