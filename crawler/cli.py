@@ -13,7 +13,7 @@ import io
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -82,8 +82,19 @@ __all__ = [
 # -- parser -----------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with SPEC §3's exit codes: a usage error is the user's (1), not internal (2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megane", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="megane", description=__doc__.splitlines()[0])
+    # Also accepted before the command (`megane --config PATH status`), as users type it.
+    parser.add_argument("--config", dest="config_before_command", metavar="PATH",
+                        help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
@@ -168,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             faulthandler.enable(file=sys.__stderr__)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        args.config = args.config_before_command
     try:
         return int(args.handler(args))
     except ConfigError as error:

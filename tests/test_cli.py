@@ -189,12 +189,21 @@ class TestExitCodes:
         assert main(["status", "--config", str(tmp_path / "absent.toml")]) == 1
         assert "file not found" in capfd.readouterr().err
 
-    def test_bad_usage_exits_2(self, capfd: pytest.CaptureFixture[str]) -> None:
-        """An unknown command is argparse's exit 2 with a usage message."""
+    @pytest.mark.parametrize("argv", [["frobnicate"], ["classify"], ["status", "--bogus"],
+                                      ["media", "list", "--state", "lost"]])
+    def test_bad_usage_is_a_user_error(self, argv: list[str],
+                                       capfd: pytest.CaptureFixture[str]) -> None:
+        """A usage error (unknown command, missing argument) exits 1 with the usage, not 2."""
         with pytest.raises(SystemExit) as caught:
-            main(["frobnicate"])
-        assert caught.value.code == 2
+            main(argv)
+        assert caught.value.code == 1
         assert "usage" in capfd.readouterr().err
+
+    def test_config_before_the_command(self, setup: Setup,
+                                       capfd: pytest.CaptureFixture[str]) -> None:
+        """`megane --config PATH status` reads PATH like `megane status --config PATH`."""
+        assert main(["--config", str(setup.config), "status", "--json"]) == 0
+        assert "states" in json_stdout(capfd)  # type: ignore[operator]
 
     def test_internal_failure_exits_2(self, tmp_path: Path,
                                       capfd: pytest.CaptureFixture[str]) -> None:
@@ -267,7 +276,7 @@ class TestMediaList:
         """A state that does not exist is refused by the parser."""
         with pytest.raises(SystemExit) as caught:
             setup.run("media", "list", "--state", "lost")
-        assert caught.value.code == 2
+        assert caught.value.code == 1
 
 
 class TestQuarantine:
