@@ -353,8 +353,9 @@ class RssSource:
         validators = {"etag": header(document, "ETag"),
                       "last_modified": header(document, "Last-Modified")}
         new_state = {key: value for key, value in validators.items() if value}
-        skipped = ([(entry, f"entry_failed: {reason}") for entry, reason in result.failed_entries]
-                   + [(item.url, item.why) for item in result.dropped])
+        # Only entries that could not be read are skipped; images deliberately not taken
+        # (share buttons, pixels, smaller copies) are the normal case, logged above at info.
+        skipped = [(entry, f"entry_failed: {reason}") for entry, reason in result.failed_entries]
         return PollResult(refs=tuple(result.refs), cursor=dump_cursor(new_state),
                           skipped=tuple(skipped))
 
