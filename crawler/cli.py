@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import faulthandler
 import io
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -191,6 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (`megane media list | head`): no traceback. Python's own
+        # advice: point stdout at devnull so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_USER
     except MeganeError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INTERNAL

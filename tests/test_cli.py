@@ -244,10 +244,24 @@ class TestStatus:
         assert setup.run("status") == 0
         out = capfd.readouterr().out
         assert "library=2" in out and "source feed (rss)" in out
+        assert "last poll " in out and "cursor etag-1" in out
 
 
 class TestMediaList:
     """`megane media list`."""
+
+    def test_text_shows_flags_and_tags(self, setup: Setup,
+                                       capfd: pytest.CaptureFixture[str]) -> None:
+        """Each text line shows the URL's source flags and tags, as the README says."""
+        assert setup.run("media", "list", "--json") == 0
+        flagged = [item for item in json_stdout(capfd)  # type: ignore[attr-defined]
+                   if item["flags"]]
+        assert flagged
+        assert setup.run("media", "list") == 0
+        lines = capfd.readouterr().out.splitlines()
+        for item in flagged:
+            (line,) = [line for line in lines if item["url"] in line]
+            assert f"flags: {', '.join(item['flags'])}" in line
 
     def test_json_every_url(self, setup: Setup, capfd: pytest.CaptureFixture[str]) -> None:
         """--json is an array with url, state, reason, sha256, source, flags, tags per URL."""
@@ -462,6 +476,27 @@ class TestSubprocess:
         result = self.run("status", "--config", str(setup.config), "--json", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["states"]["library"] == 2
+
+    async def test_reader_closing_the_pipe_is_no_internal_error(
+            self, setup: Setup, tmp_path: Path) -> None:
+        """`megane media list | head -1`: the reader leaves early; no traceback, not exit 2."""
+        catalogue = await Catalogue.open(setup.layout.catalogue)
+        try:
+            await catalogue.add_media([MediaRef(url=f"https://e.org/{index:05d}.jpg",
+                                                source="feed") for index in range(3000)], 1.0)
+        finally:
+            await catalogue.close()
+        environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "crawler.cli", "media", "list", "--config", str(setup.config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=environment)
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.readline()
+        process.stdout.close()  # like `head -1`
+        code = process.wait(timeout=120)
+        errors = process.stderr.read().decode()
+        process.stderr.close()
+        assert code == 1 and "Traceback" not in errors and "internal_error" not in errors
 
     def test_check_config_bad(self, tmp_path: Path) -> None:
         """A bad config exits 1 with file:line problems on stderr and nothing on stdout."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from typing import Any
 
 from crawler.commands.common import EXIT_OK, load, open_catalogue, print_json
 from crawler.config import Config
 from storage.redact import redact
+from storage.untrusted import capped_text
 
 
 def cmd_media_list(args: argparse.Namespace) -> int:
@@ -31,9 +33,23 @@ def cmd_media_list(args: argparse.Namespace) -> int:
     else:
         for item in items:
             sha = (item["sha256"] or "-")[:12]
+            signals = [f"flags: {', '.join(item['flags'])}"] if item.get("flags") else []
+            signals += [f"tags: {', '.join(item['tags'])}"] if item.get("tags") else []
             print(f"{item['state']:<10} {sha:<12} {item['source']:<16} {item['url']}"
-                  + (f"  ({item['reason']})" if item["reason"] else ""))
+                  + (f"  ({item['reason']})" if item["reason"] else "")
+                  + (f"  [{'; '.join(signals)}]" if signals else ""))
     return EXIT_OK
+
+
+CURSOR_SHOWN_CHARS = 120
+"""A cursor in `status` text and JSON is cut here: it can hold a server's long header."""
+
+
+def _when(epoch_s: float | None) -> str:
+    """A UTC `YYYY-MM-DD HH:MM:SS`, or "never"."""
+    if not epoch_s:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch_s))
 
 
 async def status_document(config: Config) -> dict[str, Any]:
@@ -54,7 +70,8 @@ async def status_document(config: Config) -> dict[str, Any]:
                 "last_error_at": state.last_error_at,
                 "consecutive_errors": state.consecutive_errors,
                 "empty_polls": state.empty_polls, "next_poll_at": state.next_poll_at,
-                "cursor": redact(state.cursor) if state.cursor else None,
+                "cursor": (capped_text(redact(state.cursor), CURSOR_SHOWN_CHARS)
+                           if state.cursor else None),
                 "notice": redact(state.notice) if state.notice else None,
                 "items_total": state.items_total,
                 "quiet": state.empty_polls >= 20,
@@ -95,6 +112,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                               or "none"))
     for source in document["sources"]:
         line = f"source {source['name']} ({source['kind']}): {source['items_total']} items"
+        line += f"; last poll {_when(source['last_poll_at'])}"
+        if source["cursor"]:
+            line += f"; cursor {capped_text(source['cursor'], CURSOR_SHOWN_CHARS)}"
         if source["last_error"]:
             line += f"; last error: {source['last_error']}"
         if source["notice"]:
