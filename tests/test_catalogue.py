@@ -37,16 +37,6 @@ def ref(url: str, **fields: object) -> MediaRef:
     return MediaRef(url=url, source=str(fields.pop("source", "feed")), **fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def catalogue(tmp_path: Path) -> AsyncIterator[Catalogue]:
-    """A fresh catalogue at tmp_path/data/catalogue.sqlite, closed after the test."""
-    opened = await Catalogue.open(tmp_path / "data" / "catalogue.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 FileMedia = Callable[..., Awaitable[MediaRow]]
 
 

@@ -20,16 +20,6 @@ from storage.untrusted import (
 )
 
 
-@pytest.fixture
-async def catalogue(tmp_path: Path) -> AsyncIterator[Catalogue]:
-    """A fresh catalogue under tmp_path, closed after the test."""
-    opened = await Catalogue.open(tmp_path / "data" / "catalogue.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 class TestCappedText:
     @pytest.mark.parametrize(("value", "limit", "expected"), [
         (None, 5, None),
