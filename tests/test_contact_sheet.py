@@ -28,7 +28,7 @@ from storage.display import BIDI_CONTROLS
 from storage.placement import DataLayout, place, sweep
 from storage.records import Placement
 from tests.conftest import photo
-from tests.review_fixtures import REVIEW_CONFIG, filed_photos
+from tests.review_fixtures import REVIEW_CONFIG, filed_catalogue, filed_photos
 
 
 def _sharpness(data: bytes) -> float:
@@ -220,15 +220,8 @@ class TestRefreshFromCatalogue:
     async def test_sheet_lists_exactly_the_quarantined_images(
             self, write_config: Callable[..., Config]) -> None:
         """refresh_quarantine_index lists quarantined images with scores and source only."""
-        config = write_config(REVIEW_CONFIG)
-        layout = DataLayout(config.data_dir)
-        layout.ensure()
-        catalogue = await Catalogue.open(layout.catalogue)
-        try:
-            shas = await filed_photos(catalogue, layout, config, photo)
+        async with filed_catalogue(write_config(REVIEW_CONFIG)) as (catalogue, layout, shas):
             index = await refresh_quarantine_index(catalogue, layout, linkable=linkable_url)
-        finally:
-            await catalogue.close()
         text = index.read_text()
         assert shas["astronaut"] in text and shas["coffee"] in text
         assert shas["chelsea"] not in text and shas["rocket"] not in text

@@ -16,8 +16,6 @@ from aiohttp import web
 
 from classifier.base import ClassifyResult
 from crawler.daemon import Daemon
-from storage.catalogue import Catalogue
-from storage.placement import DataLayout
 from tests.conftest import PHOTOS, MediaServer, photo, rss_feed
 from tests.helpers import catalogue_media, feed_source
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

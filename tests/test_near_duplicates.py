@@ -20,8 +20,6 @@ from PIL import Image
 from classifier.base import ClassifyResult
 from crawler.cli import main
 from crawler.daemon import Daemon
-from storage.catalogue import Catalogue
-from storage.placement import DataLayout
 from tests.conftest import MediaServer, photo
 from tests.helpers import catalogue_media, feed_source
 from tests.plain_images import SEVEN_PLAIN, plain_images

@@ -15,8 +15,6 @@ from PIL import Image
 
 from crawler.cli import main
 from crawler.daemon import Daemon
-from storage.catalogue import Catalogue
-from storage.placement import DataLayout
 from tests.conftest import MediaServer, photo
 from tests.helpers import catalogue_media, feed_source
 
