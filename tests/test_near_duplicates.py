@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from classifier.base import ClassifyResult
 from crawler.cli import main
 from crawler.daemon import Daemon
+from tests.classifier_fixtures import RecordingClassifier
 from tests.conftest import MediaServer, photo
 from tests.helpers import catalogue_media, feed_source
 from tests.plain_images import SEVEN_PLAIN, plain_images
@@ -52,24 +50,6 @@ def _reencodes(name: str) -> dict[str, bytes]:
     image = Image.open(io.BytesIO(photo(name))).convert("RGB")
     return {"q95": _jpeg(image, 95), "q80 75%": _jpeg(image, 80, 0.75),
             "q60 50%": _jpeg(image, 60, 0.5)}
-
-
-class CountingClassifier:
-    """The real classifier, counting the images it is asked to score."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.version = inner.version
-        self.tags = inner.tags
-        self.batch_size = inner.batch_size
-        self.images = 0
-        self._lock = threading.Lock()
-
-    def classify(self, batch: np.ndarray) -> ClassifyResult:
-        with self._lock:
-            self.images += len(batch)
-        result: ClassifyResult = self.inner.classify(batch)
-        return result
 
 
 class TestPlainImages:
@@ -158,7 +138,7 @@ class TestSameRun:
             f"copy {number}": data for number in range(4)} | {"other": photo("rocket")}))
         config = write_config(allowed=(media_server.host_port,),
                               sources=feed_source(media_server))
-        counting = CountingClassifier(shared_classifier)
+        counting = RecordingClassifier(shared_classifier)
 
         await Daemon(config, classifier=counting).run(once=True)
 
@@ -214,7 +194,7 @@ class TestRefile:
         media_server.add_bytes("/img/b.jpg", photo("rocket"))
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"},
                                             {"image": "/img/b.jpg", "rating": "adult"}])
-        counting = CountingClassifier(shared_classifier)
+        counting = RecordingClassifier(shared_classifier)
         await Daemon(config, classifier=counting).run(once=True)
 
         assert counting.images == 0
