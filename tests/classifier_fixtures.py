@@ -12,13 +12,17 @@ import functools
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 from PIL import Image
+
+from classifier.base import ClassifyResult
 
 # Real photos and pictures bundled with scikit-image (no download): people, animals, food,
 # objects, a large 1411 px image, grayscale and RGBA ones.
@@ -147,3 +151,26 @@ def random_batch() -> npt.NDArray[np.float32]:
 def tflite_cache_dir() -> Path:
     """The shared TFLite cache directory of this test process."""
     return tflite_cache_directory()
+
+
+class RecordingClassifier:
+    """The real classifier, recording the size of every batch it is given."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.version = inner.version
+        self.tags = inner.tags
+        self.batch_size = inner.batch_size
+        self.batches: list[int] = []
+        self._lock = threading.Lock()
+
+    @property
+    def images(self) -> int:
+        """How many images it has been asked to score."""
+        return sum(self.batches)
+
+    def classify(self, batch: npt.NDArray[Any]) -> ClassifyResult:
+        with self._lock:
+            self.batches.append(len(batch))
+        result: ClassifyResult = self.inner.classify(batch)
+        return result

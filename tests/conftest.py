@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import textwrap
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from PIL import Image
 
 from crawler.config import Config, load_config
+from storage.catalogue import Catalogue
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "colorwheel")
 
@@ -113,25 +115,36 @@ async def media_server() -> AsyncIterator[MediaServer]:
         await server.close()
 
 
+def _keys(defaults: dict[str, str], extra: str) -> str:
+    """`key = value` lines: the defaults not set in the TOML fragment `extra`, then `extra`."""
+    given = tomllib.loads(textwrap.dedent(extra))
+    lines = [f"{key} = {value}" for key, value in defaults.items() if key not in given]
+    lines += [line.strip() for line in extra.strip().splitlines()]
+    return "\n            ".join(lines)
+
+
 @pytest.fixture
 def write_config(tmp_path: Path) -> Callable[..., Config]:
-    """Write a config.toml into tmp_path from TOML text fragments and load it."""
+    """Write a config.toml into tmp_path from TOML text fragments and load it.
 
-    def write(body: str = "", *, allowed: tuple[str, ...] = (), sources: str = "") -> Config:
+    `daemon` and `http` are extra keys for those tables; they replace the defaults they name.
+    """
+
+    def write(body: str = "", *, allowed: tuple[str, ...] = (), sources: str = "",
+              daemon: str = "", http: str = "") -> Config:
         hosts = ", ".join(f'"{host}"' for host in allowed)
+        data_dir = tmp_path / "data"
+        daemon_keys = _keys({"data_dir": f'"{data_dir}"', "log_format": '"json"',
+                             "download_workers": "4", "queue_size": "8"}, daemon)
+        http_keys = _keys({"allowed_private_hosts": f"[{hosts}]", "timeout_s": "5.0",
+                           "connect_timeout_s": "2.0", "max_retries": "1",
+                           "retry_backoff_s": "0.05"}, http)
         text = textwrap.dedent(f"""\
             [daemon]
-            data_dir = "{tmp_path / 'data'}"
-            log_format = "json"
-            download_workers = 4
-            queue_size = 8
+            {daemon_keys}
 
             [http]
-            allowed_private_hosts = [{hosts}]
-            timeout_s = 5.0
-            connect_timeout_s = 2.0
-            max_retries = 1
-            retry_backoff_s = 0.05
+            {http_keys}
 
             [classifier]
             batch_size = 4
@@ -143,6 +156,16 @@ def write_config(tmp_path: Path) -> Callable[..., Config]:
         return load_config(path)
 
     return write
+
+
+@pytest.fixture
+async def catalogue(tmp_path: Path) -> AsyncIterator[Catalogue]:
+    """A fresh catalogue at tmp_path/data/catalogue.sqlite, closed after the test."""
+    opened = await Catalogue.open(tmp_path / "data" / "catalogue.sqlite")
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

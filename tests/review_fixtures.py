@@ -30,6 +30,7 @@ from crawler.daemon import policy_of
 from crawler.decide import decide
 from crawler.pipeline import quarantine_sidecar
 from crawler.review.app import make_app
+from crawler.review.server import serve
 from storage.catalogue import Catalogue
 from storage.placement import DataLayout, place
 from storage.records import MediaRef
@@ -184,13 +185,7 @@ async def review_server(config: Config, *, clock: Callable[[], float] = time.tim
     The client sends the server's own Host name with every request (it listens on
     127.0.0.1 and answers only to that name).
     """
-    from tests.conftest import photo
-
-    layout = DataLayout(config.data_dir)
-    layout.ensure()
-    catalogue = await Catalogue.open(layout.catalogue)
-    try:
-        shas = await filed_photos(catalogue, layout, config, photo)
+    async with filed_catalogue(config) as (catalogue, layout, shas):
         server = TestServer(make_app(config, catalogue, layout, TOKEN, host_name=REVIEW_HOST,
                                      clock=clock), host="127.0.0.1")
         client: TestClient[web.Request, web.Application] = TestClient(server)
@@ -200,8 +195,35 @@ async def review_server(config: Config, *, clock: Callable[[], float] = time.tim
             yield ReviewState(config, catalogue, layout, client, shas)
         finally:
             await client.close()
+
+
+@contextlib.asynccontextmanager
+async def filed_catalogue(
+    config: Config,
+) -> AsyncIterator[tuple[Catalogue, DataLayout, dict[str, str]]]:
+    """The catalogue under config's data_dir with `filed_photos` in it, closed after."""
+    from tests.conftest import photo
+
+    layout = DataLayout(config.data_dir)
+    layout.ensure()
+    catalogue = await Catalogue.open(layout.catalogue)
+    try:
+        yield catalogue, layout, await filed_photos(catalogue, layout, config, photo)
     finally:
         await catalogue.close()
+
+
+@contextlib.asynccontextmanager
+async def serving_review(config: Config) -> AsyncIterator[str]:
+    """The real `megane review` server on 127.0.0.1; yields the URL it prints, stops after."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(serve(config, 0, TOKEN, stop, ready=ready.set_result))
+        try:
+            yield await asyncio.wait_for(ready, 30)
+        finally:
+            stop.set()
 
 
 @pytest.fixture(name="review_state")

@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -35,16 +35,6 @@ def sha(text: str) -> str:
 def ref(url: str, **fields: object) -> MediaRef:
     """A MediaRef from source `feed` for `url`."""
     return MediaRef(url=url, source=str(fields.pop("source", "feed")), **fields)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def catalogue(tmp_path: Path) -> AsyncIterator[Catalogue]:
-    """A fresh catalogue at tmp_path/data/catalogue.sqlite, closed after the test."""
-    opened = await Catalogue.open(tmp_path / "data" / "catalogue.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 FileMedia = Callable[..., Awaitable[MediaRow]]

@@ -28,7 +28,7 @@ from storage.display import BIDI_CONTROLS
 from storage.placement import DataLayout, place, sweep
 from storage.records import Placement
 from tests.conftest import photo
-from tests.review_fixtures import REVIEW_CONFIG, filed_photos
+from tests.review_fixtures import REVIEW_CONFIG, filed_catalogue, filed_photos
 
 
 def _sharpness(data: bytes) -> float:
@@ -46,6 +46,14 @@ def _stored(layout: DataLayout, name: str,
     place(layout, sha256, ".jpg", Placement.QUARANTINE, (), {"sha256": sha256})
     return QuarantineEntry(sha256=sha256, extension=".jpg", reason=reason,
                            scores={"nsfw": 0.95}, source="feed", first_seen=1.7e9)
+
+
+def _sheet_with_post(tmp_path: Path, post_url: str, linkable: Callable[[str], bool]) -> str:
+    """The contact sheet's text for one quarantined photo whose post is at `post_url`."""
+    layout = DataLayout(tmp_path / "data")
+    layout.ensure()
+    entry = dataclasses.replace(_stored(layout, "astronaut"), post_url=post_url)
+    return write_quarantine_index(layout, [entry], linkable=linkable).read_text()
 
 
 class TestBlurredThumbnail:
@@ -138,31 +146,20 @@ class TestWriteQuarantineIndex:
     def test_loopback_and_private_post_urls_are_text(self, tmp_path: Path,
                                                      post_url: str) -> None:
         """A post URL to a loopback, private or link-local address is shown, never linked."""
-        layout = DataLayout(tmp_path / "data")
-        layout.ensure()
-        entry = dataclasses.replace(_stored(layout, "astronaut"), post_url=post_url)
-        text = write_quarantine_index(layout, [entry], linkable=linkable_url).read_text()
+        text = _sheet_with_post(tmp_path, post_url, linkable_url)
         assert f"post: {post_url}" in text
         assert f'href="{post_url}' not in text
 
     def test_public_post_url_opens_without_opener_or_referrer(self, tmp_path: Path) -> None:
         """A public post link opens in a new tab with rel="noopener noreferrer"."""
-        layout = DataLayout(tmp_path / "data")
-        layout.ensure()
-        entry = dataclasses.replace(_stored(layout, "astronaut"),
-                                    post_url="https://a.example/post/1")
-        text = write_quarantine_index(layout, [entry], linkable=linkable_url).read_text()
+        text = _sheet_with_post(tmp_path, "https://a.example/post/1", linkable_url)
         assert ('<a href="https://a.example/post/1" target="_blank" '
                 'rel="noopener noreferrer">post</a>') in text
         assert '<meta name="referrer" content="no-referrer">' in text
 
     def test_storage_alone_never_links(self, tmp_path: Path) -> None:
         """Without crawler/'s address rule, even a public post URL is shown as text."""
-        layout = DataLayout(tmp_path / "data")
-        layout.ensure()
-        entry = dataclasses.replace(_stored(layout, "astronaut"),
-                                    post_url="https://a.example/post/1")
-        text = write_quarantine_index(layout, [entry], linkable=never_link).read_text()
+        text = _sheet_with_post(tmp_path, "https://a.example/post/1", never_link)
         assert "post: https://a.example/post/1" in text
         assert 'href="https://a.example' not in text
 
@@ -220,15 +217,8 @@ class TestRefreshFromCatalogue:
     async def test_sheet_lists_exactly_the_quarantined_images(
             self, write_config: Callable[..., Config]) -> None:
         """refresh_quarantine_index lists quarantined images with scores and source only."""
-        config = write_config(REVIEW_CONFIG)
-        layout = DataLayout(config.data_dir)
-        layout.ensure()
-        catalogue = await Catalogue.open(layout.catalogue)
-        try:
-            shas = await filed_photos(catalogue, layout, config, photo)
+        async with filed_catalogue(write_config(REVIEW_CONFIG)) as (catalogue, layout, shas):
             index = await refresh_quarantine_index(catalogue, layout, linkable=linkable_url)
-        finally:
-            await catalogue.close()
         text = index.read_text()
         assert shas["astronaut"] in text and shas["coffee"] in text
         assert shas["chelsea"] not in text and shas["rocket"] not in text

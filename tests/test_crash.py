@@ -35,6 +35,7 @@ from tests.daemon_process import (
     sha256_of,
     small_photo,
 )
+from tests.helpers import feed_source
 
 UNFINISHED = ("pending", "downloaded", "decoded", "classified")
 FINAL = ("library", "quarantine", "held", "rejected")
@@ -422,16 +423,6 @@ async def _wait_for(predicate: Any, timeout_s: float = 60.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def _rss(server: MediaServer) -> str:
-    return f"""
-        [[sources]]
-        kind = "rss"
-        name = "feed"
-        url = "{server.base_url}/feed.xml"
-        interval = "1m"
-        """
-
-
 class TestPlacementWindow:
     async def test_library_file_is_never_ahead_of_its_commit(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any,
@@ -444,7 +435,7 @@ class TestPlacementWindow:
         media_server.add_feed("/feed.xml", [{"image": "/img/first.jpg"},
                                             {"image": "/img/second.jpg"}])
         config = write_config("[quarantine]\nreview_band = []\n",
-                              allowed=(media_server.host_port,), sources=_rss(media_server))
+                              allowed=(media_server.host_port,), sources=feed_source(media_server))
         catalogue = config.data_dir / "catalogue.sqlite"
         classifier = CatalogueLockingClassifier(shared_classifier, catalogue)
         task = asyncio.create_task(Daemon(config, classifier=classifier).run(once=True))
@@ -473,7 +464,7 @@ class TestDuplicateContent:
         media_server.add_bytes("/img/rated.jpg", small_photo(3))
         media_server.add_feed("/feed.xml", [{"image": "/img/plain.jpg"}])
         config = write_config("[quarantine]\nreview_band = []\n",
-                              allowed=(media_server.host_port,), sources=_rss(media_server))
+                              allowed=(media_server.host_port,), sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
         assert any(files_under(config.data_dir / "library"))
 

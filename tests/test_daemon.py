@@ -16,27 +16,8 @@ from aiohttp import web
 
 from classifier.base import ClassifyResult
 from crawler.daemon import Daemon
-from storage.catalogue import Catalogue
-from storage.placement import DataLayout
 from tests.conftest import PHOTOS, MediaServer, photo, rss_feed
-
-
-def _feed_source(server: MediaServer, path: str = "/feed.xml") -> str:
-    return f"""
-        [[sources]]
-        kind = "rss"
-        name = "feed"
-        url = "{server.base_url}{path}"
-        interval = "1m"
-        """
-
-
-async def _media(config: Any) -> list[dict[str, Any]]:
-    catalogue = await Catalogue.open(DataLayout(config.data_dir).catalogue)
-    try:
-        return list(await catalogue.media_list())
-    finally:
-        await catalogue.close()
+from tests.helpers import catalogue_media, feed_source
 
 
 def _library_files(data_dir: Path) -> list[Path]:
@@ -62,11 +43,12 @@ class TestOnce:
         items += [{"image": "/img/page.jpg"}, {"image": "/img/truncated.jpg"},
                   {"image": "/img/missing.jpg"}]
         media_server.add_feed("/feed.xml", items)
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
 
         assert await Daemon(config, classifier=shared_classifier).run(once=True) == 0
 
-        media = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        media = {item["url"].rsplit("/", 1)[-1]: item
+                 for item in await catalogue_media(config.data_dir)}
         assert len(media) == len(PHOTOS) + 3
         for name in PHOTOS:
             assert media[f"{name}.jpg"]["state"] in ("library", "quarantine"), media[f"{name}.jpg"]
@@ -88,11 +70,11 @@ class TestOnce:
         """A Media RSS adult rating quarantines the image whatever the model says."""
         media_server.add_bytes("/img/coffee.jpg", photo("coffee"))
         media_server.add_feed("/feed.xml", [{"image": "/img/coffee.jpg", "rating": "adult"}])
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
 
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
-        [item] = await _media(config)
+        [item] = await catalogue_media(config.data_dir)
         assert item["state"] == "quarantine"
         assert item["reason"].startswith("source_flag: rss:rating:adult")
         assert _library_files(config.data_dir) == []
@@ -110,11 +92,11 @@ class TestOnce:
         media_server.add_bytes("/img/a.jpg", photo("chelsea"))
         media_server.add_bytes("/img/b.jpg", photo("chelsea"))
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}, {"image": "/img/b.jpg"}])
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
 
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         assert {item["sha256"] for item in media} == {media[0]["sha256"]}
         assert all(item["state"] in ("library", "quarantine") for item in media)
         stored = list((config.data_dir / "store").rglob("*.jpg"))
@@ -126,13 +108,13 @@ class TestOnce:
         """The same URL is fetched once: a second poll of the same feed downloads nothing."""
         items = _serve_photos(media_server, ("rocket",))
         media_server.add_feed("/feed.xml", items)
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
 
         await Daemon(config, classifier=shared_classifier).run(once=True)
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
         assert media_server.hits["/img/rocket.jpg"] == 1
-        assert len(await _media(config)) == 1
+        assert len(await catalogue_media(config.data_dir)) == 1
 
     async def test_private_address_is_refused(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any
@@ -143,11 +125,11 @@ class TestOnce:
         other = f"http://127.0.0.2:{media_server.server.port}"
         media_server.add_bytes("/feed.xml", rss_feed(other, [{"image": "/img/rocket.jpg"}]),
                                "application/rss+xml")
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
 
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
-        [item] = await _media(config)
+        [item] = await catalogue_media(config.data_dir)
         assert item["state"] == "rejected"
         assert item["reason"].startswith("blocked_address")
         assert "/img/rocket.jpg" not in media_server.hits
@@ -189,11 +171,11 @@ class TestFailClosed:
     ) -> None:
         """No model: images go to held/ (0600), never the library; a model later files them."""
         media_server.add_feed("/feed.xml", _serve_photos(media_server, ("chelsea", "coffee")))
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
 
         await Daemon(config, classifier=None, classifier_problem="no_model: test").run(once=True)
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         assert {item["state"] for item in media} == {"held"}
         assert all(item["reason"] == "no_model: test" for item in media)
         assert _library_files(config.data_dir) == []
@@ -203,7 +185,7 @@ class TestFailClosed:
 
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         assert {item["state"] for item in media} <= {"library", "quarantine"}
         assert list((config.data_dir / "held").iterdir()) == []
 
@@ -212,12 +194,12 @@ class TestFailClosed:
     ) -> None:
         """A model that fails mid-batch sends that batch to held/ and the daemon finishes."""
         media_server.add_feed("/feed.xml", _serve_photos(media_server, ("rocket", "camera")))
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
 
         code = await Daemon(config, classifier=FailingClassifier(shared_classifier)).run(once=True)
 
         assert code == 0
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         assert {item["state"] for item in media} == {"held"}
         assert all(item["reason"].startswith("inference_failed: RuntimeError") for item in media)
 
@@ -228,7 +210,7 @@ class TestResume:
     ) -> None:
         """Stopping the daemon during inference loses nothing: a restart finishes every row."""
         media_server.add_feed("/feed.xml", _serve_photos(media_server))
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
         gated = GatedClassifier(shared_classifier)
         daemon = Daemon(config, classifier=gated)
         task = asyncio.create_task(daemon.run(once=True))
@@ -237,12 +219,12 @@ class TestResume:
         gated.release.set()
         with pytest.raises(asyncio.CancelledError):
             await task
-        states = {item["state"] for item in await _media(config)}
+        states = {item["state"] for item in await catalogue_media(config.data_dir)}
         assert states & {"pending", "downloaded", "decoded", "classified"}, states
 
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         assert len(media) == len(PHOTOS)
         assert {item["state"] for item in media} <= {"library", "quarantine"}
         requests = sum(media_server.hits.get(f"/img/{name}.jpg", 0) for name in PHOTOS)
@@ -258,7 +240,7 @@ class TestLiveThresholds:
         media_server.add_feed("/feed.xml", _serve_photos(media_server, ("chelsea", "rocket")))
         config = write_config(
             "[quarantine]\nreview_band = []\n",
-            allowed=(media_server.host_port,), sources=_feed_source(media_server))
+            allowed=(media_server.host_port,), sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
         assert _library_files(config.data_dir)
 
@@ -272,7 +254,7 @@ class TestLiveThresholds:
         daemon.stop_requested.set()
         assert await task == 0
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         assert {item["state"] for item in media} == {"quarantine"}
         assert _library_files(config.data_dir) == []
 
@@ -281,9 +263,9 @@ class TestLiveThresholds:
     ) -> None:
         """A reload with an invalid config.toml changes nothing and reports failure."""
         media_server.add_feed("/feed.xml", _serve_photos(media_server, ("chelsea",)))
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
-        before = await _media(config)
+        before = await catalogue_media(config.data_dir)
         config.path.write_text(config.path.read_text() + "\n[thresholds]\nnsfw = 7\n")
 
         daemon = Daemon(config, classifier=shared_classifier)
@@ -293,7 +275,7 @@ class TestLiveThresholds:
         daemon.stop_requested.set()
         await task
 
-        assert await _media(config) == before
+        assert await catalogue_media(config.data_dir) == before
         assert daemon.config is config
 
 
@@ -311,14 +293,15 @@ class TestHygiene:
         Image.open(io.BytesIO(original)).save(buffer, "JPEG", quality=55)
         media_server.add_bytes("/img/a.jpg", original)
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}])
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
         media_server.add_bytes("/img/b.jpg", buffer.getvalue())
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}, {"image": "/img/b.jpg"}])
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
-        media = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        media = {item["url"].rsplit("/", 1)[-1]: item
+                 for item in await catalogue_media(config.data_dir)}
         assert media["b.jpg"]["reason"] == f"near_duplicate_of:{media['a.jpg']['sha256']}"
         assert media["b.jpg"]["state"] == media["a.jpg"]["state"]
         assert len(list((config.data_dir / "store").rglob("*.jpg"))) == 1
@@ -329,11 +312,11 @@ class TestHygiene:
         """After a run that quarantines an image, quarantine/index.html links it."""
         media_server.add_bytes("/img/coffee.jpg", photo("coffee"))
         media_server.add_feed("/feed.xml", [{"image": "/img/coffee.jpg", "rating": "adult"}])
-        config = write_config(allowed=(media_server.host_port,), sources=_feed_source(media_server))
+        config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
 
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
-        [item] = await _media(config)
+        [item] = await catalogue_media(config.data_dir)
         index = config.data_dir / "quarantine" / "index.html"
         assert item["sha256"] in index.read_text()
         assert stat.S_IMODE(index.stat().st_mode) == 0o600
@@ -346,7 +329,7 @@ class TestInferenceTimeout:
         """Inference over inference_timeout_s holds the batch (fail closed) and the run ends."""
         media_server.add_feed("/feed.xml", _serve_photos(media_server, ("rocket",)))
         config = write_config("inference_timeout_s = 0.5\n", allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
         gated = GatedClassifier(shared_classifier)
         daemon = Daemon(config, classifier=gated)
         try:
@@ -356,7 +339,7 @@ class TestInferenceTimeout:
         assert daemon.pipeline is not None and daemon.pipeline.inference_hung
         assert daemon.pipeline.classifier is None  # no more batches fed to a wedged engine
 
-        [item] = await _media(config)
+        [item] = await catalogue_media(config.data_dir)
         assert item["state"] == "held"
         assert item["reason"].startswith("inference_failed: TimeoutError")
         assert _library_files(config.data_dir) == []

@@ -673,6 +673,14 @@ class TestDraft:
 # --- real photos, formats, threads ---------------------------------------------------------
 
 
+def _outcome(path: Path) -> str:
+    """The decoded format of `path`, or the reason it was refused."""
+    try:
+        return decode_image(path, LIMITS).format
+    except DecodeError as error:
+        return error.reason
+
+
 class TestRealImages:
     @pytest.mark.parametrize(
         ("name", "image_format", "size", "extension"),
@@ -746,15 +754,9 @@ class TestRealImages:
         cut = tmp_path / "cut.png"
         cut.write_bytes(encode(photo(), "PNG")[:-100])
 
-        def outcome(path: Path) -> str:
-            try:
-                return decode_image(path, LIMITS).format
-            except DecodeError as error:
-                return error.reason
-
         paths = [good, bomb, cut] * 20
         with ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(outcome, paths))
+            results = list(pool.map(_outcome, paths))
         assert results == ["JPEG", "too_wide: 100000 > 7680", "truncated"] * 20
 
 
@@ -816,14 +818,8 @@ class TestBrowserTolerance:
         cut = tmp_path / "cut.png"
         cut.write_bytes(encode(photo(), "PNG")[:-100])
 
-        def outcome(path: Path) -> str:
-            try:
-                return decode_image(path, LIMITS).format
-            except DecodeError as error:
-                return error.reason
-
         with ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(outcome, [repaired, cut] * 20))
+            results = list(pool.map(_outcome, [repaired, cut] * 20))
         assert results == ["PNG", "truncated"] * 20
         assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 

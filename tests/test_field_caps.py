@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -18,16 +16,6 @@ from storage.untrusted import (
     MAX_POST_URL_CHARS,
     capped_text,
 )
-
-
-@pytest.fixture
-async def catalogue(tmp_path: Path) -> AsyncIterator[Catalogue]:
-    """A fresh catalogue under tmp_path, closed after the test."""
-    opened = await Catalogue.open(tmp_path / "data" / "catalogue.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 class TestCappedText:

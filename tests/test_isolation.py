@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from storage.records import MediaRef
 from storage.untrusted import MAX_STORED_URL_CHARS
 from tests.conftest import photo, rss_feed
 from tests.daemon_process import REPOSITORY
+from tests.helpers import catalogue_media, rss_source
 from tests.rawhttp import RawResponse, raw_server, routes_from_case
 
 CASES = Path(__file__).parent / "cases"
@@ -39,11 +39,7 @@ NOW = 1_750_000_000.0
 
 
 async def _media(data_dir: Path) -> dict[str, dict[str, Any]]:
-    catalogue = await Catalogue.open(DataLayout(data_dir).catalogue)
-    try:
-        return {row["url"]: row for row in await catalogue.media_list()}
-    finally:
-        await catalogue.close()
+    return {row["url"]: row for row in await catalogue_media(data_dir)}
 
 
 async def _source_state(data_dir: Path, name: str) -> Any:
@@ -52,40 +48,6 @@ async def _source_state(data_dir: Path, name: str) -> Any:
         return await catalogue.source_state(name)
     finally:
         await catalogue.close()
-
-
-def _config(tmp_path: Path, *, allowed: tuple[str, ...] = (), daemon: str = "",
-            http: str = "", sources: str = "") -> Any:
-    """A config.toml with extra `[daemon]` and `[http]` keys, loaded."""
-    from crawler.config import load_config
-
-    hosts = ", ".join(f'"{host}"' for host in allowed)
-    text = textwrap.dedent(f"""\
-        [daemon]
-        data_dir = "{tmp_path / 'data'}"
-        log_format = "json"
-        download_workers = 4
-        queue_size = 8
-        {daemon}
-        [http]
-        allowed_private_hosts = [{hosts}]
-        connect_timeout_s = 2.0
-        retry_backoff_s = 0.05
-        {http}
-        """) + textwrap.dedent(sources)
-    path = tmp_path / "config.toml"
-    path.write_text(text)
-    return load_config(path)
-
-
-def _rss(name: str, url: str) -> str:
-    return f"""
-        [[sources]]
-        kind = "rss"
-        name = "{name}"
-        url = "{url}"
-        interval = "1m"
-        """
 
 
 class TestLatin1LastModifiedCase:
@@ -169,8 +131,8 @@ class TestPollIsolation:
         self, write_config: Callable[..., Any]
     ) -> None:
         """A source raising an unexpected error records last_error; the other source's rows land."""
-        config = write_config(sources=_rss("broken", "http://127.0.0.1:9/a.xml")
-                              + _rss("good", "http://127.0.0.1:9/b.xml"))
+        config = write_config(sources=rss_source(name="broken", url="http://127.0.0.1:9/a.xml")
+                              + rss_source(name="good", url="http://127.0.0.1:9/b.xml"))
         broken = ScriptedSource("broken", [KeyError("entries")])
         good = ScriptedSource("good", [PollResult(
             refs=(MediaRef(url="http://127.0.0.1:9/x.jpg", source="good"),), cursor=None)])
@@ -187,9 +149,9 @@ class TestPollIsolation:
         self, write_config: Callable[..., Any]
     ) -> None:
         """SQLite refusing a poll's cursor or rows (a trigger here) is that poll's last_error."""
-        config = write_config(sources=_rss("cursor", "http://127.0.0.1:9/a.xml")
-                              + _rss("rows", "http://127.0.0.1:9/b.xml")
-                              + _rss("good", "http://127.0.0.1:9/c.xml"))
+        config = write_config(sources=rss_source(name="cursor", url="http://127.0.0.1:9/a.xml")
+                              + rss_source(name="rows", url="http://127.0.0.1:9/b.xml")
+                              + rss_source(name="good", url="http://127.0.0.1:9/c.xml"))
         layout = DataLayout(config.data_dir)
         layout.ensure()
         catalogue = await Catalogue.open(layout.catalogue)
@@ -226,7 +188,7 @@ class TestPollIsolation:
         self, write_config: Callable[..., Any]
     ) -> None:
         """Lone surrogates in a cursor, URL and author are stored losslessly; the poll succeeds."""
-        config = write_config(sources=_rss("odd", "http://127.0.0.1:9/a.xml"))
+        config = write_config(sources=rss_source(name="odd", url="http://127.0.0.1:9/a.xml"))
         cursor = dump_cursor({"last_modified": "Mi, 05 M\udce4r 2025", "etag": '"v1"'})
         source = ScriptedSource("odd", [PollResult(refs=(
             MediaRef(url="http://127.0.0.1:9/caf\udce9.jpg", source="odd",
@@ -248,7 +210,7 @@ class TestPollIsolation:
         self, write_config: Callable[..., Any]
     ) -> None:
         """Entries a source could not read are logged with their reason and counted."""
-        config = write_config(sources=_rss("feed", "http://127.0.0.1:9/a.xml"))
+        config = write_config(sources=rss_source(name="feed", url="http://127.0.0.1:9/a.xml"))
         source = ScriptedSource("feed", [PollResult(
             refs=(MediaRef(url="http://127.0.0.1:9/ok.jpg", source="feed"),), cursor=None,
             skipped=(("entry 2", "bad character reference"), ("entry 5", "no media")))])
@@ -267,7 +229,7 @@ class TestPollIsolation:
         self, write_config: Callable[..., Any]
     ) -> None:
         """A non-JSON cursor with undecodable bytes keeps the previous cursor, logged."""
-        config = write_config(sources=_rss("odd", "http://127.0.0.1:9/a.xml"))
+        config = write_config(sources=rss_source(name="odd", url="http://127.0.0.1:9/a.xml"))
         source = ScriptedSource("odd", [PollResult(refs=(), cursor='{"page":1}'),
                                         PollResult(refs=(), cursor="page=M\udce4r")])
         for _ in range(2):
@@ -283,7 +245,7 @@ class TestPollIsolation:
         self, write_config: Callable[..., Any]
     ) -> None:
         """A SourceError's Retry-After sets the next poll no sooner than it asks."""
-        config = write_config(sources=_rss("slow", "http://127.0.0.1:9/a.xml"))
+        config = write_config(sources=rss_source(name="slow", url="http://127.0.0.1:9/a.xml"))
         source = ScriptedSource("slow", [SourceError(
             "slow", "rate limited", retry_after_s=900, reason="rate_limited",
             url="https://e.org/api")])
@@ -346,7 +308,7 @@ class TestEveryUrlGetsARow:
         self, write_config: Callable[..., Any]
     ) -> None:
         """file:, data: and javascript: URLs from a non-folder source become rejected rows."""
-        config = write_config(sources=_rss("feed", "http://127.0.0.1:9/a.xml"))
+        config = write_config(sources=rss_source(name="feed", url="http://127.0.0.1:9/a.xml"))
         urls = ("file:///etc/passwd", "data:image/gif;base64,R0lGOD", "javascript:void(0)",
                 "http://exa mple.com/a.jpg")
         source = ScriptedSource("feed", [PollResult(
@@ -413,7 +375,9 @@ class TestStorageBoundary:
 
 
 class TestOnceEndsFinal:
-    async def test_a_dripping_server_ends_rejected_as_timeout(self, tmp_path: Path) -> None:
+    async def test_a_dripping_server_ends_rejected_as_timeout(
+        self, write_config: Callable[..., Any]
+    ) -> None:
         """An image dripped a byte a second past timeout_s, retried, ends rejected 'timeout'."""
         async with raw_server() as server:
             server.routes["/img/slow.jpg"] = RawResponse(
@@ -421,10 +385,10 @@ class TestOnceEndsFinal:
             server.routes["/feed.xml"] = RawResponse(
                 200, [(b"Content-Type", b"application/rss+xml")],
                 rss_feed(server.base, [{"image": "/img/slow.jpg"}]))
-            config = _config(tmp_path, allowed=(server.host_port,),
-                             daemon="max_attempts = 2",
-                             http="timeout_s = 1.0\n        max_retries = 0",
-                             sources=_rss("feed", f"{server.base}/feed.xml"))
+            config = write_config(allowed=(server.host_port,),
+                                  daemon="max_attempts = 2",
+                                  http="timeout_s = 1.0\nmax_retries = 0",
+                                  sources=rss_source(name="feed", url=f"{server.base}/feed.xml"))
             started = time.monotonic()
             code = await Daemon(config, classifier=None,
                                 classifier_problem="no_model: test").run(once=True)
@@ -437,16 +401,18 @@ class TestOnceEndsFinal:
 
 
 class TestWatchdogCountsProgress:
-    async def test_a_backlog_of_404s_keeps_the_pings_going(self, tmp_path: Path) -> None:
+    async def test_a_backlog_of_404s_keeps_the_pings_going(
+        self, tmp_path: Path, write_config: Callable[..., Any]
+    ) -> None:
         """Rejections are progress: while 404s drain slowly, WATCHDOG=1 keeps arriving."""
         count = 24
         async with raw_server() as server:
             server.routes["/feed.xml"] = RawResponse(
                 200, [(b"Content-Type", b"application/rss+xml")],
                 rss_feed(server.base, [{"image": f"/gone/{n}.jpg"} for n in range(count)]))
-            config = _config(tmp_path, allowed=(server.host_port,),
-                             http="per_host_rate = 8.0",
-                             sources=_rss("feed", f"{server.base}/feed.xml"))
+            config = write_config(allowed=(server.host_port,),
+                                  http="per_host_rate = 8.0",
+                                  sources=rss_source(name="feed", url=f"{server.base}/feed.xml"))
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.bind(str(tmp_path / "notify.sock"))
             sock.setblocking(False)

@@ -54,6 +54,14 @@ async def _filed(catalogue: Catalogue, layout: DataLayout, count: int) -> list[s
     return sorted(shas)
 
 
+async def _filed_on(catalogue: Catalogue, layout: DataLayout, *versions: str) -> list[str]:
+    """One filed image per version, classified by it (nsfw 0.1, features _vector(1), ...)."""
+    shas = await _filed(catalogue, layout, len(versions))
+    for index, (sha256, version) in enumerate(zip(shas, versions, strict=True)):
+        await _classified(catalogue, sha256, version, 0.1, _vector(index + 1))
+    return shas
+
+
 async def _unplaced(catalogue: Catalogue, layout: DataLayout, version: str) -> str:
     """An image classified by `version` that still awaits placement."""
     [image] = generated_pictures(1, seed=9)
@@ -115,9 +123,8 @@ class TestStoreVersionScores:
     ) -> None:
         """Scores land under the new version; a blob reclassified meanwhile keeps its version."""
         catalogue, layout = stored
-        moved, raced = await _filed(catalogue, layout, 2)
-        await _classified(catalogue, moved, "v1", 0.1, _vector(1))
-        await _classified(catalogue, raced, "v3", 0.1, _vector(2))  # the pipeline, meanwhile
+        # `raced` was reclassified under v3 by the pipeline, meanwhile.
+        moved, raced = await _filed_on(catalogue, layout, "v1", "v3")
 
         await store_version_scores(
             catalogue, "v2", [(moved, "nsfw", 0.25), (moved, "cat", 0.75), (raced, "nsfw", 0.5)],
@@ -135,9 +142,7 @@ class TestCounts:
     ) -> None:
         """Filed and awaiting-placement images are counted apart, the serving version not."""
         catalogue, layout = stored
-        old, new = await _filed(catalogue, layout, 2)
-        await _classified(catalogue, old, "v1", 0.1, _vector(1))
-        await _classified(catalogue, new, "v2", 0.1, _vector(2))
+        await _filed_on(catalogue, layout, "v1", "v2")  # one filed on v1, one on v2
         await _unplaced(catalogue, layout, "v1")
 
         assert await count_filed_on_other_versions(catalogue, "v2") == 1

@@ -10,30 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from classifier.base import ClassifyResult
 from crawler.cli import main
 from crawler.daemon import Daemon
-from storage.catalogue import Catalogue
-from storage.placement import DataLayout
+from tests.classifier_fixtures import RecordingClassifier
 from tests.conftest import MediaServer, photo
+from tests.helpers import catalogue_media, feed_source
 from tests.plain_images import SEVEN_PLAIN, plain_images
-
-
-def _feed_source(server: MediaServer) -> str:
-    return f"""
-        [[sources]]
-        kind = "rss"
-        name = "feed"
-        url = "{server.base_url}/feed.xml"
-        interval = "1m"
-        """
 
 
 def _serve(server: MediaServer, images: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -44,14 +31,6 @@ def _serve(server: MediaServer, images: dict[str, bytes]) -> list[dict[str, Any]
         server.add_bytes(f"/img/{number}", data, kind)
         items.append({"image": f"/img/{number}", "title": name, "type": kind})
     return items
-
-
-async def _media(config: Any) -> list[dict[str, Any]]:
-    catalogue = await Catalogue.open(DataLayout(config.data_dir).catalogue)
-    try:
-        return list(await catalogue.media_list())
-    finally:
-        await catalogue.close()
 
 
 def _stored(data_dir: Path) -> list[Path]:
@@ -73,24 +52,6 @@ def _reencodes(name: str) -> dict[str, bytes]:
             "q60 50%": _jpeg(image, 60, 0.5)}
 
 
-class CountingClassifier:
-    """The real classifier, counting the images it is asked to score."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.version = inner.version
-        self.tags = inner.tags
-        self.batch_size = inner.batch_size
-        self.images = 0
-        self._lock = threading.Lock()
-
-    def classify(self, batch: np.ndarray) -> ClassifyResult:
-        with self._lock:
-            self.images += len(batch)
-        result: ClassifyResult = self.inner.classify(batch)
-        return result
-
-
 class TestPlainImages:
     async def test_seven_distinct_plain_images_are_all_stored(
         self, media_server: MediaServer, write_config: Any, shared_classifier: Any
@@ -99,11 +60,11 @@ class TestPlainImages:
         images = {name: plain_images()[name] for name in SEVEN_PLAIN}
         media_server.add_feed("/feed.xml", _serve(media_server, images))
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
 
         assert await Daemon(config, classifier=shared_classifier).run(once=True) == 0
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         assert len(media) == 7
         assert all(item["state"] in ("library", "quarantine") for item in media), media
         assert not any("duplicate" in item["reason"] for item in media), media
@@ -117,9 +78,9 @@ class TestPlainImages:
         page = {"scanned page (skimage)": plain_images()["scanned page (skimage)"]}
         media_server.add_feed("/feed.xml", _serve(media_server, page))
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
-        [first] = await _media(config)
+        [first] = await catalogue_media(config.data_dir)
         assert await asyncio.to_thread(
             main, ["delete", first["sha256"], "--config", str(config.path)]) == 0
 
@@ -134,7 +95,7 @@ class TestPlainImages:
                                    "image/png" if data.startswith(b"\x89PNG") else "image/jpeg")
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
-        media = {item["url"]: item for item in await _media(config)}
+        media = {item["url"]: item for item in await catalogue_media(config.data_dir)}
         new = [item for url, item in media.items() if "/new/" in url]
         assert len(new) == 7
         kept = [item for item in new if item["sha256"] != first["sha256"]]
@@ -153,11 +114,11 @@ class TestSameRun:
         recorded as its near-duplicates, in the stored one's state."""
         media_server.add_feed("/feed.xml", _serve(media_server, _reencodes("astronaut")))
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
 
         assert await Daemon(config, classifier=shared_classifier).run(once=True) == 0
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         assert len(media) == 3
         assert len(_stored(config.data_dir)) == 1
         copies = [item for item in media if item["reason"].startswith("near_duplicate_of:")]
@@ -176,13 +137,13 @@ class TestSameRun:
         media_server.add_feed("/feed.xml", _serve(media_server, {
             f"copy {number}": data for number in range(4)} | {"other": photo("rocket")}))
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
-        counting = CountingClassifier(shared_classifier)
+                              sources=feed_source(media_server))
+        counting = RecordingClassifier(shared_classifier)
 
         await Daemon(config, classifier=counting).run(once=True)
 
         assert counting.images == 2
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         sha = next(item["sha256"] for item in media if item["url"].endswith("/img/0"))
         rows = [item for item in media if item["sha256"] == sha]
         assert len(rows) == 4
@@ -201,16 +162,16 @@ class TestRefile:
         images = _reencodes("chelsea") | {"exact copy": _reencodes("chelsea")["q95"]}
         media_server.add_feed("/feed.xml", _serve(media_server, images))
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
-        before = {item["url"]: item for item in await _media(config)}
+        before = {item["url"]: item for item in await catalogue_media(config.data_dir)}
         assert {item["state"] for item in before.values()} == {"library"}
 
         strict = write_config("[thresholds]\nnsfw = 0.0\n", allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
         assert await asyncio.to_thread(main, ["rescore", "--config", str(strict.path)]) == 0
 
-        after = {item["url"]: item for item in await _media(strict)}
+        after = {item["url"]: item for item in await catalogue_media(strict.data_dir)}
         assert {item["state"] for item in after.values()} == {"quarantine"}
         copies = {url: item["reason"] for url, item in before.items()
                   if item["reason"].startswith(("near_duplicate_of:", "duplicate_of:"))}
@@ -227,17 +188,18 @@ class TestRefile:
         media_server.add_bytes("/img/a.jpg", photo("rocket"))
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}])
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
         media_server.add_bytes("/img/b.jpg", photo("rocket"))
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"},
                                             {"image": "/img/b.jpg", "rating": "adult"}])
-        counting = CountingClassifier(shared_classifier)
+        counting = RecordingClassifier(shared_classifier)
         await Daemon(config, classifier=counting).run(once=True)
 
         assert counting.images == 0
-        media = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        media = {item["url"].rsplit("/", 1)[-1]: item
+                 for item in await catalogue_media(config.data_dir)}
         assert media["a.jpg"]["state"] == media["b.jpg"]["state"] == "quarantine"
         assert media["a.jpg"]["reason"] == "source_flag: rss:rating:adult"
         assert media["b.jpg"]["reason"] == f"duplicate_of:{media['a.jpg']['sha256']}"

@@ -31,19 +31,10 @@ from storage.catalogue import Catalogue
 from storage.placement import DataLayout
 from storage.records import MediaRef
 from tests.conftest import MediaServer, photo
+from tests.helpers import feed_source
 from tests.training_fixtures import generated_pictures, photo_variants, store_image
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def _feed_source(server: MediaServer) -> str:
-    return f"""
-        [[sources]]
-        kind = "rss"
-        name = "feed"
-        url = "{server.base_url}/feed.xml"
-        interval = "1h"
-        """
 
 
 def _always_head(models_dir: Path, version: str, tag: str = "photo") -> None:
@@ -124,7 +115,7 @@ class TestPromoteUnderRunningDaemon:
         _serve(media_server, ("chelsea", "rocket", "coffee"))
         config = write_config("[quarantine]\nreview_band = []\n",
                               allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server, interval="1h"))
         layout = DataLayout(config.data_dir)
         async with RunningDaemon(config, shared_classifier) as daemon:
             await _eventually(lambda: _all_final(daemon, 3))
@@ -165,7 +156,7 @@ class TestPromoteUnderRunningDaemon:
         _serve(media_server, ("chelsea",))
         config = write_config("[quarantine]\nreview_band = []\n",
                               allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server, interval="1h"))
         layout = DataLayout(config.data_dir)
         async with RunningDaemon(config, shared_classifier) as daemon:
             await _eventually(lambda: _all_final(daemon, 1))

@@ -27,7 +27,7 @@ from crawler.review.security import (
     SESSION_COOKIE,
     LoginThrottle,
 )
-from crawler.review.server import TokenError, new_token, resolve_token, run_review, serve
+from crawler.review.server import TokenError, new_token, resolve_token, run_review
 from crawler.review.settings import ReviewSettings
 from crawler.display import linkable_url
 from storage.display import BIDI_CONTROLS, clip, neutralise_bidi
@@ -41,6 +41,7 @@ from tests.review_fixtures import (
     ReviewState,
     review_server,
     review_state_fixture,
+    serving_review,
     store_photo,
 )
 
@@ -567,22 +568,15 @@ class TestServe:
             self, write_config: Callable[..., Config]) -> None:
         """`serve` listens on 127.0.0.1 and its printed URL opens a session."""
         config = write_config(REVIEW_CONFIG)
-        stop = asyncio.Event()
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        async with asyncio.TaskGroup() as group:
-            group.create_task(serve(config, 0, TOKEN, stop, ready=ready.set_result))
-            try:
-                url = await asyncio.wait_for(ready, 30)
-                assert url.startswith("http://megane-") and url.endswith(f"?token={TOKEN}")
-                host = URL(url).host
-                assert host is not None and host.endswith(".localhost") and len(host) > 40
-                connector = aiohttp.TCPConnector(resolver=LocalhostResolver())
-                async with (aiohttp.ClientSession(connector=connector) as session,
-                            session.get(url) as response):
-                    assert response.status == 200
-                    assert str(response.url).endswith("/quarantine")
-            finally:
-                stop.set()
+        async with serving_review(config) as url:
+            assert url.startswith("http://megane-") and url.endswith(f"?token={TOKEN}")
+            host = URL(url).host
+            assert host is not None and host.endswith(".localhost") and len(host) > 40
+            connector = aiohttp.TCPConnector(resolver=LocalhostResolver())
+            async with (aiohttp.ClientSession(connector=connector) as session,
+                        session.get(url) as response):
+                assert response.status == 200
+                assert str(response.url).endswith("/quarantine")
         assert (config.data_dir / "quarantine" / "index.html").exists()
 
     def test_short_token_or_bad_port_is_refused(

@@ -18,11 +18,14 @@ from aiohttp.test_utils import TestServer
 
 from crawler.config import Config
 from crawler.review.security import SESSION_COOKIE
-from crawler.review.server import serve
 from storage.catalogue import Catalogue
-from storage.placement import DataLayout
 from tests.conftest import photo
-from tests.review_fixtures import REVIEW_CONFIG, TOKEN, filed_photos, store_photo
+from tests.review_fixtures import (
+    REVIEW_CONFIG,
+    filed_catalogue,
+    serving_review,
+    store_photo,
+)
 from tests.webdriver import Browser, chromium, find_browser
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -62,24 +65,10 @@ class TestReviewInChromium:
             self, write_config: Callable[..., Config], tmp_path: Path) -> None:
         """Unblur and release with the keyboard, label with keys; catalogue and folders agree."""
         config = write_config(REVIEW_CONFIG)
-        layout = DataLayout(config.data_dir)
-        layout.ensure()
-        catalogue = await Catalogue.open(layout.catalogue)
-        try:
-            shas = await filed_photos(catalogue, layout, config, photo)
+        async with filed_catalogue(config) as (catalogue, _layout, shas):
             released, labelled = shas["astronaut"], shas["chelsea"]
-            stop = asyncio.Event()
-            ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(serve(config, 0, TOKEN, stop, ready=ready.set_result))
-                try:
-                    url = await asyncio.wait_for(ready, 30)
-                    async with chromium(tmp_path) as browser:
-                        await self._review(browser, url, catalogue, released, labelled)
-                finally:
-                    stop.set()
-        finally:
-            await catalogue.close()
+            async with serving_review(config) as url, chromium(tmp_path) as browser:
+                await self._review(browser, url, catalogue, released, labelled)
         data_dir = config.data_dir
         assert not (data_dir / "quarantine" / f"{released}.jpg").exists()
         assert (data_dir / "library" / "untagged" / f"{released}.jpg").exists()
@@ -175,33 +164,21 @@ class TestOwnOrigin:
         await other.start_server()
         assert other.port is not None
         config = write_config(REVIEW_CONFIG)
-        layout = DataLayout(config.data_dir)
-        layout.ensure()
-        catalogue = await Catalogue.open(layout.catalogue)
         try:
-            shas = await filed_photos(catalogue, layout, config, photo)
-            hostile = await store_photo(
-                catalogue, layout, config, photo("camera"), url="https://c.example/5.jpg",
-                scores={"nsfw": 0.99}, post_url=f"http://127.0.0.1:{other.port}/steal")
-            stop = asyncio.Event()
-            ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(serve(config, 0, TOKEN, stop, ready=ready.set_result))
-                try:
-                    url = await asyncio.wait_for(ready, 30)
-                    async with chromium(tmp_path) as browser:
-                        await browser.get(url)
-                        assert await browser.find_all(".card")  # signed in
-                        for target in (f"http://127.0.0.1:{other.port}/first",
-                                       f"http://127.0.0.1:{other.port}/second",
-                                       f"http://localhost:{other.port}/third"):
-                            await browser.get(target)
-                        review = url.split("/quarantine")[0]
-                        await self._links(browser, review, hostile, shas["astronaut"], other.port)
-                finally:
-                    stop.set()
+            async with filed_catalogue(config) as (catalogue, layout, shas):
+                hostile = await store_photo(
+                    catalogue, layout, config, photo("camera"), url="https://c.example/5.jpg",
+                    scores={"nsfw": 0.99}, post_url=f"http://127.0.0.1:{other.port}/steal")
+                async with serving_review(config) as url, chromium(tmp_path) as browser:
+                    await browser.get(url)
+                    assert await browser.find_all(".card")  # signed in
+                    for target in (f"http://127.0.0.1:{other.port}/first",
+                                   f"http://127.0.0.1:{other.port}/second",
+                                   f"http://localhost:{other.port}/third"):
+                        await browser.get(target)
+                    review = url.split("/quarantine")[0]
+                    await self._links(browser, review, hostile, shas["astronaut"], other.port)
         finally:
-            await catalogue.close()
             await other.close()
         cookies = dict(seen)
         assert {"/first", "/second", "/third"} <= set(cookies)  # and /favicon.ico

@@ -19,7 +19,6 @@ import pytest
 import structlog
 from PIL import Image
 
-from classifier.base import ClassifyResult
 from classifier.decode import DecodeLimits, decode_image
 from classifier.models import write_model_version
 from classifier.preprocess import preprocess
@@ -28,6 +27,7 @@ from crawler.cli import main
 from crawler.serving import resolve_serving, tag_coverage
 from storage.catalogue import Catalogue
 from storage.placement import DataLayout
+from tests.classifier_fixtures import RecordingClassifier
 from tests.conftest import MediaServer, photo
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -200,22 +200,6 @@ class TestReadOnlyCommands:
         assert str(config.data_dir) in captured.err and "does not exist" in captured.err
         assert captured.out == ""
         assert not config.data_dir.exists()
-
-
-class RecordingClassifier:
-    """The real classifier, recording the size of every batch it is given."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.version = inner.version
-        self.tags = inner.tags
-        self.batch_size = inner.batch_size
-        self.batches: list[int] = []
-
-    def classify(self, batch: Any) -> ClassifyResult:
-        self.batches.append(len(batch))
-        result: ClassifyResult = self.inner.classify(batch)
-        return result
 
 
 def _photo_files(folder: Path, count: int) -> list[str]:

@@ -290,6 +290,16 @@ class FakeBoard:
         return web.json_response([moebooru_post(i) for i in ids[(page - 1) * limit:][:limit]])
 
 
+def gelbooru_page(body: bytes) -> web.Application:
+    """An app answering every gelbooru API call (/index.php) with `body` as text/xml."""
+    async def page(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_get("/index.php", page)
+    return app
+
+
 def make_source(base: str, http: RecordingClient, **settings: Any) -> booru.BooruSource:
     table = {"base_url": base, "tags": "glasses", **settings}
     assert booru.validate(table) == []
@@ -418,12 +428,7 @@ class TestBooruSource:
 
     async def test_malformed_xml_from_server(self) -> None:
         """A board answering broken XML fails the poll with a clear SourceError."""
-        app = web.Application()
-
-        async def broken(request: web.Request) -> web.Response:
-            return web.Response(body=b'<?xml version="1.0"?><posts><post id="1"',
-                                content_type="text/xml")
-        app.router.add_get("/index.php", broken)
+        app = gelbooru_page(b'<?xml version="1.0"?><posts><post id="1"')
         async with serve(app) as base, http_client(base) as http:
             with pytest.raises(SourceError, match="malformed booru XML"):
                 await make_source(base, http, api="gelbooru").poll(None, now=0.0)

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from aiohttp import web
 from structlog.testing import capture_logs
 
 from crawler.errors import SourceError
@@ -18,6 +17,7 @@ from tests.sourcehttp import http_client, serve
 from tests.test_source_booru import (
     BASE,
     danbooru_post,
+    gelbooru_page,
     gelbooru_post,
     make_source,
     moebooru_post,
@@ -135,12 +135,7 @@ class TestGelbooruXml:
 
     async def test_refusal_names_the_url(self) -> None:
         """Through the real source, an entity declaration is a SourceError naming the page."""
-        app = web.Application()
-
-        async def hostile(_request: web.Request) -> web.Response:
-            return web.Response(body=b'<!DOCTYPE p [<!ENTITY a "x">]><posts/>',
-                                content_type="text/xml")
-        app.router.add_get("/index.php", hostile)
+        app = gelbooru_page(b'<!DOCTYPE p [<!ENTITY a "x">]><posts/>')
         async with serve(app) as base, http_client(base) as http:
             with pytest.raises(SourceError, match=r"from http://127\.0\.0\.1:\d+/index\.php"):
                 await make_source(base, http, api="gelbooru").poll(None, now=0.0)

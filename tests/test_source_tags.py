@@ -15,9 +15,8 @@ from PIL import Image
 
 from crawler.cli import main
 from crawler.daemon import Daemon
-from storage.catalogue import Catalogue
-from storage.placement import DataLayout
 from tests.conftest import MediaServer, photo
+from tests.helpers import catalogue_media, feed_source
 
 ALIASES = """
     [thresholds]
@@ -30,22 +29,9 @@ ALIASES = """
     """
 
 
-def _feed_source(server: MediaServer) -> str:
-    return f"""
-        [[sources]]
-        kind = "rss"
-        name = "feed"
-        url = "{server.base_url}/feed.xml"
-        interval = "1m"
-        """
-
-
 async def _media(config: Any) -> dict[str, dict[str, Any]]:
-    catalogue = await Catalogue.open(DataLayout(config.data_dir).catalogue)
-    try:
-        return {item["url"].rsplit("/", 1)[-1]: item for item in await catalogue.media_list()}
-    finally:
-        await catalogue.close()
+    rows = await catalogue_media(config.data_dir)
+    return {item["url"].rsplit("/", 1)[-1]: item for item in rows}
 
 
 def _linked(data_dir: Path, tag: str) -> set[str]:
@@ -75,7 +61,7 @@ class TestDayOne:
                               ("c.jpg", photo("chelsea"), ["neko"]),
                               ("r.jpg", photo("rocket"), ["launch"])])
         config = write_config(ALIASES, allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
 
         media = await _media(config)
@@ -92,7 +78,7 @@ class TestDayOne:
         off = write_config(ALIASES.replace('cat = ["#Neko"]',
                                            'cat = ["#Neko"]\nfile_by_source_tags = false'),
                            allowed=(media_server.host_port,),
-                           sources=_feed_source(media_server))
+                           sources=feed_source(media_server))
         assert await _cli("rescore", "--config", str(off.path)) == 0
         assert _linked(config.data_dir, "megane") == set()
         assert len(_linked(config.data_dir, "untagged")) == 3
@@ -103,7 +89,7 @@ class TestDayOne:
         """`megane label SHA megane=no` takes an image tagged #glasses out of megane/."""
         _serve(media_server, [("a.jpg", photo("coffee"), ["glasses"])])
         config = write_config(ALIASES, allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
         sha = (await _media(config))["a.jpg"]["sha256"]
         assert _linked(config.data_dir, "megane") == {sha}
@@ -120,7 +106,7 @@ class TestDayOne:
         rescore would (both read every URL's tags)."""
         _serve(media_server, [("a.jpg", photo("astronaut"), [])])
         config = write_config(ALIASES, allowed=(media_server.host_port,),
-                              sources=_feed_source(media_server))
+                              sources=feed_source(media_server))
         await Daemon(config, classifier=shared_classifier).run(once=True)
         sha = (await _media(config))["a.jpg"]["sha256"]
         assert _linked(config.data_dir, "megane") == set()
