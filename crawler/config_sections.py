@@ -123,6 +123,8 @@ def load_images(raw: Mapping[str, Any], problems: Problems) -> ImagesConfig:
     d = ImagesConfig()
     check_keys("images", table, set(ImagesConfig.__dataclass_fields__), problems)
     formats = read_string_list("images", table, "formats", d.formats, problems)
+    if "formats" in table and formats != d.formats:
+        formats = _known_formats(formats, problems) or d.formats
     return ImagesConfig(
         max_width=read_value("images", table, "max_width", d.max_width, int, problems, minimum=1),
         max_height=read_value("images", table, "max_height", d.max_height, int, problems,
@@ -132,6 +134,27 @@ def load_images(raw: Mapping[str, Any], problems: Problems) -> ImagesConfig:
         formats=tuple(item.upper() for item in formats),
         jpeg_draft=read_value("images", table, "jpeg_draft", d.jpeg_draft, bool, problems),
     )
+
+
+def _known_formats(formats: tuple[str, ...], problems: Problems) -> tuple[str, ...]:
+    """The names Pillow (and classifier.sniff) know; an unknown one would refuse every file."""
+    from PIL import Image
+
+    from classifier.sniff import EXTENSIONS
+
+    Image.init()
+    known = set(EXTENSIONS) | set(Image.OPEN)
+    if not formats:
+        problems.add("images", "formats",
+                     "must list at least one format, e.g. [\"JPEG\", \"PNG\"]; with none "
+                     "every image would be refused")
+        return ()
+    unknown = [name for name in formats if name.upper() not in known]
+    for name in unknown:
+        problems.add("images", "formats",
+                     f"{name!r} is not an image format name; use Pillow's names: "
+                     f"{', '.join(EXTENSIONS)} (or another Pillow format)")
+    return () if unknown else formats
 
 
 def load_classifier(raw: Mapping[str, Any], problems: Problems) -> ClassifierConfig:

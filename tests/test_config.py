@@ -602,6 +602,7 @@ class TestSources:
 
 
 RSS_KEYS = "interval, kind, max_interval, min_interval, name, url"
+IMAGE_FORMATS = "JPEG, PNG, GIF, WEBP, BMP, TIFF, ICO, AVIF, HEIF, JPEG2000, JXL, QOI, PSD"
 MASTODON_KEYS = ("access_token, account, backfill, hashtag, instance, interval, kind, list, "
                  "max_interval, min_interval, name, only_media, timeline")
 
@@ -724,6 +725,21 @@ class TestEveryProblemListed:
                 (5, "quarantine.review_band", "[0.75, 0.9] starts at or above thresholds.nsfw "
                  "(0.7), so it never applies; make its low end lower than 0.7"),
             ], id="review-band-above-threshold"),
+            pytest.param("""\
+                [images]
+                formats = ["jpg", "PNG", "WebP", "heic"]
+                """, [
+                (2, "images.formats", f"'{name}' is not an image format name; use Pillow's "
+                 f"names: {IMAGE_FORMATS} (or another Pillow format)")
+                for name in ("jpg", "heic")
+            ], id="unknown-image-formats"),
+            pytest.param("""\
+                [images]
+                formats = []
+                """, [
+                (2, "images.formats", "must list at least one format, e.g. [\"JPEG\", \"PNG\"]; "
+                 "with none every image would be refused"),
+            ], id="no-image-formats"),
             pytest.param("""\
                 [daemon]
                 download_workers = 0
