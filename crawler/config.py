@@ -149,6 +149,9 @@ def config_from_mapping(raw: Mapping[str, Any], path: Path, text: str = "") -> C
         for problem in text.split("; "):
             dotted, _, message = problem.partition(": ")
             key = dotted.removeprefix("training.")
+            if message == "unknown key":
+                known_keys = ", ".join(sorted(TrainingSettings.__dataclass_fields__))
+                message = f"unknown key; known keys are: {known_keys}"
             problems.add("training", key, message or problem)
     for tag in config.quarantine.tags:
         if tag not in config.thresholds:

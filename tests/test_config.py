@@ -741,6 +741,20 @@ class TestEveryProblemListed:
                  "with none every image would be refused"),
             ], id="no-image-formats"),
             pytest.param("""\
+                [training]
+                epoch = 3
+
+                [review]
+                page = 1
+                """, [
+                (5, "review.page", "unknown key (known: blur_radius, login_backoff_s, "
+                 "near_duplicate_distance, page_size, session_idle_s)"),
+                (2, "training.epoch", "unknown key; known keys are: balance, batch_size, epochs, "
+                 "feature_batch_size, holdout_fraction, l2, learning_rate, min_negatives, "
+                 "min_positives, mining_rounds, negative_ratio, nsfw_min_recall, seed, "
+                 "source_label_weight, target_precision, use_source_labels"),
+            ], id="review-and-training-unknown-keys-with-line-and-known-list"),
+            pytest.param("""\
                 [daemon]
                 download_workers = 0
 
