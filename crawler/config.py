@@ -135,7 +135,13 @@ def config_from_mapping(raw: Mapping[str, Any], path: Path, text: str = "") -> C
     try:
         ReviewSettings.from_mapping(config.review, str(path))
     except ConfigError as error:
-        problems.items.extend(error.problems)
+        for problem in error.problems:
+            # "[review] key: message" -> "config.toml:LINE: review.key: message"
+            key, _, message = problem.removeprefix("[review] ").partition(": ")
+            if message:
+                problems.add("review", key, message)
+            else:
+                problems.items.append(problem)
     try:
         TrainingSettings.from_mapping(config.training)
     except TrainingError as error:
@@ -143,11 +149,26 @@ def config_from_mapping(raw: Mapping[str, Any], path: Path, text: str = "") -> C
         for problem in text.split("; "):
             dotted, _, message = problem.partition(": ")
             key = dotted.removeprefix("training.")
+            if message == "unknown key":
+                known_keys = ", ".join(sorted(TrainingSettings.__dataclass_fields__))
+                message = f"unknown key; known keys are: {known_keys}"
             problems.add("training", key, message or problem)
     for tag in config.quarantine.tags:
         if tag not in config.thresholds:
             problems.add("quarantine", "tags",
                          f"tag {tag!r} has no threshold; add it under [thresholds]")
+    band = config.quarantine.review_band
+    written = raw.get("thresholds", {})
+    for tag in config.quarantine.tags:
+        threshold = config.thresholds.get(tag)
+        if isinstance(written, dict) and tag in written and written[tag] != threshold:
+            continue  # its own problem is reported; the default stands in for it
+        if band is not None and threshold is not None and band[0] >= threshold:
+            # crawler.decide looks at the band only for scores below the tag's threshold.
+            problems.add("quarantine", "review_band",
+                         f"[{band[0]:g}, {band[1]:g}] starts at or above thresholds.{tag} "
+                         f"({threshold:g}), so it never applies; make its low end lower than "
+                         f"{threshold:g}")
     if problems.items:
         raise ConfigError(str(path), problems.items)
     return config

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from crawler.config_types import COMMON_SOURCE_KEYS
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -149,3 +151,14 @@ def read_string_list(
         problems.add(section, key, f"expected an array of strings, got {value!r}")
         return default
     return tuple(value)
+
+
+def unknown_source_keys(what: str, settings: Mapping[str, Any], keys: frozenset[str]) -> list[str]:
+    """A problem ("key: message") for each key of a source table that `what` does not know.
+
+    The list of known keys is the kind's own `keys` and the keys common to every source.
+    """
+    known = COMMON_SOURCE_KEYS | keys
+    listed = ", ".join(sorted(known))
+    return [f"{key}: unknown key for {what} (known: {listed})"
+            for key in settings if key not in known]

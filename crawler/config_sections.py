@@ -25,6 +25,7 @@ from crawler.config_types import (
     ENGINES,
     LOG_FORMATS,
     LOG_LEVELS,
+    COMMON_SOURCE_KEYS,
     SOURCE_KINDS,
     ClassifierConfig,
     DaemonConfig,
@@ -80,7 +81,7 @@ def load_http(raw: Mapping[str, Any], problems: Problems) -> HttpConfig:
     user_agent = read_value("http", table, "user_agent", d.user_agent, str, problems)
     if not user_agent.strip():
         problems.add("http", "user_agent", "must not be empty; name your crawler and a contact")
-    return HttpConfig(
+    config = HttpConfig(
         user_agent=user_agent,
         max_connections=read_value("http", table, "max_connections", d.max_connections, int,
                                    problems, minimum=1, maximum=4096),
@@ -105,6 +106,16 @@ def load_http(raw: Mapping[str, Any], problems: Problems) -> HttpConfig:
                                      problems, minimum=0),
         allowed_private_hosts=frozenset(host.lower() for host in hosts),
     )
+    as_read = (table.get("max_connections", d.max_connections) == config.max_connections
+               and table.get("per_host_connections", d.per_host_connections)
+               == config.per_host_connections)
+    if as_read and config.per_host_connections > config.max_connections:
+        # The connector's total limit would cap it: the written value could never be reached.
+        problems.add("http", "per_host_connections",
+                     f"{config.per_host_connections} is more than max_connections "
+                     f"({config.max_connections}); lower per_host_connections or raise "
+                     "max_connections")
+    return config
 
 
 def load_images(raw: Mapping[str, Any], problems: Problems) -> ImagesConfig:
@@ -112,6 +123,8 @@ def load_images(raw: Mapping[str, Any], problems: Problems) -> ImagesConfig:
     d = ImagesConfig()
     check_keys("images", table, set(ImagesConfig.__dataclass_fields__), problems)
     formats = read_string_list("images", table, "formats", d.formats, problems)
+    if "formats" in table and formats != d.formats:
+        formats = _known_formats(formats, problems) or d.formats
     return ImagesConfig(
         max_width=read_value("images", table, "max_width", d.max_width, int, problems, minimum=1),
         max_height=read_value("images", table, "max_height", d.max_height, int, problems,
@@ -121,6 +134,27 @@ def load_images(raw: Mapping[str, Any], problems: Problems) -> ImagesConfig:
         formats=tuple(item.upper() for item in formats),
         jpeg_draft=read_value("images", table, "jpeg_draft", d.jpeg_draft, bool, problems),
     )
+
+
+def _known_formats(formats: tuple[str, ...], problems: Problems) -> tuple[str, ...]:
+    """The names Pillow (and classifier.sniff) know; an unknown one would refuse every file."""
+    from PIL import Image
+
+    from classifier.sniff import EXTENSIONS
+
+    Image.init()
+    known = set(EXTENSIONS) | set(Image.OPEN)
+    if not formats:
+        problems.add("images", "formats",
+                     "must list at least one format, e.g. [\"JPEG\", \"PNG\"]; with none "
+                     "every image would be refused")
+        return ()
+    unknown = [name for name in formats if name.upper() not in known]
+    for name in unknown:
+        problems.add("images", "formats",
+                     f"{name!r} is not an image format name; use Pillow's names: "
+                     f"{', '.join(EXTENSIONS)} (or another Pillow format)")
+    return () if unknown else formats
 
 
 def load_classifier(raw: Mapping[str, Any], problems: Problems) -> ClassifierConfig:
@@ -233,44 +267,88 @@ def load_sources(raw: Mapping[str, Any], problems: Problems) -> tuple[SourceConf
         if not isinstance(table, dict):
             problems.add("sources", None, "each [[sources]] entry must be a table", index)
             continue
+        # Every check runs whatever the others found, so one pass lists every problem.
+        ok = True
         kind = table.get("kind")
         if kind not in SOURCE_KINDS:
             problems.add("sources", "kind",
                          f"must be one of {', '.join(SOURCE_KINDS)}; got {kind!r}", index)
-            continue
+            ok = False
         name = table.get("name")
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$", name):
             problems.add("sources", "name",
                          "required: a short name of letters, digits, '.', '_' or '-'", index)
+            ok = False
+        elif name in names:
+            problems.add("sources", "name",
+                         f"{name!r} is used by another source; give each source its own name",
+                         index)
+            ok = False
+        else:
+            names.add(name)
+        intervals = _source_intervals(table, index, problems)
+        settings = {key: item for key, item in table.items() if key not in COMMON_SOURCE_KEYS}
+        if kind in SOURCE_KINDS:
+            for message in validate_source_settings(kind, settings):
+                key, _, text = message.partition(": ")
+                problems.add("sources", key if text else None, text or message, index)
+                ok = False
+        if not ok or intervals is None or not isinstance(kind, str) or not isinstance(name, str):
             continue
-        if name in names:
-            problems.add("sources", "name", f"{name!r} is used by another source", index)
-            continue
-        names.add(name)
-        intervals: dict[str, float] = {}
-        for key, default in (("interval", 600.0), ("min_interval", 0.0), ("max_interval", 0.0)):
-            if key in table:
-                try:
-                    intervals[key] = parse_duration_s(table[key])
-                except ValueError as error:
-                    problems.add("sources", key, str(error), index)
-                    intervals[key] = default or 600.0
-            else:
-                intervals[key] = default
-        interval_s = intervals["interval"]
-        min_interval_s = intervals["min_interval"] or max(interval_s / 4, 30.0)
-        max_interval_s = intervals["max_interval"] or interval_s * 8
-        settings = {
-            key: item for key, item in table.items()
-            if key not in {"kind", "name", "interval", "min_interval", "max_interval"}
-        }
-        for message in validate_source_settings(kind, settings):
-            key, _, text = message.partition(": ")
-            problems.add("sources", key if text else None, text or message, index)
+        interval_s, min_interval_s, max_interval_s = intervals
         sources.append(SourceConfig(
             kind=kind, name=name, interval_s=interval_s,
             settings=MappingProxyType(settings),
-            min_interval_s=min(min_interval_s, interval_s),
-            max_interval_s=max(max_interval_s, interval_s),
+            min_interval_s=min_interval_s, max_interval_s=max_interval_s,
         ))
     return tuple(sources)
+
+
+DEFAULT_INTERVAL_S = 600.0
+
+
+def _source_intervals(
+    table: Mapping[str, Any], index: int, problems: Problems
+) -> tuple[float, float, float] | None:
+    """(interval, min_interval, max_interval) in seconds, or None if any is wrong.
+
+    Explicit bounds must hold min_interval <= interval <= max_interval: the scheduler
+    (crawler.schedule) would otherwise clamp one of them and silently ignore what was
+    written. Defaults (interval / 4, at least 30 s; interval * 8) are clamped to interval.
+    """
+    given: dict[str, float] = {}
+    bad = False
+    for key in ("interval", "min_interval", "max_interval"):
+        if key in table:
+            try:
+                given[key] = parse_duration_s(table[key])
+            except ValueError as error:
+                problems.add("sources", key, str(error), index)
+                bad = True
+    if bad:
+        return None
+    interval_s = given.get("interval", DEFAULT_INTERVAL_S)
+    interval_text = (repr(table["interval"]) if "interval" in table
+                     else f"{DEFAULT_INTERVAL_S:g}s by default")
+    low, high = given.get("min_interval"), given.get("max_interval")
+    if low is not None and high is not None and low > high:
+        problems.add("sources", "min_interval",
+                     f"{table['min_interval']!r} is longer than max_interval "
+                     f"{table['max_interval']!r}; make min_interval <= interval <= max_interval",
+                     index)
+        return None
+    if low is not None and low > interval_s:
+        problems.add("sources", "min_interval",
+                     f"{table['min_interval']!r} is longer than interval ({interval_text}); "
+                     "make min_interval <= interval, or raise interval", index)
+        bad = True
+    if high is not None and high < interval_s:
+        problems.add("sources", "max_interval",
+                     f"{table['max_interval']!r} is shorter than interval ({interval_text}); "
+                     "make max_interval >= interval, or lower interval", index)
+        bad = True
+    if bad:
+        return None
+    min_interval_s = low if low is not None else min(max(interval_s / 4, 30.0), interval_s)
+    max_interval_s = high if high is not None else interval_s * 8
+    return interval_s, min_interval_s, max_interval_s

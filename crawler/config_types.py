@@ -16,6 +16,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ENGINES = ("auto", "tensorflow", "litert")
 DEVICES = ("auto", "cpu", "gpu")
 SOURCE_KINDS = ("mastodon", "bluesky", "booru", "rss", "folder")
+# Keys every `[[sources]]` table may have, whatever its kind (each kind adds its own).
+COMMON_SOURCE_KEYS = frozenset({"kind", "name", "interval", "min_interval", "max_interval"})
 
 
 @dataclass(frozen=True)

@@ -582,17 +582,229 @@ class TestSources:
         assert source.max_interval_s == 4800.0
         assert math.isfinite(source.max_interval_s)
 
-    def test_min_interval_never_exceeds_interval(self, tmp_path: Path) -> None:
-        """min_interval over the interval is capped at it; max_interval under it is raised."""
-        path = write(tmp_path, """\
-            [[sources]]
-            kind = "rss"
-            name = "one"
-            url = "https://example.org/a.xml"
-            interval = "10m"
-            min_interval = "1h"
-            max_interval = "1m"
-            """)
+    @pytest.mark.parametrize(
+        ("bounds", "expected"),
+        [
+            ('interval = "10s"', (10.0, 10.0, 80.0)),
+            ('interval = "10m"\nmin_interval = "10m"\nmax_interval = "10m"', (600.0, 600.0, 600.0)),
+            ('interval = "5m"\nmin_interval = "1m"\nmax_interval = "1h"', (300.0, 60.0, 3600.0)),
+            ('min_interval = "10m"\nmax_interval = "2h"', (600.0, 600.0, 7200.0)),
+        ],
+    )
+    def test_interval_bounds_in_order_load(
+        self, tmp_path: Path, bounds: str, expected: tuple[float, float, float]
+    ) -> None:
+        """Bounds in order (min <= interval <= max) load; a default minimum is capped."""
+        path = write(tmp_path, '[[sources]]\nkind = "rss"\nname = "one"\n'
+                               f'url = "https://example.org/a.xml"\n{bounds}\n')
         (source,) = load_config(path).sources
-        assert source.min_interval_s == 600.0
-        assert source.max_interval_s == 600.0
+        assert (source.interval_s, source.min_interval_s, source.max_interval_s) == expected
+
+
+RSS_KEYS = "interval, kind, max_interval, min_interval, name, url"
+IMAGE_FORMATS = "JPEG, PNG, GIF, WEBP, BMP, TIFF, ICO, AVIF, HEIF, JPEG2000, JXL, QOI, PSD"
+MASTODON_KEYS = ("access_token, account, backfill, hashtag, instance, interval, kind, list, "
+                 "max_interval, min_interval, name, only_media, timeline")
+
+
+class TestEveryProblemListed:
+    """`megane check-config` lists every problem of a file, cross-key ones included."""
+
+    @pytest.mark.parametrize(
+        ("toml", "expected"),
+        [
+            pytest.param("""\
+                [[sources]]
+                kind = "rss"
+                name = "c"
+                url = "https://example.org/a.xml"
+
+                [[sources]]
+                kind = "rss"
+                name = "c"
+                url = "ftp://x"
+                interval = "5 minutes"
+                bogus_key = 1
+                """, [
+                (8, "sources[1].name",
+                 "'c' is used by another source; give each source its own name"),
+                (10, "sources[1].interval",
+                 "expected a duration such as 300 or \"5m\", got '5 minutes'"),
+                (11, "sources[1].bogus_key", f"unknown key for an rss source (known: {RSS_KEYS})"),
+                (9, "sources[1].url", "must be an http(s) URL, got 'ftp://x'"),
+            ], id="duplicate-name-hides-nothing"),
+            pytest.param("""\
+                [[sources]]
+                kind = "ftp"
+                name = "has space"
+                interval = 0
+                """, [
+                (2, "sources[0].kind",
+                 "must be one of mastodon, bluesky, booru, rss, folder; got 'ftp'"),
+                (3, "sources[0].name",
+                 "required: a short name of letters, digits, '.', '_' or '-'"),
+                (4, "sources[0].interval", "a duration must be positive, got 0"),
+            ], id="bad-kind-and-name-hide-nothing"),
+            pytest.param("""\
+                [[sources]]
+                kind = "rss"
+                name = "a"
+                url = "https://example.org/a.xml"
+                min_interval = "1h"
+                max_interval = "1m"
+                """, [
+                (5, "sources[0].min_interval", "'1h' is longer than max_interval '1m'; "
+                 "make min_interval <= interval <= max_interval"),
+            ], id="min-over-max"),
+            pytest.param("""\
+                [[sources]]
+                kind = "rss"
+                name = "a"
+                url = "https://example.org/a.xml"
+                interval = "30s"
+                min_interval = "10m"
+                """, [
+                (6, "sources[0].min_interval", "'10m' is longer than interval ('30s'); "
+                 "make min_interval <= interval, or raise interval"),
+            ], id="min-over-interval"),
+            pytest.param("""\
+                [[sources]]
+                kind = "rss"
+                name = "a"
+                url = "https://example.org/a.xml"
+                min_interval = "1h"
+                """, [
+                (5, "sources[0].min_interval", "'1h' is longer than interval (600s by default); "
+                 "make min_interval <= interval, or raise interval"),
+            ], id="min-over-default-interval"),
+            pytest.param("""\
+                [[sources]]
+                kind = "rss"
+                name = "a"
+                url = "https://example.org/a.xml"
+                interval = "1h"
+                max_interval = "10m"
+                """, [
+                (6, "sources[0].max_interval", "'10m' is shorter than interval ('1h'); "
+                 "make max_interval >= interval, or lower interval"),
+            ], id="max-under-interval"),
+            pytest.param("""\
+                [[sources]]
+                kind = "mastodon"
+                name = "m"
+                instance = "https://m.example"
+                hashtag = "megane"
+                url = "https://m.example/tags/megane.rss"
+                """, [
+                (6, "sources[0].url",
+                 f"unknown key for a mastodon source (known: {MASTODON_KEYS})"),
+            ], id="mastodon-known-keys-complete"),
+            pytest.param("""\
+                [http]
+                max_connections = 2
+                per_host_connections = 8
+                """, [
+                (3, "http.per_host_connections",
+                 "8 is more than max_connections (2); lower per_host_connections or raise "
+                 "max_connections"),
+            ], id="per-host-over-total"),
+            pytest.param("""\
+                [http]
+                max_connections = 0
+                per_host_connections = 40
+                """, [
+                (2, "http.max_connections", "must be at least 1, got 0"),
+            ], id="no-cross-check-on-a-rejected-value"),
+            pytest.param("""\
+                [thresholds]
+                nsfw = 0.7
+
+                [quarantine]
+                review_band = [0.75, 0.9]
+                """, [
+                (5, "quarantine.review_band", "[0.75, 0.9] starts at or above thresholds.nsfw "
+                 "(0.7), so it never applies; make its low end lower than 0.7"),
+            ], id="review-band-above-threshold"),
+            pytest.param("""\
+                [images]
+                formats = ["jpg", "PNG", "WebP", "heic"]
+                """, [
+                (2, "images.formats", f"'{name}' is not an image format name; use Pillow's "
+                 f"names: {IMAGE_FORMATS} (or another Pillow format)")
+                for name in ("jpg", "heic")
+            ], id="unknown-image-formats"),
+            pytest.param("""\
+                [images]
+                formats = []
+                """, [
+                (2, "images.formats", "must list at least one format, e.g. [\"JPEG\", \"PNG\"]; "
+                 "with none every image would be refused"),
+            ], id="no-image-formats"),
+            pytest.param("""\
+                [training]
+                epoch = 3
+
+                [review]
+                page = 1
+                """, [
+                (5, "review.page", "unknown key (known: blur_radius, login_backoff_s, "
+                 "near_duplicate_distance, page_size, session_idle_s)"),
+                (2, "training.epoch", "unknown key; known keys are: balance, batch_size, epochs, "
+                 "feature_batch_size, holdout_fraction, l2, learning_rate, min_negatives, "
+                 "min_positives, mining_rounds, negative_ratio, nsfw_min_recall, seed, "
+                 "source_label_weight, target_precision, use_source_labels"),
+            ], id="review-and-training-unknown-keys-with-line-and-known-list"),
+            pytest.param("""\
+                [daemon]
+                download_workers = 0
+
+                [http]
+                max_connections = 0
+                per_host_rate = 0
+                max_bytes = -1
+
+                [classifier]
+                batch_size = 0
+
+                [thresholds]
+                nsfw = 1.5
+                megane = -0.1
+
+                [quarantine]
+                review_band = [0.9, 0.2]
+
+                [review]
+                page_size = 0
+
+                [training]
+                feature_batch_size = 0
+                """, [
+                (2, "daemon.download_workers", "must be at least 1, got 0"),
+                (5, "http.max_connections", "must be at least 1, got 0"),
+                (6, "http.per_host_rate", "must be at least 0.01, got 0.0"),
+                (7, "http.max_bytes", "must be at least 1024, got -1"),
+                (10, "classifier.batch_size", "must be at least 1, got 0"),
+                (13, "thresholds.nsfw", "must be between 0 and 1, got 1.5"),
+                (14, "thresholds.megane", "must be between 0 and 1, got -0.1"),
+                (17, "quarantine.review_band",
+                 "expected [low, high] with 0 <= low < high <= 1, got [0.9, 0.2]"),
+                (20, "review.page_size", "an integer from 1 to 1000, got 0"),
+                (23, "training.feature_batch_size", "at least 1"),
+            ], id="every-section-at-once"),
+        ],
+    )
+    def test_check_config_lists_every_problem(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str,
+        expected: list[tuple[int, str, str]],
+    ) -> None:
+        """check-config exits 1 and prints exactly these problems, each with file:line and key."""
+        from crawler.cli import main
+
+        path = write(tmp_path, toml)
+        assert main(["check-config", "--config", str(path)]) == 1
+        err = capsys.readouterr().err
+        printed = [line.removeprefix("  - ") for line in err.splitlines()
+                   if line.startswith("  - ")]
+        assert printed == [f"{path}:{line}: {dotted}: {message}"
+                           for line, dotted, message in expected]
+        assert f"{len(expected)} problem(s)" in err

@@ -240,8 +240,9 @@ def _valid_at_uri(value: str, collection: str) -> bool:
 
 def validate(settings: Mapping[str, Any]) -> list[str]:
     """Problems with a bluesky source's keys."""
-    problems = [f"{key}: unknown key for a bluesky source (known: {', '.join(sorted(KEYS))})"
-                for key in settings if key not in KEYS]
+    from crawler.config_checks import unknown_source_keys
+
+    problems = unknown_source_keys("a bluesky source", settings, KEYS)
     chosen = [key for key in SELECTORS if key in settings]
     if len(chosen) != 1:
         problems.append(f"{chosen[1] if len(chosen) > 1 else 'actor'}: give exactly one of "

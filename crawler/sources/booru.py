@@ -265,8 +265,9 @@ def _tags(value: object) -> str | None:
 
 def validate(settings: Mapping[str, Any]) -> list[str]:
     """Problems with a booru source's keys."""
-    problems = [f"{key}: unknown key for a booru source (known: {', '.join(sorted(KEYS))})"
-                for key in settings if key not in KEYS]
+    from crawler.config_checks import unknown_source_keys
+
+    problems = unknown_source_keys("a booru source", settings, KEYS)
     base_url = settings.get("base_url")
     if base_url is None:
         problems.append("base_url: required; the board's address, e.g. \"https://safebooru.org\"")

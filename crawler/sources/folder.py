@@ -290,8 +290,9 @@ def _folder(value: object) -> Path | None:
 
 def validate(settings: Mapping[str, Any]) -> list[str]:
     """Problems with a folder source's keys (the folder must exist)."""
-    problems = [f"{key}: unknown key for a folder source (known: {', '.join(sorted(KEYS))})"
-                for key in settings if key not in KEYS]
+    from crawler.config_checks import unknown_source_keys
+
+    problems = unknown_source_keys("a folder source", settings, KEYS)
     path = _folder(settings.get("path"))
     if path is None:
         problems.append("path: required; an absolute path to an existing folder")

@@ -322,8 +322,9 @@ def _next_min_id(previous: str | None, ids: list[str], pending: list[str]) -> st
 
 def validate(settings: Mapping[str, Any]) -> list[str]:
     """Problems with a mastodon source's keys."""
-    problems = [f"{key}: unknown key for a mastodon source (known: {', '.join(sorted(KEYS))})"
-                for key in settings if key not in KEYS]
+    from crawler.config_checks import unknown_source_keys
+
+    problems = unknown_source_keys("a mastodon source", settings, KEYS)
     instance = settings.get("instance")
     if instance is None:
         problems.append("instance: required; the server's address, e.g. "

@@ -362,8 +362,9 @@ class RssSource:
 
 def validate(settings: Mapping[str, Any]) -> list[str]:
     """Problems with an rss source's keys."""
-    problems = [f"{key}: unknown key for an rss source (known: url)"
-                for key in settings if key not in KEYS]
+    from crawler.config_checks import unknown_source_keys
+
+    problems = unknown_source_keys("an rss source", settings, KEYS)
     url = settings.get("url")
     if url is None:
         problems.append("url: required; the feed's address, e.g. \"https://example.org/feed.xml\"")
