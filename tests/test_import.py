@@ -23,10 +23,14 @@ LATIN1_NAME = b"caf\xe9.jpg"
 
 
 def sixteen_bit_png() -> bytes:
-    """A 16-bit grayscale PNG of a real photo (mode I;16)."""
+    """A 16-bit grayscale PNG of a real photo (mode I;16).
+
+    Not `camera`, which the tree also holds as a BMP: the two would be near-copies of one
+    picture, and which one is stored would depend on arrival order.
+    """
     import skimage.data
 
-    gray = np.asarray(Image.fromarray(skimage.data.camera()), dtype=np.uint16) * 257
+    gray = np.asarray(Image.fromarray(skimage.data.coins()), dtype=np.uint16) * 257
     buffer = io.BytesIO()
     Image.fromarray(gray).save(buffer, "PNG")
     return buffer.getvalue()
