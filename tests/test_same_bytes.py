@@ -186,3 +186,31 @@ class TestSameBytesInOneRun:
         _assert_agree(media, logs, [item["url"] for item in media])
         [two] = [item for item in media if item["url"].endswith("/two/img.jpg")]
         assert not two["reason"].startswith("duplicate_of:")
+
+    async def test_flagged_repost_of_filed_bytes_logs_what_the_row_holds(
+        self, media_server: MediaServer, write_config: Any, shared_classifier: Any
+    ) -> None:
+        """Filed bytes reposted flagged in a later run are re-filed, and the repost's one
+        final event is `media_duplicate` of the first URL, as its row says."""
+        media_server.add_bytes("/img/a.jpg", photo("rocket"))
+        media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}])
+        config = write_config(allowed=(media_server.host_port,),
+                              sources=_rss("feed", f"{media_server.base_url}/feed.xml"))
+        assert await Daemon(config, classifier=shared_classifier).run(once=True) == 0
+        media_server.add_bytes("/img/b.jpg", photo("rocket"))
+        media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"},
+                                            {"image": "/img/b.jpg", "rating": "adult"}])
+
+        with capture_logs() as logs:
+            assert await Daemon(config, classifier=shared_classifier).run(once=True) == 0
+
+        rows = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        finals = [e for e in logs if e["event"] in FINAL_EVENTS]
+        assert [e["url"].rsplit("/", 1)[-1] for e in finals] == ["b.jpg"], finals
+        [event] = finals
+        assert event["event"] == "media_duplicate"
+        assert event["of"].endswith("/img/a.jpg")
+        assert (event["state"], event["reason"]) == (rows["b.jpg"]["state"],
+                                                     rows["b.jpg"]["reason"])
+        assert rows["b.jpg"]["reason"] == f"duplicate_of:{rows['a.jpg']['sha256']}"
+        assert rows["a.jpg"]["reason"] == "source_flag: rss:rating:adult"
