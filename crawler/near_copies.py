@@ -40,12 +40,18 @@ class NearCopies(PipelineCore):
             if verdict.in_flight:
                 work.waiting_distance = verdict.distance
                 self._waiting.setdefault(verdict.of_sha256, []).append(work)
+                # It waits for another row (another URL) in flight: name that row's URL.
+                # The same bytes have no other original than their own sha256.
+                claimant = self._claimants.get(verdict.of_sha256)
                 log.info("media_waiting", url=work.row.url, sha256=work.sha256,
-                         original=verdict.of_sha256, distance=verdict.distance)
+                         waits_for=claimant.row.url if claimant is not None else None,
+                         original=None if same_bytes else verdict.of_sha256,
+                         same_bytes=same_bytes, distance=verdict.distance)
                 return True
             if await self._record_near_copy(work, verdict):
                 return True
         self.hashes.claim(work.sha256, phash, work.row.id)
+        self._claimants[work.sha256] = work
         work.claimed = True
         return False
 
@@ -60,17 +66,22 @@ class NearCopies(PipelineCore):
         self._done(work)
         return True
 
-    async def _settle_waiting(self, sha256: str) -> None:
-        """The image `sha256` is filed: record the copies that waited for it.
+    async def _settle_waiting(self, sha256: str, filed_url: str) -> None:
+        """The image `sha256` is filed (by the row of `filed_url`): settle its copies.
 
-        Copies of the same bytes were made final by its placement (`duplicate_of:`);
-        near-copies are recorded `near_duplicate_of:`. One whose flags or source tags
-        could change the filing has the original re-filed with them.
+        Copies of the same bytes were made final by its placement (`duplicate_of:`), and
+        each gets its own final event, read back from its row so the log says what the
+        catalogue holds; near-copies are recorded `near_duplicate_of:`. One whose flags or
+        source tags could change the filing has the original re-filed with them.
         """
         refile = False
         for waiting in self._waiting.pop(sha256, []):
             if waiting.sha256 == sha256:
                 refile = refile or bool(waiting.row.flags) or self._tags_matter(waiting.row)
+                row = await self.catalogue.get_media(waiting.row.id)
+                self.observer.progress("duplicate")
+                log.info("media_duplicate", url=waiting.row.url, sha256=sha256,
+                         state=row.state.value, reason=row.reason, of=filed_url)
                 self._done(waiting)
                 continue
             verdict = Verdict(blocked=False, of_sha256=sha256,

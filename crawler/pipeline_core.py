@@ -80,6 +80,8 @@ class PipelineCore:
         self.in_flight: set[int] = set()
         # sha256 of an image in flight -> copies (same bytes or near) waiting for its filing.
         self._waiting: dict[str, list[Work]] = {}
+        # sha256 of an image in flight -> the work holding its claim (what copies wait for).
+        self._claimants: dict[str, Work] = {}
         self.wakeup = asyncio.Event()
         self.idle = asyncio.Event()
         self.sources_done = asyncio.Event()
@@ -117,6 +119,7 @@ class PipelineCore:
         self.in_flight.discard(work.row.id)
         if work.claimed and self.hashes is not None and work.sha256 is not None:
             self.hashes.release(work.sha256, work.row.id)
+            self._claimants.pop(work.sha256, None)
             work.claimed = False
             # The original was not filed (or they were not settled): the waiting copies go
             # back to the feeder, which reads their rows again and checks them afresh.

@@ -72,7 +72,7 @@ class PlaceStage(NearCopies):
         await self._io_threads.run(
             place, self.layout, sha256, extension, decision.placement, decision.tags, sidecar
         )
-        await self.catalogue.record_placement(
+        holder = await self.catalogue.record_placement(
             sha256, decision.placement, decision.reason, decision.tags, self.clock(),
             media_id=work.row.id,
         )
@@ -81,11 +81,20 @@ class PlaceStage(NearCopies):
             self.hashes.add(sha256, work.phash)
         if decision.placement is Placement.QUARANTINE and self.on_quarantine is not None:
             self.on_quarantine()
-        log.info("media_filed", url=work.row.url, sha256=sha256,
-                 placement=decision.placement.value, tags=list(decision.tags),
-                 reason=decision.reason)
+        if holder is None or holder == work.row.id:
+            log.info("media_filed", url=work.row.url, sha256=sha256,
+                     placement=decision.placement.value, tags=list(decision.tags),
+                     reason=decision.reason)
+            filed_url = work.row.url
+        else:
+            # These bytes were filed before under another URL, which keeps the decision:
+            # this row is its duplicate, as the catalogue says.
+            filed_url = (await self.catalogue.get_media(holder)).url
+            log.info("media_duplicate", url=work.row.url, sha256=sha256,
+                     state=decision.placement.value, reason=f"duplicate_of:{sha256}",
+                     of=filed_url)
         if work.claimed:
-            await self._settle_waiting(sha256)
+            await self._settle_waiting(sha256, filed_url)
         self._done(work)
 
     async def sidecar(self, sha256: str, decision: Decision,

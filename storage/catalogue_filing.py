@@ -51,32 +51,52 @@ class Filing(Labels):
     async def record_placement(
         self, sha256: str, placement: Placement, reason: str, tags: Sequence[str],
         now: float, media_id: int | None = None,
-    ) -> None:
-        """Commit where an image was filed; every row carrying it becomes final there."""
+    ) -> int | None:
+        """Commit where an image was filed; every row carrying it becomes final there.
+
+        One row holds the decision's reason: a row already filed with it (the same bytes
+        came before), else `media_id` (the row just processed). Every other row is
+        `duplicate_of:<sha256>`, and a row already recorded as a copy keeps its reason.
+        Returns the id of the row holding the decision (None when no row carries it).
+        """
         await self._db.execute(
             """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
                WHERE sha256 = ? AND placement IS NOT 'rejected'""",
             (placement.value, reason, json.dumps(list(tags)), now, sha256),
         )
-        # The first row to carry the content gets the decision's reason; every other row
-        # (the same bytes from another URL) is `duplicate_of:<sha256>`, and a row already
-        # recorded as a copy keeps its reason.
+        holder = await self._decision_holder(sha256, media_id)
         await self._db.execute(
             f"""UPDATE media SET state = :state, updated_at = :now, reason = CASE
+                  WHEN id = :holder THEN :reason
                   WHEN {_KEEP_COPY_REASON} THEN reason
-                  WHEN id = (SELECT min(id) FROM media AS first WHERE first.sha256 = :sha
-                             AND first.state NOT IN ('pending', 'rejected')
-                             AND (first.reason IS NULL OR NOT (
-                                 first.reason GLOB 'duplicate_of:*'
-                                 OR first.reason GLOB 'near_duplicate_of:*')))
-                    THEN :reason
                   ELSE 'duplicate_of:' || :sha END
                WHERE sha256 = :sha AND (state IN ('downloaded', 'decoded', 'classified',
                'library', 'quarantine', 'held') OR id = :id)""",
             {"state": placement.value, "reason": reason, "now": now, "sha": sha256,
-             "id": media_id if media_id is not None else -1},
+             "id": media_id if media_id is not None else -1,
+             "holder": holder if holder is not None else -1},
         )
         await self._db.commit()
+        return holder
+
+    async def _decision_holder(self, sha256: str, media_id: int | None) -> int | None:
+        """The row that carries the filing decision of `sha256` (see `record_placement`)."""
+        not_copy = f"(reason IS NULL OR NOT ({_KEEP_COPY_REASON}))"
+        filed = await self._fetchone(
+            f"""SELECT min(id) FROM media WHERE sha256 = ? AND id != ? AND {not_copy}
+                AND state IN ('library', 'quarantine', 'held')""",
+            (sha256, media_id if media_id is not None else -1),
+        )
+        if filed is not None and filed[0] is not None:
+            return int(filed[0])
+        if media_id is not None:
+            return media_id
+        first = await self._fetchone(
+            f"""SELECT min(id) FROM media WHERE sha256 = ? AND {not_copy}
+                AND state NOT IN ('pending', 'rejected')""",
+            (sha256,),
+        )
+        return int(first[0]) if first is not None and first[0] is not None else None
 
     async def get_blob(self, sha256: str) -> BlobRow:
         row = await self._fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
