@@ -21,7 +21,7 @@ from crawler.daemon import Daemon
 from storage.catalogue import Catalogue
 from storage.placement import DataLayout
 from tests.conftest import MediaServer, photo
-from tests.test_near_duplicates import CountingClassifier
+from tests.classifier_fixtures import RecordingClassifier
 
 FINAL_EVENTS = ("media_filed", "media_duplicate", "media_near_duplicate", "media_rejected")
 
@@ -69,7 +69,7 @@ def _rss(name: str, url: str) -> str:
 
 
 async def _run(config: Any, classifier: Any, gate: DecodedGate) -> list[EventDict]:
-    counting = CountingClassifier(classifier)
+    counting = RecordingClassifier(classifier)
     with capture_logs(processors=[gate]) as logs:
         assert await Daemon(config, classifier=counting).run(once=True) == 0
     assert counting.images == 1, "the same bytes are classified once"
