@@ -18,6 +18,8 @@ from typing import Any, NoReturn
 
 import structlog
 
+from storage.redact import redact
+
 from crawler.commands.common import EXIT_INTERNAL, EXIT_OK, EXIT_USER
 from crawler.commands.common import load as _load
 from crawler.commands.common import open_catalogue as _open_catalogue
@@ -173,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(error: BaseException) -> None:
+    """An error for the user on stderr, credentials removed (a config error quotes values)."""
+    print(f"error: {redact(str(error))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # A watchdog abort (SIGABRT) then leaves every thread's stack in the journal.
     if sys.__stderr__ is not None:
@@ -185,10 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        _print_error(error)
         return EXIT_USER
     except UnknownMediaError as error:
-        print(f"error: {error}", file=sys.stderr)
+        _print_error(error)
         return EXIT_USER
     except KeyboardInterrupt:
         return EXIT_OK
@@ -199,16 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_USER
     except MeganeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        _print_error(error)
         return EXIT_INTERNAL
     except BaseExceptionGroup as group:
         # A task of the daemon's TaskGroup failed: report the first cause plainly.
         cause = _first_leaf(group)
         if isinstance(cause, ConfigError | UnknownMediaError):
-            print(f"error: {cause}", file=sys.stderr)
+            _print_error(cause)
             return EXIT_USER
         if isinstance(cause, MeganeError):
-            print(f"error: {cause}", file=sys.stderr)
+            _print_error(cause)
             return EXIT_INTERNAL
         log.error("internal_error", error=repr(cause), exc_info=cause)
         return EXIT_INTERNAL

@@ -134,7 +134,7 @@ class CatalogueBase:
             return row
 
     # Raw query seams, for storage/ modules and tests only: code outside storage/ asks the
-    # catalogue's named methods (crawler/promotion.py still uses these until its SQL moves).
+    # catalogue's named methods.
     # Writes go through `transaction()` so they stay atomic.
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:

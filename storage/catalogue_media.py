@@ -256,10 +256,15 @@ class MediaQueue(CatalogueBase):
         """A permanent failure: the row is final as rejected; its content, if any, too."""
         # an error text may quote credentials or undecodable bytes
         reason = storable_message(redact(reason)) or ""
-        if sha256 is not None:
+        filed = sha256 is not None and await self._fetchone(
+            "SELECT 1 FROM blobs WHERE sha256 = ? AND placement IS NOT NULL", (sha256,))
+        if sha256 is not None and not filed:
+            # Only content not filed yet is rejected with its rows: a failing repost, or a
+            # copy re-queued at start, must never un-file bytes another row already filed
+            # (reconcile would then remove them from library/ and store/).
             await self._db.execute(
                 """UPDATE blobs SET placement = 'rejected', reason = ?, updated_at = ?
-                   WHERE sha256 = ?""",
+                   WHERE sha256 = ? AND placement IS NULL""",
                 (reason, now, sha256),
             )
             await self._db.execute(

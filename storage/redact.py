@@ -48,10 +48,12 @@ _NAME_PATTERN = (
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s\"'<>]*@")
 _USERINFO_PARTS = re.compile(
     r"\b[a-zA-Z][a-zA-Z0-9+.-]*://(?P<user>[^/?#@\s:\"'<>]*)(?::(?P<password>[^/?#@\s\"'<>]*))?@")
-# name=value in a query string or free text; also percent-encoded (name%3Dvalue).
+# name=value in a query string or free text; also percent-encoded (name%3Dvalue); a quoted
+# value (`password='x y'`, a Python repr or a shell line) is masked whole, quotes included.
 _PAIR = re.compile(
     r"(?P<name>(?:(?<![\w.-])|(?<=%3[fF])|(?<=%26))" + _NAME_PATTERN + r")"
-    r"(?P<equals>=|%3[dD])(?P<value>(?:(?!%26)[^&#\s\"'<>;,)\\])*)",
+    r"(?P<equals>=|%3[dD])(?P<value>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'"
+    r"|(?:(?!%26)[^&#\s\"'<>;,)\\])*)",
     re.IGNORECASE,
 )
 # "name": "value" (JSON, Python reprs) with either quote.

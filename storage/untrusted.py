@@ -33,10 +33,12 @@ MAX_AUTHOR_CHARS = 256
 """Authors, dates, titles: short fields from a source, cut beyond this."""
 MAX_POST_URL_CHARS = 4096
 """A post URL is only shown (never fetched); a longer one is cut like a message."""
-MAX_LIST_ITEMS = 64
-"""Tags kept per media row (the first ones, in the source's order)."""
-MAX_ITEM_CHARS = 64
-"""One tag; a longer one is cut."""
+MAX_LIST_ITEMS = 1024
+"""Tags kept per media row (the first ones, in the source's order). High on purpose: a
+source tag aliased to a quarantine tag quarantines like a flag, and boorus send hundreds of
+tags in alphabetical order; the cap only stops a 200,000-tag post."""
+MAX_ITEM_CHARS = 100
+"""One tag; a longer one is cut (no real tag is that long)."""
 MAX_EXTRA_CHARS = 1024
 """One value of a ref's `extra` pairs."""
 STORED_SCHEMES = frozenset({"http", "https", "file"})

@@ -435,6 +435,21 @@ class TestDownloadAndRetry:
         row = await catalogue.fetch_one("SELECT placement FROM blobs WHERE sha256 = ?", (sha("X"),))
         assert row is not None and row["placement"] == "rejected"
 
+    async def test_reject_never_unfiles_filed_content(
+            self, catalogue: Catalogue, file_media: FileMedia) -> None:
+        """A failing repost of bytes already filed rejects only its own row; the content and
+        its other rows stay filed (reconcile would otherwise delete the visible image)."""
+        filed = await file_media("https://e.org/a.jpg", "X")
+        repost, waiting = await catalogue.add_media(
+            [ref("https://e.org/repost.jpg"), ref("https://e.org/copy.jpg")], NOW)
+        await catalogue.record_download(repost.id, sha("X"), 1, NOW)
+        await catalogue.record_download(waiting.id, sha("X"), 1, NOW)
+        await catalogue.reject(repost.id, "internal_error: boom", NOW, sha256=sha("X"))
+        assert (await catalogue.get_media(repost.id)).state is State.REJECTED
+        assert (await catalogue.get_media(filed.id)).state is State.LIBRARY
+        assert (await catalogue.get_blob(sha("X"))).placement is Placement.LIBRARY
+        assert (await catalogue.get_media(waiting.id)).state is not State.REJECTED
+
     async def test_unknown_media_id(self, catalogue: Catalogue) -> None:
         """get_media of an unknown id raises UnknownMediaError."""
         with pytest.raises(UnknownMediaError):

@@ -189,6 +189,20 @@ class TestExitCodes:
         assert main(["status", "--config", str(tmp_path / "absent.toml")]) == 1
         assert "file not found" in capfd.readouterr().err
 
+    def test_config_errors_never_print_credentials(
+            self, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+        """A config error quoting a bad value prints it with its credentials removed."""
+        config = write_config(tmp_path, textwrap.dedent("""
+            [[sources]]
+            kind = "rss"
+            name = "feed"
+            url = "htps://bob:hunter2222@feeds.example.org/f.xml?token=SUPERSECRET99"
+            """))
+        assert main(["check-config", "--config", str(config)]) == 1
+        err = capfd.readouterr().err
+        assert "feeds.example.org" in err
+        assert "SUPERSECRET99" not in err and "hunter2222" not in err
+
     @pytest.mark.parametrize("argv", [["frobnicate"], ["classify"], ["status", "--bogus"],
                                       ["media", "list", "--state", "lost"]])
     def test_bad_usage_is_a_user_error(self, argv: list[str],

@@ -29,6 +29,10 @@ class TestRedact:
             ("https://user@example.com/a", "https://example.com/a"),
             ("http://u:secret@[::1:/x", "http://[::1:/x"),
             ("failed: URL('http://u:pw@h:81/x')", "failed: URL('http://h:81/x')"),
+            # quoted values (a repr, a shell line) are masked whole, quotes included
+            ("password='hunter22'", f"password={R}"),
+            ('connect(token="abc def", host=1)', f"connect(token={R}, host=1)"),
+            ("login='bob' password_hash='x y z'", f"login={R} password_hash={R}"),
             # the boorus' own keys
             ("https://g.org/index.php?page=dapi&api_key=K1&user_id=77&tags=a+b",
              f"https://g.org/index.php?page=dapi&api_key={R}&user_id={R}&tags=a+b"),
