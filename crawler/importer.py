@@ -150,11 +150,11 @@ def walk(root: Path, *, recursive: bool) -> list[WalkedFile]:
                 else:
                     found.append(WalkedFile(path, file_url(path), "subfolder_not_walked"))
                 continue
-            found.append(_classify(path, item.name, mode))
+            found.append(_classify(path, item.name, mode, root))
     return sorted(found, key=lambda entry: os.fsencode(entry.path))
 
 
-def _classify(path: Path, name: str, mode: int) -> WalkedFile:
+def _classify(path: Path, name: str, mode: int, root: Path) -> WalkedFile:
     url = file_url(path)
     if name.startswith("."):
         return WalkedFile(path, url, "hidden")
@@ -165,7 +165,8 @@ def _classify(path: Path, name: str, mode: int) -> WalkedFile:
         return WalkedFile(path, url, f"not_regular_file: {kind}")
     if not os.access(path, os.R_OK):
         return WalkedFile(path, url, "unreadable: permission denied")
-    image_format = sniff_file(path)
+    # Read relative to the imported folder, through no symlinked sub-folder.
+    image_format = sniff_file(path.relative_to(root), root=root)
     if image_format is None:
         return WalkedFile(path, url, "not_an_image")
     return WalkedFile(path, url, None, image_format)

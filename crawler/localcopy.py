@@ -3,8 +3,15 @@
 The file is opened without following a symlink (`O_NOFOLLOW`) and without blocking on a
 FIFO (`O_NONBLOCK`); the opened descriptor must be a regular file, and the bytes come from
 that descriptor only. A symlink swapped in for a scanned file after the scan is refused
-(`not_regular_file: symlink`), as are FIFOs, devices, sockets and directories. The folders
-on the way to the file are the configured folder and are trusted.
+(`not_regular_file: symlink`), as are FIFOs, devices, sockets and directories.
+
+Only files inside a folder source's folder (its `path` or `move_to`, registered with
+`allow_root` when the source is made) are read, and no folder between that root and the
+file may be a symlink: the root is opened once and every component below it is opened with
+`O_NOFOLLOW | O_DIRECTORY` relative to its parent's descriptor (`open_under`), so a scanned
+sub-folder swapped for a symlink after the scan is refused (`not_regular_file: symlink in
+path`) and a path outside every root is `outside_folder`. The configured root itself may be
+a symlink (or lie under one): it is resolved when the source is made and trusted as given.
 
 A file:// URL carries the file name's bytes percent-encoded, so names that are not UTF-8
 (`caf%E9.jpg`) are read back exactly.
@@ -12,11 +19,13 @@ A file:// URL carries the file name's bytes percent-encoded, so names that are n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -41,44 +50,139 @@ class NotRegularFileError(OSError):
         self.kind = kind
 
 
-def open_regular(path: Path | str | bytes) -> int:
+def open_regular(path: Path | str | bytes, *, dir_fd: int | None = None) -> int:
     """Open a file for reading without following a symlink or blocking on a FIFO.
 
     Returns the descriptor of a regular file, or raises `NotRegularFileError` naming what
     was found instead (a symlink, FIFO, device, socket or directory); `OSError` otherwise.
     Callers read from this descriptor only, so a file swapped after a check cannot be read.
+    With `dir_fd`, `path` is a name relative to that open directory.
     """
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dir_fd)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise NotRegularFileError("symlink") from None
         if error.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
             # A socket or a device without a driver cannot even be opened: say what it is.
             try:
-                mode = os.lstat(path).st_mode
+                mode = os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode
             except OSError:
                 raise error from None
             if not stat.S_ISREG(mode):
-                raise NotRegularFileError(_kind_of(mode)) from None
+                raise NotRegularFileError(kind_of(mode)) from None
         raise
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
-            raise NotRegularFileError(_kind_of(mode))
+            raise NotRegularFileError(kind_of(mode))
     except BaseException:
         os.close(descriptor)
         raise
     return descriptor
 
 
-def _kind_of(mode: int) -> str:
+def kind_of(mode: int) -> str:
     for test, kind in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"),
                        (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "device"),
                        (stat.S_ISBLK, "device"), (stat.S_ISLNK, "symlink")):
         if test(mode):
             return kind
     return "special file"
+
+
+class OutsideFolderError(OSError):
+    """A path that is not below any folder source's root (or climbs out with `..`)."""
+
+    def __init__(self, path: Path | str | bytes) -> None:
+        super().__init__(errno.EACCES, f"not inside a folder source's folder: "
+                         f"{display_name(os.fsdecode(path))}")
+
+
+_roots: set[bytes] = set()
+
+
+def allow_root(root: Path | str | bytes) -> None:
+    """Let `copy_to_spool` read below `root` (a folder source's `path` or `move_to`).
+
+    The root is resolved now: it may itself be a symlink, the folders below it may not.
+    """
+    _roots.add(os.fsencode(os.path.realpath(root)))
+
+
+def split_under(path: Path | str | bytes,
+                roots: Sequence[bytes] | None = None) -> tuple[bytes, list[bytes]]:
+    """The registered root `path` lies in (the deepest one) and the names below it.
+
+    Raises `OutsideFolderError` for a path under no root, or with `.`/`..`/empty names.
+    """
+    target = os.fsencode(path)
+    best: bytes | None = None
+    for root in (roots if roots is not None else sorted(_roots)):
+        prefix = root.rstrip(b"/") + b"/"
+        if target.startswith(prefix) and (best is None or len(root) > len(best)):
+            best = root
+    if best is None:
+        raise OutsideFolderError(path)
+    names = target[len(best.rstrip(b"/")) + 1:].split(b"/")
+    if any(name in (b"", b".", b"..") for name in names):
+        raise OutsideFolderError(path)
+    return best, names
+
+
+def open_root(root: Path | str | bytes) -> int:
+    """A descriptor of the folder `root` (following a symlink: the root is configured)."""
+    return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def open_dirs(root_fd: int, names: Sequence[bytes], *, create: bool = False) -> int:
+    """Walk `names` down from `root_fd` (not closed), never through a symlink.
+
+    Returns a new descriptor of the last folder (a duplicate of root_fd for no names). A
+    symlink on the way raises `NotRegularFileError("symlink in path")`; with `create`,
+    missing folders are made (0755, as `mkdir -p`).
+    """
+    current = os.dup(root_fd)
+    try:
+        for name in names:
+            try:
+                following = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY
+                                    | os.O_CLOEXEC, dir_fd=current)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=current)
+                following = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY
+                                    | os.O_CLOEXEC, dir_fd=current)
+            except OSError as error:
+                if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                    mode = os.stat(name, dir_fd=current, follow_symlinks=False).st_mode
+                    if stat.S_ISLNK(mode):
+                        raise NotRegularFileError("symlink in path") from None
+                raise
+            os.close(current)
+            current = following
+    except BaseException:
+        os.close(current)
+        raise
+    return current
+
+
+def open_under(path: Path | str | bytes, roots: Sequence[bytes] | None = None) -> int:
+    """Open the regular file `path` for reading, only inside a registered root and with no
+    symlink between the root and the file (see the module docstring)."""
+    root, names = split_under(path, roots)
+    root_fd = open_root(root)
+    try:
+        directory = open_dirs(root_fd, names[:-1])
+    finally:
+        os.close(root_fd)
+    try:
+        return open_regular(names[-1], dir_fd=directory)
+    finally:
+        os.close(directory)
 
 
 
@@ -97,7 +201,7 @@ def copy_to_spool(url: str, spool_dir: Path, max_bytes: int) -> LocalCopy:
     digest = hashlib.sha256()
     size = 0
     try:
-        with os.fdopen(open_regular(source), "rb") as reader, open(temp, "xb") as writer:
+        with os.fdopen(open_under(source), "rb") as reader, open(temp, "xb") as writer:
             os.chmod(temp, 0o600)
             while chunk := reader.read(CHUNK_BYTES):
                 size += len(chunk)
@@ -110,9 +214,18 @@ def copy_to_spool(url: str, spool_dir: Path, max_bytes: int) -> LocalCopy:
         raise PermanentFetchError(url, "file_not_found", display_name(source)) from None
     except NotRegularFileError as error:
         temp.unlink(missing_ok=True)
-        raise PermanentFetchError(url, f"not_regular_file: {error.kind}",
-                                  f"{display_name(source)} is a {error.kind}, not a regular file; "
-                                  "only regular files are read") from None
+        detail = (f"a folder on the way to {display_name(source)} is a symlink; symlinks below "
+                  "a folder source's folder are never followed"
+                  if error.kind == "symlink in path" else
+                  f"{display_name(source)} is a {error.kind}, not a regular file; "
+                  "only regular files are read")
+        raise PermanentFetchError(url, f"not_regular_file: {error.kind}", detail) from None
+    except OutsideFolderError:
+        temp.unlink(missing_ok=True)
+        raise PermanentFetchError(url, "outside_folder",
+                                  f"{display_name(source)} is not inside a folder source's "
+                                  "folder; only files under a configured `path` or `move_to` "
+                                  "are read") from None
     except OSError as error:
         temp.unlink(missing_ok=True)
         raise PermanentFetchError(url, "file_unreadable", display_name(str(error))) from error

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from crawler.config import SourceConfig
 from crawler.errors import PermanentFetchError, SourceError
-from crawler.localcopy import copy_to_spool, path_from_file_url
+from crawler.localcopy import allow_root, copy_to_spool, path_from_file_url
 from crawler.sources import folder
 from crawler.sources.base import SourceContext
 from crawler.sources.folder import FileEntry, select_new
@@ -324,6 +324,7 @@ class TestSafeRead:
         import socket
 
         (tmp_path / "spool").mkdir()
+        allow_root(tmp_path)  # as a folder source over tmp_path would
         target = tmp_path / "thing.jpg"
         server = None
         if kind == "fifo":
@@ -344,6 +345,7 @@ class TestSafeRead:
     def test_missing_file_is_file_not_found(self, tmp_path: Path) -> None:
         """A file gone since the scan is file_not_found, naming it."""
         (tmp_path / "spool").mkdir()
+        allow_root(tmp_path)  # as a folder source over tmp_path would
         with pytest.raises(PermanentFetchError) as caught:
             copy_to_spool((tmp_path / "gone.jpg").as_uri(), tmp_path / "spool", 1 << 20)
         assert caught.value.reason == "file_not_found"

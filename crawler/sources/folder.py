@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,17 @@ import structlog
 
 from classifier.decode import SNIFF_BYTES, sniff_format
 from crawler.errors import SourceError
-from crawler.localcopy import display_name, open_regular
+from crawler.localcopy import (
+    NotRegularFileError,
+    OutsideFolderError,
+    kind_of,
+    allow_root,
+    display_name,
+    open_dirs,
+    open_regular,
+    open_root,
+    open_under,
+)
 from crawler.sources.base import PollResult, Source, SourceContext
 from crawler.sources.common import dump_cursor, iso_from_epoch, load_cursor, string_list
 from storage.records import MediaRef
@@ -102,10 +112,18 @@ def decode_name(text: str) -> str:
     return os.fsdecode(unquote_to_bytes(text))
 
 
-def sniff_file(path: Path | str) -> str | None:
-    """The image format the file's magic bytes name, or None (not an image, unreadable)."""
+def sniff_file(path: Path | str, root: Path | None = None) -> str | None:
+    """The image format the file's magic bytes name, or None (not an image, unreadable).
+
+    With `root`, `path` is a name relative to it, opened without following a symlink on the
+    way (`crawler.localcopy.open_under`); without, only the last component is checked.
+    """
     try:
-        descriptor = open_regular(path)
+        if root is None:
+            descriptor = open_regular(path)
+        else:
+            descriptor = open_under(os.fsencode(root / path),
+                                    [os.fsencode(os.path.realpath(root))])
     except OSError:
         return None
     try:
@@ -149,45 +167,103 @@ def scan(root: Path, *, extensions: frozenset[str], recursive: bool,
                 if not sniff and (item.name.rsplit(".", 1)[-1].lower() not in extensions
                                   or "." not in item.name):
                     continue
-                stat = item.stat(follow_symlinks=False)
+                status = item.stat(follow_symlinks=False)
             except OSError:
                 continue  # vanished while listing
-            if stat.st_mtime > settled_before_s:
+            if status.st_mtime > settled_before_s:
                 continue
             name = Path(item.path).relative_to(root).as_posix()
-            entries.append(FileEntry(max(stat.st_mtime_ns, stat.st_ctime_ns), name,
-                                     stat.st_mtime))
+            entries.append(FileEntry(max(status.st_mtime_ns, status.st_ctime_ns), name,
+                                     status.st_mtime))
     return entries
 
 
-def move_into(source: Path, destination_dir: Path, name: str) -> Path:
-    """Move `source` to `destination_dir/name`, never overwriting: add -1, -2... on collision."""
-    target = destination_dir / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stem, suffix = target.stem, target.suffix
+def move_into(root: Path, name: str, destination_dir: Path) -> Path:
+    """Move `root/name` to `destination_dir/name`, never overwriting: -1, -2... on collision.
+
+    Both sides are walked from their root with `open_dirs` (no symlinked folder on the way;
+    missing destination folders are made), and the file is linked, copied and unlinked by
+    name relative to those descriptors, so a sub-folder swapped for a symlink after the scan
+    can neither move nor delete a file outside the folders. The file must be a regular file.
+    """
+    names = os.fsencode(name).split(b"/")
+    if any(part in (b"", b".", b"..") for part in names):
+        raise OutsideFolderError(name)
+    source_root, target_root = open_root(os.path.realpath(root)), None
+    source_dir = target_dir = -1
+    try:
+        source_dir = open_dirs(source_root, names[:-1])
+        destination_dir.mkdir(parents=True, exist_ok=True)
+        target_root = open_root(destination_dir)
+        target_dir = open_dirs(target_root, names[:-1], create=True)
+        final = _move_at(source_dir, names[-1], target_dir)
+    finally:
+        for descriptor in (source_root, target_root, source_dir, target_dir):
+            if descriptor is not None and descriptor >= 0:
+                os.close(descriptor)
+    return Path(os.path.realpath(destination_dir)).joinpath(
+        *(os.fsdecode(part) for part in names[:-1]), os.fsdecode(final))
+
+
+def _move_at(source_dir: int, name: bytes, target_dir: int) -> bytes:
+    """Move the regular file `name` from one open folder to another; the name it got."""
+    mode = os.stat(name, dir_fd=source_dir, follow_symlinks=False).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(kind_of(mode))
+    stem, dot, suffix = name.rpartition(b".")
+    if not stem:
+        stem, dot, suffix = name, b"", b""
     counter = 0
+    target = name
     while True:
         try:
             # Hard link + unlink: atomic "move unless the name is taken" on one filesystem.
-            os.link(source, target)
+            # linkat without AT_SYMLINK_FOLLOW never follows the name's last component.
+            os.link(name, target, src_dir_fd=source_dir, dst_dir_fd=target_dir,
+                    follow_symlinks=False)
         except FileExistsError:
             counter += 1
-            target = target.with_name(f"{stem}-{counter}{suffix}")
+            target = stem + b"-%d" % counter + dot + suffix
             continue
         except OSError as error:
             if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
                 raise
-            if target.exists():
+            try:
+                _copy_at(source_dir, name, target_dir, target)
+            except FileExistsError:
                 counter += 1
-                target = target.with_name(f"{stem}-{counter}{suffix}")
+                target = stem + b"-%d" % counter + dot + suffix
                 continue
-            return Path(shutil.move(str(source), str(target)))
         try:
-            os.unlink(source)
+            os.unlink(name, dir_fd=source_dir)
         except OSError:
-            target.unlink(missing_ok=True)  # leave exactly one copy, in the folder
+            os.unlink(target, dir_fd=target_dir)  # leave exactly one copy, in the folder
             raise
         return target
+
+
+def _copy_at(source_dir: int, name: bytes, target_dir: int, target: bytes) -> None:
+    """Copy a regular file across filesystems, by names relative to open folders; the copy
+    keeps the permission bits and times. Raises FileExistsError when `target` is taken."""
+    reader = open_regular(name, dir_fd=source_dir)
+    try:
+        status = os.fstat(reader)
+        writer = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=target_dir)
+        try:
+            while chunk := os.read(reader, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(writer, view):]
+            os.fchmod(writer, stat.S_IMODE(status.st_mode))
+            os.utime(writer, ns=(status.st_atime_ns, status.st_mtime_ns))
+        except BaseException:
+            os.close(writer)
+            os.unlink(target, dir_fd=target_dir)
+            raise
+        os.close(writer)
+    finally:
+        os.close(reader)
 
 
 def file_ref(source: str, path: Path, name: str, modified_s: float) -> MediaRef:
@@ -198,7 +274,8 @@ def file_ref(source: str, path: Path, name: str, modified_s: float) -> MediaRef:
     """
     tags = tuple(display_name(part).lower() for part in Path(name).parent.parts
                  if part not in ("", "."))
-    return MediaRef(url=file_url(path), source=source, tags=tags,
+    # `path` starts at a resolved root; nothing below it is resolved (see `_poll`).
+    return MediaRef(url=Path(os.path.abspath(path)).as_uri(), source=source, tags=tags,
                     posted_at=iso_from_epoch(modified_s),
                     extra=(("file_name", display_name(name)),))
 
@@ -223,6 +300,13 @@ class FolderSource:
         self.recursive = recursive
         self.settle_s = settle_s
         self.sniff = sniff
+        self._allow_roots()
+
+    def _allow_roots(self) -> None:
+        """Let the download stage read files below `path` and `move_to` (and nowhere else)."""
+        allow_root(self.path)
+        if self.move_to is not None:
+            allow_root(self.move_to)
 
     def query_key(self) -> str:
         key: dict[str, Any] = {"kind": KIND, "path": str(self.path),
@@ -240,6 +324,7 @@ class FolderSource:
     def _poll(self, cursor: str | None, now: float) -> PollResult:
         if not self.path.is_dir():
             raise SourceError(self.name, f"folder {self.path} does not exist or is not a folder")
+        self._allow_roots()  # a root that is a symlink may have been pointed elsewhere
         entries = scan(self.path, extensions=self.extensions, recursive=self.recursive,
                        settled_before_s=now - self.settle_s, sniff=self.sniff)
         if self.move_to is not None:
@@ -253,7 +338,10 @@ class FolderSource:
                     else string_list(state.get("names")) or [])
         selection = select_new(entries, after_ns, names_at)
         # Files that are not images still move the watermark, so they are sniffed once.
-        refs = tuple(file_ref(self.name, self.path / entry.name, entry.name, entry.modified_s)
+        # The URL is the resolved root plus the scanned name: a sub-folder swapped for a
+        # symlink is not resolved into a path elsewhere (the read refuses it).
+        real_root = Path(os.path.realpath(self.path))
+        refs = tuple(file_ref(self.name, real_root / entry.name, entry.name, entry.modified_s)
                      for entry in selection.chosen if self._is_image(entry))
         new_cursor = dump_cursor({"after_ns": selection.after_ns,
                                   "raw_names": [encode_name(name)
@@ -262,7 +350,7 @@ class FolderSource:
 
     def _is_image(self, entry: FileEntry) -> bool:
         """Extensions already decided, unless `sniff`: then the magic bytes decide."""
-        return not self.sniff or sniff_file(self.path / entry.name) is not None
+        return not self.sniff or sniff_file(entry.name, root=self.path) is not None
 
     def _move_all(self, entries: list[FileEntry], move_to: Path) -> PollResult:
         # Only images are moved; with `sniff`, other files stay in the folder.
@@ -271,11 +359,15 @@ class FolderSource:
         refs: list[MediaRef] = []
         for entry in chosen:
             try:
-                moved = move_into(self.path / entry.name, move_to, entry.name)
+                moved = move_into(self.path, entry.name, move_to)
             except OSError as error:
+                reason = (f"not_regular_file: {error.kind}"
+                          if isinstance(error, NotRegularFileError)
+                          else "outside_folder" if isinstance(error, OutsideFolderError)
+                          else "move_failed")
                 log.warning("folder_move_failed", source=self.name,
                             url=file_url(self.path / entry.name),
-                            file_name=display_name(entry.name),
+                            file_name=display_name(entry.name), reason=reason,
                             error=display_name(str(error)))
                 continue
             refs.append(file_ref(self.name, moved, entry.name, entry.modified_s))
