@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from classifier.base import FEATURE_SIZE, INPUT_SIZE
 from classifier.errors import InferenceError, ModelError
+from classifier.native_logs import quiet_native_stderr
 from storage.placement import write_file_atomic
 
 if TYPE_CHECKING:
@@ -218,14 +219,15 @@ class LiteRTEngine:
         self.model_path = Path(model_path)
         self._lock = threading.Lock()
         try:
-            self._interpreter = Interpreter(
-                model_path=str(self.model_path), num_threads=self.threads
-            )
-            input_detail = self._interpreter.get_input_details()[0]
-            self._interpreter.resize_tensor_input(
-                input_detail["index"], [batch_size, INPUT_SIZE, INPUT_SIZE, 3], strict=False
-            )
-            self._interpreter.allocate_tensors()
+            with quiet_native_stderr():
+                self._interpreter = Interpreter(
+                    model_path=str(self.model_path), num_threads=self.threads
+                )
+                input_detail = self._interpreter.get_input_details()[0]
+                self._interpreter.resize_tensor_input(
+                    input_detail["index"], [batch_size, INPUT_SIZE, INPUT_SIZE, 3], strict=False
+                )
+                self._interpreter.allocate_tensors()
         except (RuntimeError, ValueError) as error:
             raise ModelError(f"{self.model_path}: LiteRT could not load it: {error}") from error
         self._input_index = input_detail["index"]

@@ -10,7 +10,8 @@ cuInit"...). Two mechanisms, both needed:
 - the lines written *before* absl is initialised ignore every setting, so the first
   `import tensorflow` (`import_tensorflow`) runs with file descriptor 2 captured; afterwards
   the captured lines that are not native log lines (another thread's output) are written
-  back to stderr, the native ones are dropped.
+  back to stderr, the native ones are dropped. LiteRT's interpreter start-up line is
+  dropped the same way (`quiet_native_stderr`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ _NATIVE_LINE = re.compile(
     r"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]"  # absl/glog prefix
     r"|WARNING: All log messages before absl::InitializeLog\(\)"
     r"|To enable the following instructions:"
-    r"|WARNING:absl:)"
+    r"|WARNING:absl:"
+    r"|INFO: Created TensorFlow Lite (?:XNNPACK )?delegate)"
 )
 _state = {"quiet": False}
 _import_lock = threading.Lock()
@@ -62,6 +64,17 @@ def import_tensorflow() -> ModuleType:
             return importlib.import_module("tensorflow")
         with _captured_stderr():
             return importlib.import_module("tensorflow")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Drop native log lines written meanwhile (LiteRT's "Created TensorFlow Lite XNNPACK
+    delegate" on every interpreter), unless logs are at debug; other lines are kept."""
+    if not _state["quiet"]:
+        yield
+        return
+    with _import_lock, _captured_stderr():
+        yield
 
 
 @contextlib.contextmanager

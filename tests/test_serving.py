@@ -318,8 +318,11 @@ class TestReload:
 
 class TestNativeLogs:
     @pytest.mark.parametrize(("level", "shown"), [("info", False), ("debug", True)])
-    def test_tensorflow_start_up_lines(self, tmp_path: Path, level: str, shown: bool) -> None:
-        """TensorFlow's native start-up lines reach stderr only with log_level = "debug"."""
+    @pytest.mark.parametrize("engine", ["tensorflow", "litert"])
+    def test_tensorflow_start_up_lines(self, tmp_path: Path, level: str, shown: bool,
+                                       engine: str) -> None:
+        """TensorFlow's and LiteRT's native start-up lines reach stderr only with
+        log_level = "debug"."""
         files = _photo_files(tmp_path / "in", 1)
         config = tmp_path / "config.toml"
         config.write_text(textwrap.dedent(f"""\
@@ -329,7 +332,7 @@ class TestNativeLogs:
             log_format = "json"
 
             [classifier]
-            engine = "tensorflow"
+            engine = "{engine}"
             batch_size = 2
             """))
         environment = {key: value for key, value in os.environ.items()
@@ -342,7 +345,7 @@ class TestNativeLogs:
         assert "nsfw=" in completed.stdout
         native = [line for line in completed.stderr.splitlines()
                   if "oneDNN" in line or "cuInit" in line or "absl::InitializeLog" in line
-                  or "cuda drivers" in line]
+                  or "cuda drivers" in line or "Created TensorFlow Lite" in line]
         assert bool(native) is shown, completed.stderr
 
     @pytest.mark.parametrize(("line", "native"), [
@@ -350,6 +353,7 @@ class TestNativeLogs:
         ("E0000 00:00:1796087375.902820   14172 cuda_platform.cc:52] failed call to cuInit", True),
         ("WARNING: All log messages before absl::InitializeLog() is called are written", True),
         ("To enable the following instructions: AVX2 FMA, in other operations", True),
+        ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", True),
         ('{"event": "model_selected", "level": "info"}', False),
         ("error: /tmp/x.jpg: empty: the file has no bytes", False),
         ("Traceback (most recent call last):", False),
