@@ -76,20 +76,35 @@ class NearCopies(PipelineCore):
         """
         refile = False
         for waiting in self._waiting.pop(sha256, []):
-            if waiting.sha256 == sha256:
-                refile = refile or bool(waiting.row.flags) or self._tags_matter(waiting.row)
-                row = await self.catalogue.get_media(waiting.row.id)
-                self.observer.progress("duplicate")
-                log.info("media_duplicate", url=waiting.row.url, sha256=sha256,
-                         state=row.state.value, reason=row.reason, of=filed_url)
+            # Each copy is settled on its own: one that fails is handed back to the feeder
+            # (which checks it afresh) and never strands the copies after it in flight.
+            try:
+                refile = await self._settle_one(waiting, sha256, filed_url) or refile
+            except Exception:  # isolation: one copy, never the others
+                log.exception("media_waiting_unsettled", url=waiting.row.url,
+                              sha256=waiting.sha256, original=sha256)
+            finally:
                 self._done(waiting)
-                continue
-            verdict = Verdict(blocked=False, of_sha256=sha256,
-                              distance=waiting.waiting_distance)
-            if not await self._record_near_copy(waiting, verdict):
-                self._done(waiting)  # not recorded: the feeder hands it out again
         if refile:
-            await self._refile(sha256)
+            try:
+                await self._refile(sha256)
+            except Exception:  # the copies are recorded; a rescore re-files
+                log.exception("refile_failed", sha256=sha256)
+
+    async def _settle_one(self, waiting: Work, sha256: str, filed_url: str) -> bool:
+        """Settle one copy waiting for `sha256`; True when the original needs re-filing."""
+        if waiting.sha256 == sha256:
+            row = await self.catalogue.get_media(waiting.row.id)
+            self.observer.progress("duplicate")
+            # Read back: a copy re-queued from held may have left the decision to this row.
+            copy = (row.reason or "").startswith(("duplicate_of:", "near_duplicate_of:"))
+            log.info("media_duplicate" if copy else "media_filed", url=waiting.row.url,
+                     sha256=sha256, state=row.state.value, reason=row.reason, of=filed_url)
+            return bool(waiting.row.flags) or self._tags_matter(waiting.row)
+        verdict = Verdict(blocked=False, of_sha256=sha256, distance=waiting.waiting_distance)
+        # Not recorded (False): `_settle_waiting` releases it and the feeder hands it out again.
+        await self._record_near_copy(waiting, verdict)
+        return False
 
     async def _classified_already(self, sha256: str) -> bool:
         """Whether the serving model has scored these bytes before (their scores are stored)."""

@@ -128,12 +128,16 @@ class PipelineCore:
         self.wakeup.set()
 
     async def _reject(self, work: Work, reason: str, sha256: str | None = None) -> None:
-        await self.catalogue.reject(work.row.id, reason, self.clock(), sha256=sha256)
-        if sha256 is not None:
-            self._discard_spool(sha256)
-        self.observer.progress("reject")  # a final state is progress, whatever the outcome
-        log.info("media_rejected", url=work.row.url, sha256=sha256, reason=reason)
-        self._done(work)
+        try:
+            await self.catalogue.reject(work.row.id, reason, self.clock(), sha256=sha256)
+            if sha256 is not None:
+                self._discard_spool(sha256)
+            self.observer.progress("reject")  # a final state is progress, whatever the outcome
+            log.info("media_rejected", url=work.row.url, sha256=sha256, reason=reason)
+        finally:
+            # Even when the verdict cannot be recorded, the item and its waiting copies
+            # leave flight (the feeder reads their rows again).
+            self._done(work)
 
     async def _failed_internally(self, work: Work, stage: str, error: Exception,
                                  sha256: str | None = None) -> None:
@@ -145,8 +149,10 @@ class PipelineCore:
     async def _defer(self, work: Work, reason: str) -> None:
         """Our disk failed, not the item: keep its committed state, try it again later."""
         now = self.clock()
-        await self.catalogue.defer(work.row.id, reason, now + DISK_RETRY_S, now)
-        self._done(work)
+        try:
+            await self.catalogue.defer(work.row.id, reason, now + DISK_RETRY_S, now)
+        finally:
+            self._done(work)
 
     def _discard_spool(self, sha256: str) -> None:
         """Remove the spooled download of `sha256`, if it is still there."""

@@ -32,15 +32,18 @@ class PlaceStage(NearCopies):
         while True:
             work = await self.place_queue.get()
             try:
-                await shielded(self._place(work), self.settings.shutdown_grace_s)
-            except PlacementError as error:
-                # Disk full or permissions: the row keeps its committed state and is tried
-                # again later; nothing partial is visible (placement is atomic).
-                log.error("media_place_failed", url=work.row.url, sha256=work.sha256,
-                          reason=str(error))
-                await self._defer(work, f"place_failed: {error.reason}")
-            except Exception as error:  # noqa: BLE001 - isolation: one item, never the daemon
-                await self._failed_internally(work, "place", error)
+                try:
+                    await shielded(self._place(work), self.settings.shutdown_grace_s)
+                except PlacementError as error:
+                    # Disk full or permissions: the row keeps its committed state and is
+                    # tried again later; nothing partial is visible (placement is atomic).
+                    log.error("media_place_failed", url=work.row.url, sha256=work.sha256,
+                              reason=str(error))
+                    await self._defer(work, f"place_failed: {error.reason}")
+                except Exception as error:  # noqa: BLE001 - isolation: one item
+                    await self._failed_internally(work, "place", error)
+            except Exception:  # the verdict could not be written; it left flight
+                log.exception("media_verdict_unrecorded", url=work.row.url, sha256=work.sha256)
 
     async def _place(self, work: Work) -> None:
         sha256 = work.sha256
@@ -76,6 +79,19 @@ class PlaceStage(NearCopies):
             sha256, decision.placement, decision.reason, decision.tags, self.clock(),
             media_id=work.row.id,
         )
+        # The filing is committed: from here on a failure is logged and never undoes it
+        # (the row keeps its state and reason), and every waiting copy is released.
+        try:
+            await self._after_filing(work, decision, holder)
+        except Exception:  # isolation: the committed filing stands
+            log.exception("media_after_filing_failed", url=work.row.url, sha256=sha256)
+        finally:
+            self._done(work)
+
+    async def _after_filing(self, work: Work, decision: Decision, holder: int | None) -> None:
+        """Report the committed filing of `work` and settle the copies waiting for it."""
+        sha256 = work.sha256
+        assert sha256 is not None
         self.observer.progress("place")
         if self.hashes is not None and work.phash is not None:
             self.hashes.add(sha256, work.phash)
@@ -95,7 +111,6 @@ class PlaceStage(NearCopies):
                      of=filed_url)
         if work.claimed:
             await self._settle_waiting(sha256, filed_url)
-        self._done(work)
 
     async def sidecar(self, sha256: str, decision: Decision,
                       scores: Mapping[str, float] | None) -> dict[str, Any]:

@@ -90,7 +90,12 @@ class Filing(Labels):
         if filed is not None and filed[0] is not None:
             return int(filed[0])
         if media_id is not None:
-            return media_id
+            # A row recorded as a copy (re-queued while held, say) never takes the decision
+            # over: the first row that is not a copy keeps it.
+            own = await self._fetchone(
+                f"SELECT 1 FROM media WHERE id = ? AND {not_copy}", (media_id,))
+            if own is not None:
+                return media_id
         first = await self._fetchone(
             f"""SELECT min(id) FROM media WHERE sha256 = ? AND {not_copy}
                 AND state NOT IN ('pending', 'rejected')""",
