@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from structlog.testing import capture_logs
 
+from tests.test_source_folder import make_source
 from crawler.config import SourceConfig, load_config
 from crawler.daemon import Daemon
 from crawler.errors import PermanentFetchError
@@ -45,17 +46,6 @@ def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     os.utime(path, (1_000_000, 1_000_000))
     return path
-
-
-def make_source(**settings: Any) -> folder.FolderSource:
-    config = SourceConfig(kind="folder", name="inbox", interval_s=60,
-                          settings=MappingProxyType({key: str(value) if isinstance(value, Path)
-                                                     else value
-                                                     for key, value in settings.items()}))
-    assert folder.validate(config.settings) == []
-    source = folder.create(config, SourceContext(http=None, user_agent="t"))  # type: ignore[arg-type]
-    assert isinstance(source, folder.FolderSource)
-    return source
 
 
 def swap_for_symlink(directory: Path, target: Path) -> None:

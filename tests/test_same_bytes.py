@@ -21,6 +21,7 @@ from crawler.daemon import Daemon
 from storage.catalogue import Catalogue
 from storage.placement import DataLayout
 from tests.conftest import MediaServer, photo
+from tests.helpers import catalogue_media, feed_source, rss_source
 from tests.classifier_fixtures import RecordingClassifier
 
 FINAL_EVENTS = ("media_filed", "media_duplicate", "media_near_duplicate", "media_rejected")
@@ -48,24 +49,6 @@ def _held_bytes(server: MediaServer, path: str, body: bytes, gate: DecodedGate) 
         return web.Response(body=body, content_type="image/jpeg")
 
     server.routes[path] = handler
-
-
-async def _media(config: Any) -> list[dict[str, Any]]:
-    catalogue = await Catalogue.open(DataLayout(config.data_dir).catalogue)
-    try:
-        return list(await catalogue.media_list())
-    finally:
-        await catalogue.close()
-
-
-def _rss(name: str, url: str) -> str:
-    return f"""
-        [[sources]]
-        kind = "rss"
-        name = "{name}"
-        url = "{url}"
-        interval = "1m"
-        """
 
 
 async def _run(config: Any, classifier: Any, gate: DecodedGate) -> list[EventDict]:
@@ -123,8 +106,8 @@ class TestSameBytesInOneRun:
         folder = tmp_path / "inbox"
         folder.mkdir()
         (folder / "café.jpg").write_bytes(data)
-        config = write_config(allowed=(media_server.host_port,), sources=_rss(
-            "feed", f"{media_server.base_url}/feed.xml") + f"""
+        config = write_config(allowed=(media_server.host_port,),
+                              sources=feed_source(media_server) + f"""
             [[sources]]
             kind = "folder"
             name = "inbox"
@@ -135,7 +118,7 @@ class TestSameBytesInOneRun:
 
         logs = await _run(config, shared_classifier, gate)
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         urls = [item["url"] for item in media]
         assert any(url.endswith("/img/cat.jpg") for url in urls), urls
         assert any(url.endswith(gate.url_suffix) for url in urls), urls
@@ -155,11 +138,11 @@ class TestSameBytesInOneRun:
         media_server.add_bytes("/img/b.jpg", data)
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}, {"image": "/img/b.jpg"}])
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_rss("feed", f"{media_server.base_url}/feed.xml"))
+                              sources=feed_source(media_server))
 
         logs = await _run(config, shared_classifier, gate)
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         _assert_agree(media, logs, [item["url"] for item in media])
         by_name = {item["url"].rsplit("/", 1)[-1]: item for item in media}
         assert by_name["a.jpg"]["reason"] == f"duplicate_of:{by_name['a.jpg']['sha256']}"
@@ -177,12 +160,12 @@ class TestSameBytesInOneRun:
         media_server.add_feed("/one.xml", [{"image": "/one/img.jpg"}])
         media_server.add_feed("/two.xml", [{"image": "/two/img.jpg"}])
         config = write_config(allowed=(media_server.host_port,), sources=(
-            _rss("one", f"{media_server.base_url}/one.xml")
-            + _rss("two", f"{media_server.base_url}/two.xml")))
+            rss_source(name="one", url=f"{media_server.base_url}/one.xml")
+            + rss_source(name="two", url=f"{media_server.base_url}/two.xml")))
 
         logs = await _run(config, shared_classifier, gate)
 
-        media = await _media(config)
+        media = await catalogue_media(config.data_dir)
         _assert_agree(media, logs, [item["url"] for item in media])
         [two] = [item for item in media if item["url"].endswith("/two/img.jpg")]
         assert not two["reason"].startswith("duplicate_of:")
@@ -195,7 +178,7 @@ class TestSameBytesInOneRun:
         media_server.add_bytes("/img/a.jpg", photo("rocket"))
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}])
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_rss("feed", f"{media_server.base_url}/feed.xml"))
+                              sources=feed_source(media_server))
         assert await Daemon(config, classifier=shared_classifier).run(once=True) == 0
         media_server.add_bytes("/img/b.jpg", photo("rocket"))
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"},
@@ -204,7 +187,8 @@ class TestSameBytesInOneRun:
         with capture_logs() as logs:
             assert await Daemon(config, classifier=shared_classifier).run(once=True) == 0
 
-        rows = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        rows = {item["url"].rsplit("/", 1)[-1]: item
+                for item in await catalogue_media(config.data_dir)}
         finals = [e for e in logs if e["event"] in FINAL_EVENTS]
         assert [e["url"].rsplit("/", 1)[-1] for e in finals] == ["b.jpg"], finals
         [event] = finals

@@ -23,7 +23,8 @@ from storage.catalogue import Catalogue
 from storage.placement import DataLayout
 from storage.records import MediaRef, Placement, State
 from tests.conftest import MediaServer, photo
-from tests.test_same_bytes import DecodedGate, _held_bytes, _media, _rss
+from tests.helpers import catalogue_media, feed_source, rss_source
+from tests.test_same_bytes import DecodedGate, _held_bytes
 
 COPIES = ("b.jpg", "c.jpg", "d.jpg")
 SIZES = ((440, 290), (430, 280), (420, 270))
@@ -87,7 +88,7 @@ class TestWaitingCopiesReleased:
         media_server.add_feed("/feed.xml", [{"image": f"/img/{name}"}
                                             for name in ("a.jpg", *COPIES)])
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_rss("feed", f"{media_server.base_url}/feed.xml"))
+                              sources=feed_source(media_server))
         watch = WaitingWatch(len(COPIES))
         classifier = RefuseFirstWaiter(shared_classifier, watch,
                                        DataLayout(config.data_dir).catalogue)
@@ -97,7 +98,8 @@ class TestWaitingCopiesReleased:
                 Daemon(config, classifier=classifier).run(once=True), 180)
 
         assert code == 0
-        rows = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        rows = {item["url"].rsplit("/", 1)[-1]: item
+                for item in await catalogue_media(config.data_dir)}
         [filed] = [e for e in logs if e["event"] == "media_filed"]
         assert filed["url"].endswith("/img/a.jpg"), filed
         original = rows["a.jpg"]
@@ -131,11 +133,12 @@ class TestHeldCopyRequeued:
         media_server.add_bytes("/img/b.jpg", data)
         media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}, {"image": "/img/b.jpg"}])
         config = write_config(allowed=(media_server.host_port,),
-                              sources=_rss("feed", f"{media_server.base_url}/feed.xml"))
+                              sources=feed_source(media_server))
         with capture_logs(processors=[gate]):
             assert await Daemon(config, classifier=None,
                                 classifier_problem="no_model: test").run(once=True) == 0
-        held = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        held = {item["url"].rsplit("/", 1)[-1]: item
+                for item in await catalogue_media(config.data_dir)}
         sha = held["b.jpg"]["sha256"]
         # The lower row id is the copy (b was decoded first), so a restart decodes it first.
         assert held["a.jpg"]["reason"] == f"duplicate_of:{sha}", held
@@ -146,7 +149,8 @@ class TestHeldCopyRequeued:
                 Daemon(config, classifier=shared_classifier).run(once=True), 180)
 
         assert code == 0
-        rows = {item["url"].rsplit("/", 1)[-1]: item for item in await _media(config)}
+        rows = {item["url"].rsplit("/", 1)[-1]: item
+                for item in await catalogue_media(config.data_dir)}
         assert rows["a.jpg"]["reason"] == f"duplicate_of:{sha}", rows
         assert rows["b.jpg"]["reason"] != held["b.jpg"]["reason"], "b was classified"
         assert not rows["b.jpg"]["reason"].startswith(("duplicate_of:", "near_duplicate_of:"))
