@@ -352,6 +352,7 @@ def load_classifier(
     threads: int = 0,
     cache_dir: Path | None = None,
     quantization: Quantization = "none",
+    exact_band: tuple[float, float] | None = None,
 ) -> LoadedClassifier:
     """Load a model version (`builtin` or a folder of `models_dir`) on the chosen engine.
 
@@ -360,6 +361,8 @@ def load_classifier(
     ModelError, naming the folder, when the version is missing or corrupt.
     Blocks for seconds the first time (building the network, converting it): call it in a
     worker thread. With LiteRT and a cached conversion, TensorFlow is never imported.
+    `quantization` and `exact_band`: see `classifier.engines.make_engine` (the configuration
+    passes "auto" and [classifier] exact_band: int8 on the CPU, float32 near decisions).
     """
     metadata, heads = read_model_version(Path(models_dir), version)
     runtime = make_engine(
@@ -371,5 +374,6 @@ def load_classifier(
         cache_dir=Path(cache_dir) if cache_dir is not None else tflite_cache_dir(os.environ),
         model_key=MODEL_KEY,
         quantization=quantization,
+        exact_band=exact_band,
     )
     return LoadedClassifier(version, metadata, heads, runtime)

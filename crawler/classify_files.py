@@ -124,9 +124,7 @@ def classify_command(config: Config, files: Sequence[str], *, as_json: bool,
     try:
         classifier = load_classifier(
             serving.version, DataLayout(config.data_dir).models,
-            engine=config.classifier.engine, device=config.classifier.device,
-            batch_size=config.classifier.batch_size, threads=config.classifier.threads,
-            cache_dir=tflite_cache_dir(environ))
+            cache_dir=tflite_cache_dir(environ), **config.classifier.engine_options())
     except ClassifierError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

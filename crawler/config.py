@@ -169,6 +169,11 @@ def config_from_mapping(raw: Mapping[str, Any], path: Path, text: str = "") -> C
                          f"[{band[0]:g}, {band[1]:g}] starts at or above thresholds.{tag} "
                          f"({threshold:g}), so it never applies; make its low end lower than "
                          f"{threshold:g}")
+    if config.classifier.engine == "tensorflow" and config.classifier.quantization == \
+            "dynamic_range":
+        problems.add("classifier", "quantization",
+                     "\"dynamic_range\" applies to the litert engine only; use \"auto\" or "
+                     "\"none\" with engine = \"tensorflow\"")
     if problems.items:
         raise ConfigError(str(path), problems.items)
     return config

@@ -77,6 +77,14 @@ def key_line(path: Path, text: str, section: str, key: str) -> int | None:
     return Problems(path, text).line_of(section, key)
 
 
+def read_quietly(path: Path) -> str:
+    """The text of a config file, or "" when it cannot be read (for locating keys only)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def read_table(raw: Mapping[str, Any], name: str, problems: Problems) -> Mapping[str, Any]:
     value = raw.get(name, {})
     if not isinstance(value, dict):

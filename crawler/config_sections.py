@@ -26,6 +26,7 @@ from crawler.config_types import (
     LOG_FORMATS,
     LOG_LEVELS,
     COMMON_SOURCE_KEYS,
+    QUANTIZATIONS,
     SOURCE_KINDS,
     ClassifierConfig,
     DaemonConfig,
@@ -178,7 +179,30 @@ def load_classifier(raw: Mapping[str, Any], problems: Problems) -> ClassifierCon
                                        d.inference_timeout_s, float, problems, minimum=0.1),
         threads=read_value("classifier", table, "threads", d.threads, int, problems, minimum=0,
                            maximum=256),
+        quantization=read_value("classifier", table, "quantization", d.quantization, str,
+                                problems, choices=QUANTIZATIONS),
+        exact_band=_exact_band(table, d.exact_band, problems),
     )
+
+
+def _exact_band(table: Mapping[str, Any], default: tuple[float, float] | None,
+                problems: Problems) -> tuple[float, float] | None:
+    """`[classifier] exact_band`: [low, high] within [0, 1], or [] for int8 scores only."""
+    if "exact_band" not in table:
+        return default
+    value = table["exact_band"]
+    if value == []:
+        return None
+    if (
+        isinstance(value, list) and len(value) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        and 0.0 <= value[0] <= value[1] <= 1.0
+    ):
+        return (float(value[0]), float(value[1]))
+    problems.add("classifier", "exact_band",
+                 f"expected [low, high] with 0 <= low <= high <= 1 (NSFW scores re-checked in "
+                 f"float32), or [] for none, got {value!r}")
+    return default
 
 
 def load_thresholds(raw: Mapping[str, Any], problems: Problems) -> Mapping[str, float]:

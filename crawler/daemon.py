@@ -94,10 +94,8 @@ def load_model(config: Config, layout: DataLayout,
 
     try:
         classifier = load_classifier(
-            config.classifier.model or BUILTIN_VERSION, layout.models,
-            engine=config.classifier.engine,
-            device=config.classifier.device, batch_size=config.classifier.batch_size,
-            threads=config.classifier.threads, cache_dir=cache_dir,
+            config.classifier.model or BUILTIN_VERSION, layout.models, cache_dir=cache_dir,
+            **config.classifier.engine_options(),
         )
     except ClassifierError as error:
         log.error("model_unavailable", model=config.classifier.model, reason=str(error))

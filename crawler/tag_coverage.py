@@ -10,9 +10,9 @@ or a `[tag_aliases]` entry while `file_by_source_tags` is on. `megane check-conf
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from crawler.config import Config, key_line
+from crawler.config_checks import read_quietly
 
 HEAD = "head"
 SOURCE_TAGS = "source_tags"
@@ -57,7 +57,7 @@ def coverage_warnings(config: Config) -> list[str]:
         version, model_tags = serving_model_tags(config)
     except ModelError as error:
         return [f"{config.path}: cannot tell which tags the serving model scores: {error}"]
-    text = _read_quietly(config.path)
+    text = read_quietly(config.path)
     warnings = []
     coverage = tag_coverage(config.thresholds, model_tags, config.tag_aliases,
                             config.file_by_source_tags)
@@ -73,13 +73,6 @@ def coverage_warnings(config: Config) -> list[str]:
             f"no {tag!r} head and no [tag_aliases] entry files it{aliases}; add "
             f"`{tag} = [\"...\"]` under [tag_aliases] or train a head (`megane train`)")
     return warnings
-
-
-def _read_quietly(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return ""
 
 
 __all__ = ["HEAD", "SOURCE_TAGS", "coverage_warnings", "serving_model_tags", "tag_coverage"]

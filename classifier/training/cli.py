@@ -54,10 +54,10 @@ def run_train(config: Any, *, tags: Sequence[str] | None, architecture: str,
         return _fail(error, as_json)
 
     def extractor() -> Any:
+        options = {**config.classifier.engine_options(),
+                   "batch_size": request.settings.feature_batch_size}
         return classifier_extractor(load_classifier(
-            "builtin", layout.models, engine=config.classifier.engine,
-            device=config.classifier.device, batch_size=request.settings.feature_batch_size,
-            threads=config.classifier.threads, cache_dir=tflite_cache_dir(os.environ)))
+            "builtin", layout.models, cache_dir=tflite_cache_dir(os.environ), **options))
 
     async def body() -> Any:
         catalogue = await Catalogue.open(layout.catalogue)

@@ -26,7 +26,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     _warn_exposed_secrets(path)
     from crawler.tag_coverage import coverage_warnings
 
-    for warning in coverage_warnings(config):
+    from crawler.precision import precision_warnings
+
+    for warning in [*coverage_warnings(config), *precision_warnings(config)]:
         print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 

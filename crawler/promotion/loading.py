@@ -53,10 +53,7 @@ def reusing_loader(current: Classifier | None, config: Config, layout: DataLayou
             metadata, heads = read_model_version(layout.models, version)
             return LoadedClassifier(version, metadata, heads, current.engine)
         classifier: Classifier = load_classifier(
-            version, layout.models, engine=config.classifier.engine,
-            device=config.classifier.device,
-            batch_size=config.classifier.batch_size, threads=config.classifier.threads,
-            cache_dir=cache_dir)
+            version, layout.models, cache_dir=cache_dir, **config.classifier.engine_options())
         return classifier
 
     return load
