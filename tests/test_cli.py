@@ -528,6 +528,19 @@ class TestSubprocess:
         assert "config.toml: ok" in result.stdout
 
 
+    @pytest.mark.parametrize("command", [["check-config"], ["status"], ["media", "list"]])
+    def test_no_config_anywhere_names_every_path_tried(self, tmp_path: Path,
+                                                        command: list[str]) -> None:
+        """Without --config and no file found, exit 1 naming both defaults in order and the fix."""
+        if Path("/etc/megane-crawler/config.toml").exists():
+            pytest.skip("this machine has /etc/megane-crawler/config.toml")
+        result = self.run(*command, cwd=tmp_path)
+        assert result.returncode == 1 and result.stdout == ""
+        tried = f"{tmp_path.resolve() / 'config.toml'}, then /etc/megane-crawler/config.toml"
+        assert f"no config file found; looked at {tried};" in result.stderr, result.stderr
+        assert "--config PATH" in result.stderr and "shipped config.toml" in result.stderr
+        assert "Traceback" not in result.stderr
+
 class TestClassify:
     """`megane classify FILE --json` with the real builtin model."""
 

@@ -8,15 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from crawler.commands.common import EXIT_OK, load
-from crawler.config import Config, find_config, load_config
+from crawler.commands.common import EXIT_OK, config_path, load
+from crawler.config import Config, load_config
 from crawler.errors import ConfigError
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from crawler.serving import configuration_problems
 
-    path = find_config(args.config)
+    path = config_path(args.config)
     try:
         config = load_config(path)
     except ConfigError as error:
