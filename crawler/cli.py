@@ -93,8 +93,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER, f"{self.prog}: error: {message}\n")
 
 
+SHA_HELP = "the image's sha256, or a prefix of it that only one image has"
+VERSION_HELP = "a model version, as `megane models list` shows it"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="megane", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="megane", description="megane-crawler: polls image sources, "
+                     "classifies what they post and files it (library, quarantine or held)")
     # Also accepted before the command (`megane --config PATH status`), as users type it.
     parser.add_argument("--config", dest="config_before_command", metavar="PATH",
                         help=argparse.SUPPRESS)
@@ -118,28 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "counts per state, tag and source; model; queue", json_flag=True)
     sub = add("import", cmd_import, "classify and file the images of a local folder tree "
               "(magic bytes decide); ends with a summary of every file", json_flag=True)
-    sub.add_argument("directory")
+    sub.add_argument("directory", help="the folder whose images to import")
     sub.add_argument("--no-recursive", dest="recursive", action="store_false",
                      help="only the folder itself, not its subfolders")
     media = commands.add_parser("media", help="media URLs").add_subparsers(
         dest="media_command", required=True, metavar="SUBCOMMAND")
     sub = add("list", cmd_media_list, "every media URL with its state", media, json_flag=True)
     sub.add_argument("--state", choices=["pending", "downloaded", "decoded", "classified",
-                                         "library", "quarantine", "held", "rejected"])
+                                         "library", "quarantine", "held", "rejected"],
+                     help="only the URLs in this state")
     sub = add("classify", cmd_classify, "print per-tag scores of image files", json_flag=True)
-    sub.add_argument("files", nargs="+", metavar="FILE")
+    sub.add_argument("files", nargs="+", metavar="FILE", help="an image file")
     quarantine = commands.add_parser("quarantine", help="review quarantined images") \
         .add_subparsers(dest="quarantine_command", required=True, metavar="SUBCOMMAND")
     add("list", cmd_quarantine_list, "what is quarantined or held", quarantine, json_flag=True)
     for name, handler, text in (
-        ("release", cmd_quarantine_release, "not NSFW: move to the library (label nsfw=no)"),
-        ("confirm", cmd_quarantine_confirm, "NSFW: keep in quarantine (label nsfw=yes)"),
+        ("release", cmd_quarantine_release,
+         "not NSFW: label each [quarantine] tag no and re-file it (normally to the library)"),
+        ("confirm", cmd_quarantine_confirm,
+         "NSFW: label nsfw=yes (the first [quarantine] tag if nsfw is not one) and file it "
+         "in quarantine"),
     ):
         sub = add(name, handler, text, quarantine)
-        sub.add_argument("sha", metavar="SHA")
+        sub.add_argument("sha", metavar="SHA", help=SHA_HELP)
     sub = add("label", cmd_label, "record human tag labels, e.g. megane=yes cat=no")
-    sub.add_argument("sha", metavar="SHA")
-    sub.add_argument("labels", nargs="+", metavar="TAG=yes|no")
+    sub.add_argument("sha", metavar="SHA", help=SHA_HELP)
+    sub.add_argument("labels", nargs="+", metavar="TAG=yes|no",
+                     help="a tag and whether the image shows it")
     add("rescore", cmd_rescore, "re-file every image from stored scores", json_flag=True)
     sub = add("review", cmd_review, "the local review web UI (127.0.0.1, token-protected)")
     sub.add_argument("--port", type=int, default=8421, help="port on 127.0.0.1 (default 8421)")
@@ -149,12 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--token-file", type=Path, metavar="PATH",
                      help="read the access token from PATH (mode 0600)")
     sub = add("delete", cmd_delete, "delete an image for good and block its near-copies")
-    sub.add_argument("sha", metavar="SHA")
+    sub.add_argument("sha", metavar="SHA", help=SHA_HELP)
     sub = add("train", cmd_train, "train a new model version from labels; print its evaluation",
               json_flag=True)
     sub.add_argument("--tags", type=lambda text: [t.strip().lower() for t in text.split(",")
                                                   if t.strip()],
-                     help="comma-separated tags to train (default: every labelled tag)")
+                     help="comma-separated tags to train (default: every labelled tag but "
+                          "nsfw, which is open_nsfw's own output and not trained)")
     sub.add_argument("--architecture", choices=["heads", "seed2017"], default="heads",
                      help="heads: logistic heads on frozen open_nsfw features (default); "
                           "seed2017: the 2017 CNN end to end (wants a GPU)")
@@ -165,13 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         models, json_flag=True)
     sub = add("promote", cmd_models_promote,
               "make VERSION the active model (a running daemon swaps it in and re-files)", models)
-    sub.add_argument("version", metavar="VERSION")
+    sub.add_argument("version", metavar="VERSION", help=VERSION_HELP)
     sub.add_argument("--shadow", type=int, metavar="N", default=None,
                      help="first run VERSION beside the active model on the next N images")
     sub = add("export-tflite", cmd_models_export_tflite,
               "write models/VERSION/model.tflite and check it against TensorFlow", models,
               json_flag=True)
-    sub.add_argument("version", metavar="VERSION")
+    sub.add_argument("version", metavar="VERSION", help=VERSION_HELP)
     return parser
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from classifier.errors import ModelError
 
@@ -121,3 +121,29 @@ def configuration_problems(config: Config) -> list[str]:
     """What `check-config` reports about the model: a version that cannot be served."""
     serving = serving_model(config)
     return [serving.problem] if serving.problem is not None else []
+
+
+def raw_configuration_problems(raw: Mapping[str, Any], path: Path, text: str) -> list[str]:
+    """`configuration_problems` for a config that does not load as a whole.
+
+    `check-config` lists every problem at once: when other keys are wrong, the model check
+    still runs from the parsed `[classifier] model` and `[daemon] data_dir`, each read by
+    its own section loader. When one of those two is itself wrong, its problem is already
+    listed and nothing is added.
+    """
+    from crawler.config_checks import Problems
+    from crawler.config_sections import load_classifier, load_daemon
+    from storage.placement import DataLayout
+
+    daemon, classifier = raw.get("daemon", {}), raw.get("classifier", {})
+    if not isinstance(daemon, Mapping) or not isinstance(classifier, Mapping):
+        return []
+    own = Problems(path, text)  # only these two keys are read: their problems alone
+    data_dir = load_daemon({"daemon": {key: daemon[key] for key in ("data_dir",)
+                                       if key in daemon}}, path.parent.resolve(), own).data_dir
+    model = load_classifier({"classifier": {key: classifier[key] for key in ("model",)
+                                            if key in classifier}}, own).model
+    if own.items:
+        return []
+    problem = resolve_serving(model, DataLayout(data_dir).models).problem
+    return [problem] if problem is not None else []

@@ -6,6 +6,7 @@ the catalogue state they read is built with the Catalogue API and `place()` on r
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from crawler.cli import main
+from crawler.cli import build_parser, main
 from crawler.decide import Policy, decide
 from storage.catalogue import Catalogue
 from storage.placement import DataLayout, place
@@ -403,6 +404,45 @@ class TestQuarantine:
         assert "is not a sha256" in capfd.readouterr().err
 
 
+def _leaf_parsers(parser: argparse.ArgumentParser,
+                 words: tuple[str, ...] = ()) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every command's parser, named by its words (`quarantine release`)."""
+    children = [action for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction)]
+    if not children:
+        yield " ".join(words), parser
+    for action in children:
+        for name, child in action.choices.items():
+            yield from _leaf_parsers(child, (*words, name))
+
+
+class TestHelp:
+    """`megane ... --help` says what each command and argument does today."""
+
+    def test_every_command_and_argument_is_described(
+            self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Each command's help exits 0, has a description, and describes every argument."""
+        leaves = dict(_leaf_parsers(build_parser()))
+        assert len(leaves) == 18 and "quarantine release" in leaves
+        assert "SPEC" not in (build_parser().description or "")  # users have the README
+        for words, parser in leaves.items():
+            with pytest.raises(SystemExit) as exited:
+                main([*words.split(), "--help"])
+            assert exited.value.code == 0 and parser.description, words
+            assert parser.description in " ".join(capsys.readouterr().out.split())
+            undescribed = [action.dest for action in parser._actions
+                           if not action.help and action.dest != "help"]
+            assert undescribed == [], f"megane {words}: {undescribed} have no help"
+
+    def test_release_and_confirm_say_which_labels_they_record(
+            self, capsys: pytest.CaptureFixture[str]) -> None:
+        """release labels every [quarantine] tag no; confirm labels nsfw (or the first tag)."""
+        with pytest.raises(SystemExit):
+            main(["quarantine", "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "label each [quarantine] tag no" in text
+        assert "label nsfw=yes (the first [quarantine] tag if nsfw is not one)" in text
+
 class TestLabel:
     """`megane label SHA TAG=yes|no ...`."""
 
@@ -527,6 +567,19 @@ class TestSubprocess:
         assert result.returncode == 0, result.stderr
         assert "config.toml: ok" in result.stdout
 
+
+    @pytest.mark.parametrize("command", [["check-config"], ["status"], ["media", "list"]])
+    def test_no_config_anywhere_names_every_path_tried(self, tmp_path: Path,
+                                                        command: list[str]) -> None:
+        """Without --config and no file found, exit 1 naming both defaults in order and the fix."""
+        if Path("/etc/megane-crawler/config.toml").exists():
+            pytest.skip("this machine has /etc/megane-crawler/config.toml")
+        result = self.run(*command, cwd=tmp_path)
+        assert result.returncode == 1 and result.stdout == ""
+        tried = f"{tmp_path.resolve() / 'config.toml'}, then /etc/megane-crawler/config.toml"
+        assert f"no config file found; looked at {tried};" in result.stderr, result.stderr
+        assert "--config PATH" in result.stderr and "shipped config.toml" in result.stderr
+        assert "Traceback" not in result.stderr
 
 class TestClassify:
     """`megane classify FILE --json` with the real builtin model."""

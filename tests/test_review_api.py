@@ -6,6 +6,7 @@ import asyncio
 import html
 import io
 import json
+import os
 import re
 from collections.abc import Callable
 import subprocess
@@ -1052,3 +1053,58 @@ class TestImageTypeFromBytes:
                                    cwd=Path(__file__).resolve().parent.parent,
                                    capture_output=True, text=True, timeout=120, check=True)
         assert completed.stdout.strip() == "image/jpeg"
+
+
+class TestPrintedLink:
+    """The real `megane review` process: what it prints for each source of the token."""
+
+    @pytest.mark.parametrize("given", ["token-file", "environment", "generated"])
+    async def test_a_given_token_is_never_printed(
+            self, write_config: Callable[..., Config], tmp_path: Path, given: str) -> None:
+        """A token from --token-file or MEGANE_REVIEW_TOKEN is never printed: the link is the
+        sign-in form, where that token opens a session; a made-up one is in a one-time link."""
+        config = write_config(REVIEW_CONFIG)
+        token_file = tmp_path / "review-token"
+        token_file.write_text(f"{TOKEN}\n")
+        token_file.chmod(0o600)
+        environment = {key: value for key, value in os.environ.items()
+                       if key != "MEGANE_REVIEW_TOKEN"}
+        environment["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        argv = ["-m", "crawler.cli", "review", "--config", str(config.path), "--port", "0"]
+        if given == "token-file":
+            argv += ["--token-file", str(token_file)]
+        elif given == "environment":
+            environment["MEGANE_REVIEW_TOKEN"] = TOKEN
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=environment, cwd=tmp_path)
+        assert process.stdout is not None and process.stderr is not None
+        try:
+            first = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+            second = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+            assert first.startswith("megane review: open http://megane-"), first
+            url = URL(first.removeprefix("megane review: open ").strip())
+            connector = aiohttp.TCPConnector(resolver=LocalhostResolver())
+            async with aiohttp.ClientSession(connector=connector) as session:
+                if given == "generated":
+                    token = url.query["token"]
+                    assert url.path == "/quarantine" and len(token) >= 32
+                    assert "signs in once" in second
+                    async with session.get(url) as response:
+                        assert response.status == 200 and response.url.path == "/quarantine"
+                    return
+                assert TOKEN not in first + second and "token=" not in first
+                assert url.path == "/login" and not url.query
+                source = "MEGANE_REVIEW_TOKEN" if given == "environment" else str(token_file)
+                assert "sign in with the token from " in second and source in second
+                async with session.get(url) as form:
+                    assert form.status == 200 and 'name="token"' in await form.text()
+                origin = f"http://{url.host}:{url.port}"
+                async with session.post(url, data={"token": TOKEN},
+                                        headers={"Origin": origin}) as signed_in:
+                    assert signed_in.status == 200 and signed_in.url.path == "/quarantine"
+        finally:
+            process.terminate()
+            assert await asyncio.wait_for(process.wait(), 60) == 0
+            rest = (await process.stdout.read() + await process.stderr.read()).decode()
+            assert TOKEN not in rest

@@ -167,6 +167,58 @@ class TestCheckConfig:
         assert main(["check-config", "--config", str(config.path)]) == 0
         assert ": ok;" in capfd.readouterr().out
 
+    def test_unknown_version_is_listed_beside_the_other_problems(
+        self, write_config: Any, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        """With other keys wrong too, check-config lists them and the unknown version at once."""
+        config = write_config()
+        config.path.write_text(config.path.read_text().replace(
+            'engine = "litert"', 'engine = "litert"\nmodel = "v9"\nthreads = -3')
+            + "\n[quarantine]\nreview_band = [0.9, 0.1]\n")
+        _always_head(DataLayout(config.data_dir).models, "v1")
+        assert main(["check-config", "--config", str(config.path)]) == 1
+        error = capfd.readouterr().err
+        assert "3 problem(s)" in error, error
+        assert "classifier.threads" in error and "quarantine.review_band" in error
+        assert "[classifier] model names 'v9'" in error and "'v1'" in error
+
+    @pytest.mark.parametrize(("classifier_keys", "daemon_keys"), [
+        ('model = "../v9"', ""),  # not a version name: reported by the loader alone
+        ("model = 9", ""),  # not a string
+        ('model = "v9"', "data_dir = 5"),  # models/ cannot be found: no guess at it
+    ])
+    def test_a_wrong_model_or_data_dir_key_is_reported_once(
+        self, write_config: Any, capfd: pytest.CaptureFixture[str],
+        classifier_keys: str, daemon_keys: str,
+    ) -> None:
+        """When the model or data_dir key is itself wrong, only its own problem is listed."""
+        config = write_config()
+        text = config.path.read_text().replace(
+            'engine = "litert"', f'engine = "litert"\n{classifier_keys}\nthreads = -3')
+        if daemon_keys:
+            text = text.replace(f'data_dir = "{config.data_dir}"', daemon_keys)
+        config.path.write_text(text)
+        assert main(["check-config", "--config", str(config.path)]) == 1
+        error = capfd.readouterr().err
+        assert "2 problem(s)" in error, error
+        assert "classifier.threads" in error and "names 'v9'" not in error
+        assert ("daemon.data_dir" if daemon_keys else "classifier.model") in error
+
+    def test_an_unreadable_active_file_is_listed_beside_the_other_problems(
+        self, write_config: Any, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without a configured version, a broken models/ACTIVE is listed with the rest."""
+        config = write_config()
+        config.path.write_text(config.path.read_text().replace(
+            'engine = "litert"', 'engine = "litert"\nthreads = -3'))
+        models = DataLayout(config.data_dir).models
+        models.mkdir(parents=True)
+        (models / "ACTIVE").write_text("v7\n")
+        assert main(["check-config", "--config", str(config.path)]) == 1
+        error = capfd.readouterr().err
+        assert "2 problem(s)" in error and "classifier.threads" in error, error
+        assert f"{models / 'ACTIVE'}: not JSON" in error
+
     def test_seed2017_version_is_refused_with_a_reason(
         self, write_config: Any, capfd: pytest.CaptureFixture[str]
     ) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from crawler.config import Config, find_config, load_config
+from crawler.config import DEFAULT_CONFIG_PATHS, Config, find_config, load_config
 from crawler.errors import ConfigError
 from storage.redact import remember_secrets_in
 
@@ -23,11 +23,26 @@ def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def config_path(explicit: str | None) -> Path:
+    """The config file to read: `--config PATH`, else the first default that exists.
+
+    With none of the defaults present, a ConfigError names every path looked at, in order,
+    and what to do.
+    """
+    path = find_config(explicit)
+    if explicit or path.exists():
+        return path
+    tried = ", then ".join(str(candidate.absolute()) for candidate in DEFAULT_CONFIG_PATHS)
+    raise ConfigError(str(path), [
+        f"no config file found; looked at {tried}; pass --config PATH, or copy the shipped "
+        "config.toml to one of those paths and edit it"])
+
+
 def load(args: argparse.Namespace) -> Config:
     """Read the config named by `--config` and set up logging and secret masking for it."""
     from crawler.logs import configure_logging
 
-    config = load_config(find_config(args.config))
+    config = load_config(config_path(args.config))
     log_format = config.daemon.log_format
     if getattr(args, "json", False) and log_format == "auto":
         log_format = "json"

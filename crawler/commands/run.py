@@ -8,16 +8,19 @@ import os
 import sys
 from pathlib import Path
 
-from crawler.commands.common import EXIT_OK, load
-from crawler.config import Config, find_config, load_config
+from crawler.commands.common import EXIT_OK, config_path, load
+from crawler.config import Config, load_config
 from crawler.errors import ConfigError
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from crawler.serving import configuration_problems
 
-    path = find_config(args.config)
-    config = load_config(path)
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        raise ConfigError(error.path, error.problems + _model_problems(path)) from None
     problems = configuration_problems(config)
     if problems:
         raise ConfigError(str(path), problems)
@@ -31,6 +34,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in [*coverage_warnings(config), *precision_warnings(config)]:
         print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _model_problems(path: Path) -> list[str]:
+    """The model check of a config whose other keys are wrong (every problem at once)."""
+    import tomllib
+
+    from crawler.serving import raw_configuration_problems
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []  # load_config has reported why the file cannot be read
+    return raw_configuration_problems(raw, path, text)
 
 
 def _warn_exposed_secrets(path: Path) -> None:

@@ -3,7 +3,8 @@
 The UI answers on a random `megane-<hex>.localhost` name of its own (see
 `crawler.review.security`), bound to 127.0.0.1. The token comes from `--token-file PATH`,
 `--token T` (visible to every local user in /proc: warned), `MEGANE_REVIEW_TOKEN`, or is
-made up and printed.
+made up and printed in a one-time sign-in link. A token the user gave is never printed: the
+link is then the sign-in form.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiohttp import web
 
 from crawler.config import Config
 from crawler.review.app import make_app
-from crawler.review.security import new_host_name
+from crawler.review.security import LOGIN_PATH, new_host_name
 from crawler.review.settings import ReviewSettings
 from storage.catalogue import Catalogue
 from crawler.display import linkable_url
@@ -49,6 +50,17 @@ def resolve_token(token: str | None, token_file: Path | None,
 
     Raises TokenError naming the file or the argument at fault.
     """
+    given, warnings, _ = given_token(token, token_file, environ)
+    return (new_token() if given is None else given), warnings
+
+
+def given_token(token: str | None, token_file: Path | None,
+                environ: Mapping[str, str]) -> tuple[str | None, list[str], str | None]:
+    """The token the user gave, warnings to print, and where it came from (for messages);
+    (None, warnings, None) when none was given.
+
+    Raises TokenError naming the file or the argument at fault.
+    """
     warnings: list[str] = []
     if token is not None and token_file is not None:
         raise TokenError("give --token-file or --token, not both")
@@ -69,20 +81,24 @@ def resolve_token(token: str | None, token_file: Path | None,
     elif environ.get(TOKEN_VARIABLE):
         chosen, where = environ[TOKEN_VARIABLE].strip(), TOKEN_VARIABLE
     else:
-        return new_token(), warnings
+        return None, warnings, None
     if len(chosen) < MIN_TOKEN_LENGTH:
         raise TokenError(f"{where}: the token must be at least {MIN_TOKEN_LENGTH} characters")
     if any(char.isspace() or ord(char) < 32 for char in chosen):
         raise TokenError(f"{where}: the token must not contain spaces or control characters")
-    return chosen, warnings
+    return chosen, warnings, where
 
 
 async def serve(config: Config, port: int, token: str, stop: asyncio.Event | None = None,
-                ready: Callable[[str], None] | None = None, host_name: str | None = None) -> int:
-    """Serve until `stop` is set (or SIGINT/SIGTERM); prints the URL with the token.
+                ready: Callable[[str], None] | None = None, host_name: str | None = None,
+                token_source: str | None = None) -> int:
+    """Serve until `stop` is set (or SIGINT/SIGTERM); prints the URL to open.
 
-    `host_name` is the UI's own name (default: a new random `*.localhost` one). `ready`
-    is called with the URL once the server listens (tests wait on it).
+    The URL carries the token (a one-time sign-in link) only when `token_source` is None,
+    i.e. the token was made up here; a token the user gave (`token_source` names where
+    from) is never printed, and the URL is the sign-in form. `host_name` is the UI's own
+    name (default: a new random `*.localhost` one). `ready` is called with the printed URL
+    once the server listens (tests wait on it).
     """
     host_name = host_name or new_host_name()
     layout = DataLayout(config.data_dir)
@@ -104,10 +120,16 @@ async def serve(config: Config, port: int, token: str, stop: asyncio.Event | Non
             bound_port = runner.addresses[0][1]
             await refresh_quarantine_index(catalogue, layout, settings.blur_radius,
                                            linkable=linkable_url)
-            url = f"http://{host_name}:{bound_port}/quarantine?token={token}"
+            origin = f"http://{host_name}:{bound_port}"
+            if token_source is None:
+                url = f"{origin}/quarantine?token={token}"
+                how = "the link signs in once; later sign in at /login with the token"
+            else:
+                url = f"{origin}{LOGIN_PATH}"
+                how = f"sign in with the token from {token_source}"
             print(f"megane review: open {url}\n"
-                  "  (the link signs in once; later sign in at /login with the token. "
-                  f"{host_name} is served on {BIND_ADDRESS}:{bound_port})", flush=True)
+                  f"  ({how}. {host_name} is served on {BIND_ADDRESS}:{bound_port})",
+                  flush=True)
             log.info("review_started", address=BIND_ADDRESS, port=bound_port, host=host_name)
             if ready is not None:
                 ready(url)
@@ -134,7 +156,7 @@ def run_review(config: Config, port: int, token: str | None, *, token_file: Path
                environ: Mapping[str, str] | None = None) -> int:
     """The `megane review` command: 0 after a clean stop, 1 when it cannot start."""
     try:
-        resolved, warnings = resolve_token(token, token_file, environ or {})
+        given, warnings, token_source = given_token(token, token_file, environ or {})
     except TokenError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -143,4 +165,5 @@ def run_review(config: Config, port: int, token: str | None, *, token_file: Path
     if not 0 <= port <= 65535:
         print(f"error: --port {port} is not a TCP port", file=sys.stderr)
         return 1
-    return asyncio.run(serve(config, port, resolved))
+    resolved = new_token() if given is None else given
+    return asyncio.run(serve(config, port, resolved, token_source=token_source))

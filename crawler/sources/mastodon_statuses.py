@@ -73,7 +73,8 @@ def status_media(statuses: list[Any], *, source: str, instance: str,
     """Media refs of decoded statuses: reblogs resolved, non-images marked with a skip reason.
 
     Each status is its own unit of work: whatever goes wrong inside one is logged and
-    recorded in `skipped`, and the page goes on.
+    recorded in `skipped`, and the page goes on. A status without media (text-only) is
+    counted in `skipped` too, so a poll's summary accounts for every status it read.
     """
     refs: list[MediaRef] = []
     ids: list[str] = []
@@ -90,6 +91,10 @@ def status_media(statuses: list[Any], *, source: str, instance: str,
         ids.append(status_id)
         reblog = status.get("reblog")
         original: Mapping[str, Any] = reblog if isinstance(reblog, Mapping) else status
+        without_media = _without_media_reason(original)
+        if without_media is not None:
+            skipped.append((status_id, without_media))
+            continue
         try:
             media = _original_media(original, source=source, host=host, now=now)
         except Exception as error:  # noqa: BLE001 - a status is the unit of isolation
@@ -109,6 +114,20 @@ class _OriginalMedia:
     refs: list[MediaRef]
     waiting: bool
     skipped: list[tuple[str, str]]
+
+
+def _without_media_reason(status: Mapping[str, Any]) -> str | None:
+    """Why a status has nothing to fetch (text-only, or attachments that are not a list).
+
+    A status without the `media_attachments` key at all is an id-only placeholder (the
+    start-from-now poll of `backfill = 0`), not a status that was read: None for it.
+    """
+    if "media_attachments" not in status:
+        return None
+    attachments = status["media_attachments"]
+    if not isinstance(attachments, list):
+        return "mastodon: media_attachments is not a list"
+    return "mastodon: text-only status (no media attachments)" if not attachments else None
 
 
 def _list(value: object) -> list[Any]:
