@@ -41,9 +41,9 @@ class ExactBandEngine:
         low, high = band
         if not 0.0 <= low <= high <= 1.0:
             raise ModelError(f"exact band must be [low, high] within [0, 1], got {band}")
-        self.name = f"{fast.name}+exact"
         self.batch_size = fast.batch_size
         self.band = (float(low), float(high))
+        self.name = f"{fast.name} int8, float32 in [{low:g}, {high:g}]"
         self.rescored = 0
         self._fast = fast
         self._make_exact = make_exact

@@ -234,6 +234,7 @@ class Daemon:
                 handled.append(signum)
         log.info("daemon_started", sources=[source.name for source in sources],
                  model_version=self.classifier.version if self.classifier else None,
+                 engine=getattr(getattr(self.classifier, "engine", None), "name", None),
                  data_dir=str(self.layout.root), once=once)
         try:
             async with asyncio.TaskGroup() as group:

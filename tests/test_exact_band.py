@@ -272,3 +272,18 @@ def test_classify_command_scores(tmp_path: Path,
     for index, path in enumerate(files):
         expected = float32[index] if band[0] <= int8[index] <= band[1] else int8[index]
         assert defaults[str(path)] == pytest.approx(expected, abs=2e-6), path.name
+
+
+def test_daemon_logs_its_engine(tmp_path: Path) -> None:
+    """`megane once` names the engine it serves with, band included, in `daemon_started`."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[daemon]\ndata_dir = "{tmp_path / "data"}"\nlog_format = "json"\n'
+                      '[classifier]\nexact_band = [0.25, 0.95]\n')
+    completed = subprocess.run(
+        [sys.executable, "-m", "crawler.cli", "once", "--config", str(config)],
+        capture_output=True, text=True, check=False, cwd=REPOSITORY)
+    assert completed.returncode == 0, completed.stderr
+    events = [json.loads(line) for line in completed.stderr.splitlines()
+              if line.startswith("{")]
+    (started,) = [event for event in events if event.get("event") == "daemon_started"]
+    assert started["engine"] == "litert int8, float32 in [0.25, 0.95]"
