@@ -11,6 +11,12 @@ Without `move_to` the cursor is a watermark: the newest change time yielded (the
 mtime and ctime, so a file moved in with an old mtime still counts as new) plus the names
 yielded at exactly that time. Hidden files and symbolic links are ignored.
 
+With `move_to` the folder itself is the queue and the cursor only confirms: every move is
+written first to a journal in `move_to` (`crawler.sources.inbox`), and the cursor is the
+generation of the last journal whose rows the catalogue has committed. A poll that finds a
+journal the cursor does not confirm (a crash, a failed commit) yields its files again, so a
+file that has left the folder always gets its row, and the catalogue skips known URLs.
+
 File names are bytes on Linux and need not be UTF-8 (`caf\xe9.jpg` from an old archive).
 They are carried as Python's surrogate-escaped `str` (`os.fsdecode`) inside this module,
 and leave it losslessly: in the URL as percent-encoded bytes (`file:///in/caf%E9.jpg`), in
