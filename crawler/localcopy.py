@@ -15,6 +15,10 @@ a symlink (or lie under one): it is resolved when the source is made and trusted
 
 A file:// URL carries the file name's bytes percent-encoded, so names that are not UTF-8
 (`caf%E9.jpg`) are read back exactly.
+
+A failure of the file costs the item (PermanentFetchError); a failure of our side (the
+spool's disk full, our descriptors or memory exhausted) is raised as the OSError it is, and
+the download stage defers the row, as it does for an HTTP download (`copy_to_spool`).
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote_to_bytes, urlsplit
+from typing import BinaryIO
+from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 from crawler.errors import PermanentFetchError
 
 CHUNK_BYTES = 1 << 20
+# Failures of our own process, not of the file read: out of descriptors or memory.
+OWN_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 @dataclass(frozen=True)
@@ -195,25 +202,43 @@ def path_from_file_url(url: str) -> Path:
 
 
 def copy_to_spool(url: str, spool_dir: Path, max_bytes: int) -> LocalCopy:
-    """Copy the file named by a file:// URL into spool_dir (blocking; run in a thread)."""
+    """Copy the file named by a file:// URL into spool_dir (blocking; run in a thread).
+
+    Failures are sorted by whose they are, as an HTTP download's are (`crawler.download`
+    lets a failing spool write through): the file's own (missing, not a regular file,
+    outside the folders, unreadable, too large) raise PermanentFetchError and cost the
+    item; the spool's (a full disk, a quota, a read-only or missing spool folder: any
+    OSError creating or writing the copy) and our process running out of descriptors or
+    memory (`OWN_ERRNOS`) raise the OSError itself, which the download stage defers as
+    `disk_error` and tries again later.
+    """
     source = path_from_file_url(url)
+    descriptor = _open_source(url, source)
     temp = spool_dir / f"local-{secrets.token_hex(8)}.part"
     digest = hashlib.sha256()
     size = 0
     try:
-        with os.fdopen(open_under(source), "rb") as reader, open(temp, "xb") as writer:
+        with os.fdopen(descriptor, "rb") as reader, open(temp, "xb") as writer:
             os.chmod(temp, 0o600)
-            while chunk := reader.read(CHUNK_BYTES):
+            while chunk := _read_chunk(url, source, reader):
                 size += len(chunk)
                 if size > max_bytes:
                     raise PermanentFetchError(url, "too_large", f"more than {max_bytes} bytes")
                 digest.update(chunk)
                 writer.write(chunk)
-    except FileNotFoundError:
+    except BaseException:
         temp.unlink(missing_ok=True)
+        raise
+    return LocalCopy(path=temp, sha256=digest.hexdigest(), size=size)
+
+
+def _open_source(url: str, source: Path) -> int:
+    """`open_under(source)`, its failures translated: the file's are PermanentFetchError."""
+    try:
+        return open_under(source)
+    except FileNotFoundError:
         raise PermanentFetchError(url, "file_not_found", display_name(source)) from None
     except NotRegularFileError as error:
-        temp.unlink(missing_ok=True)
         detail = (f"a folder on the way to {display_name(source)} is a symlink; symlinks below "
                   "a folder source's folder are never followed"
                   if error.kind == "symlink in path" else
@@ -221,18 +246,35 @@ def copy_to_spool(url: str, spool_dir: Path, max_bytes: int) -> LocalCopy:
                   "only regular files are read")
         raise PermanentFetchError(url, f"not_regular_file: {error.kind}", detail) from None
     except OutsideFolderError:
-        temp.unlink(missing_ok=True)
         raise PermanentFetchError(url, "outside_folder",
                                   f"{display_name(source)} is not inside a folder source's "
                                   "folder; only files under a configured `path` or `move_to` "
                                   "are read") from None
     except OSError as error:
-        temp.unlink(missing_ok=True)
+        if error.errno in OWN_ERRNOS:
+            raise
         raise PermanentFetchError(url, "file_unreadable", display_name(str(error))) from error
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return LocalCopy(path=temp, sha256=digest.hexdigest(), size=size)
+
+
+def _read_chunk(url: str, source: Path, reader: BinaryIO) -> bytes:
+    """The next chunk of the file; a read error is the file's, unless it is our process's."""
+    try:
+        return reader.read(CHUNK_BYTES)
+    except OSError as error:
+        if error.errno in OWN_ERRNOS:
+            raise
+        raise PermanentFetchError(url, "file_unreadable",
+                                  f"{display_name(source)}: {display_name(str(error))}") from error
+
+
+def encode_name(name: str) -> str:
+    """A file name as ASCII text that keeps its exact bytes (percent-encoded)."""
+    return quote_from_bytes(os.fsencode(name), safe="/ ")
+
+
+def decode_name(text: str) -> str:
+    """The file name `encode_name` wrote (surrogate-escaped where not UTF-8)."""
+    return os.fsdecode(unquote_to_bytes(text))
 
 
 def display_name(text: object) -> str:

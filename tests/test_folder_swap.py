@@ -26,7 +26,8 @@ from crawler.errors import PermanentFetchError
 from crawler.localcopy import allow_root, copy_to_spool
 from crawler.sources import folder
 from crawler.sources.base import PollResult, SourceContext
-from crawler.sources.folder import _copy_at, move_into, scan, sniff_file
+from crawler.sources.folder import scan, sniff_file
+from crawler.sources.inbox import _copy_at, move_into
 from storage.catalogue import Catalogue
 from storage.placement import DataLayout
 

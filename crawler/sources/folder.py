@@ -11,6 +11,12 @@ Without `move_to` the cursor is a watermark: the newest change time yielded (the
 mtime and ctime, so a file moved in with an old mtime still counts as new) plus the names
 yielded at exactly that time. Hidden files and symbolic links are ignored.
 
+With `move_to` the folder itself is the queue and the cursor only confirms: every move is
+written first to a journal in `move_to` (`crawler.sources.inbox`), and the cursor is the
+generation of the last journal whose rows the catalogue has committed. A poll that finds a
+journal the cursor does not confirm (a crash, a failed commit) yields its files again, so a
+file that has left the folder always gets its row, and the catalogue skips known URLs.
+
 File names are bytes on Linux and need not be UTF-8 (`caf\xe9.jpg` from an old archive).
 They are carried as Python's surrogate-escaped `str` (`os.fsdecode`) inside this module,
 and leave it losslessly: in the URL as percent-encoded bytes (`file:///in/caf%E9.jpg`), in
@@ -23,14 +29,12 @@ the scan, no FIFO or device).
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
-import stat
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import structlog
 
@@ -39,14 +43,14 @@ from crawler.errors import SourceError
 from crawler.localcopy import (
     NotRegularFileError,
     OutsideFolderError,
-    kind_of,
     allow_root,
+    decode_name,
     display_name,
-    open_dirs,
+    encode_name,
     open_regular,
-    open_root,
     open_under,
 )
+from crawler.sources import inbox
 from crawler.sources.base import PollResult, Source, SourceContext
 from crawler.sources.common import dump_cursor, iso_from_epoch, load_cursor, string_list
 from storage.records import MediaRef
@@ -100,16 +104,6 @@ def select_new(entries: Sequence[FileEntry], after_ns: int, names_at: Sequence[s
     if newest == after_ns:
         at_newest = list(names_at) + at_newest
     return Selection(chosen, newest, tuple(sorted(at_newest)), len(candidates) > limit)
-
-
-def encode_name(name: str) -> str:
-    """A file name as ASCII text that keeps its exact bytes (percent-encoded)."""
-    return quote_from_bytes(os.fsencode(name), safe="/ ")
-
-
-def decode_name(text: str) -> str:
-    """The file name `encode_name` wrote (surrogate-escaped where not UTF-8)."""
-    return os.fsdecode(unquote_to_bytes(text))
 
 
 def sniff_file(path: Path | str, root: Path | None = None) -> str | None:
@@ -178,94 +172,6 @@ def scan(root: Path, *, extensions: frozenset[str], recursive: bool,
     return entries
 
 
-def move_into(root: Path, name: str, destination_dir: Path) -> Path:
-    """Move `root/name` to `destination_dir/name`, never overwriting: -1, -2... on collision.
-
-    Both sides are walked from their root with `open_dirs` (no symlinked folder on the way;
-    missing destination folders are made), and the file is linked, copied and unlinked by
-    name relative to those descriptors, so a sub-folder swapped for a symlink after the scan
-    can neither move nor delete a file outside the folders. The file must be a regular file.
-    """
-    names = os.fsencode(name).split(b"/")
-    if any(part in (b"", b".", b"..") for part in names):
-        raise OutsideFolderError(name)
-    source_root, target_root = open_root(os.path.realpath(root)), None
-    source_dir = target_dir = -1
-    try:
-        source_dir = open_dirs(source_root, names[:-1])
-        destination_dir.mkdir(parents=True, exist_ok=True)
-        target_root = open_root(destination_dir)
-        target_dir = open_dirs(target_root, names[:-1], create=True)
-        final = _move_at(source_dir, names[-1], target_dir)
-    finally:
-        for descriptor in (source_root, target_root, source_dir, target_dir):
-            if descriptor is not None and descriptor >= 0:
-                os.close(descriptor)
-    return Path(os.path.realpath(destination_dir)).joinpath(
-        *(os.fsdecode(part) for part in names[:-1]), os.fsdecode(final))
-
-
-def _move_at(source_dir: int, name: bytes, target_dir: int) -> bytes:
-    """Move the regular file `name` from one open folder to another; the name it got."""
-    mode = os.stat(name, dir_fd=source_dir, follow_symlinks=False).st_mode
-    if not stat.S_ISREG(mode):
-        raise NotRegularFileError(kind_of(mode))
-    stem, dot, suffix = name.rpartition(b".")
-    if not stem:
-        stem, dot, suffix = name, b"", b""
-    counter = 0
-    target = name
-    while True:
-        try:
-            # Hard link + unlink: atomic "move unless the name is taken" on one filesystem.
-            # linkat without AT_SYMLINK_FOLLOW never follows the name's last component.
-            os.link(name, target, src_dir_fd=source_dir, dst_dir_fd=target_dir,
-                    follow_symlinks=False)
-        except FileExistsError:
-            counter += 1
-            target = stem + b"-%d" % counter + dot + suffix
-            continue
-        except OSError as error:
-            if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
-                raise
-            try:
-                _copy_at(source_dir, name, target_dir, target)
-            except FileExistsError:
-                counter += 1
-                target = stem + b"-%d" % counter + dot + suffix
-                continue
-        try:
-            os.unlink(name, dir_fd=source_dir)
-        except OSError:
-            os.unlink(target, dir_fd=target_dir)  # leave exactly one copy, in the folder
-            raise
-        return target
-
-
-def _copy_at(source_dir: int, name: bytes, target_dir: int, target: bytes) -> None:
-    """Copy a regular file across filesystems, by names relative to open folders; the copy
-    keeps the permission bits and times. Raises FileExistsError when `target` is taken."""
-    reader = open_regular(name, dir_fd=source_dir)
-    try:
-        status = os.fstat(reader)
-        writer = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=target_dir)
-        try:
-            while chunk := os.read(reader, 1 << 20):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(writer, view):]
-            os.fchmod(writer, stat.S_IMODE(status.st_mode))
-            os.utime(writer, ns=(status.st_atime_ns, status.st_mtime_ns))
-        except BaseException:
-            os.close(writer)
-            os.unlink(target, dir_fd=target_dir)
-            raise
-        os.close(writer)
-    finally:
-        os.close(reader)
-
-
 def file_ref(source: str, path: Path, name: str, modified_s: float) -> MediaRef:
     """The MediaRef for a file: its absolute file:// URL; sub-directories become tags.
 
@@ -325,10 +231,12 @@ class FolderSource:
         if not self.path.is_dir():
             raise SourceError(self.name, f"folder {self.path} does not exist or is not a folder")
         self._allow_roots()  # a root that is a symlink may have been pointed elsewhere
+        # Before the scan: finishing a move cut short may remove its original.
+        carried = self._recover(cursor, self.move_to) if self.move_to is not None else []
         entries = scan(self.path, extensions=self.extensions, recursive=self.recursive,
                        settled_before_s=now - self.settle_s, sniff=self.sniff)
         if self.move_to is not None:
-            return self._move_all(entries, self.move_to)
+            return self._move_all(entries, self.move_to, carried)
         state = load_cursor(cursor)
         stored = state.get("after_ns")
         after_ns = stored if isinstance(stored, int) else -1
@@ -352,26 +260,86 @@ class FolderSource:
         """Extensions already decided, unless `sniff`: then the magic bytes decide."""
         return not self.sniff or sniff_file(entry.name, root=self.path) is not None
 
-    def _move_all(self, entries: list[FileEntry], move_to: Path) -> PollResult:
+    def _recover(self, cursor: str | None, move_to: Path) -> list[inbox.Move]:
+        """The moves of an unconfirmed journal whose files are in move_to (finished first).
+
+        A journal whose generation the stored cursor holds is confirmed: its rows are
+        committed, and it yields nothing again.
+        """
+        journal_file = inbox.journal_path(move_to, self.name)
+        try:
+            journal = inbox.read_journal(journal_file)
+        except (inbox.JournalError, OSError) as error:
+            raise SourceError(
+                self.name, f"cannot read the move journal {display_name(journal_file)}: "
+                f"{display_name(str(error))}; it lists files moved into move_to that may not "
+                "be collected yet: fix its permissions, or move it away to go on without it",
+                reason="journal_unreadable") from None
+        if journal is None or journal.generation == load_cursor(cursor).get("moves"):
+            return []
+        return inbox.recover(self.path, move_to, journal.moves, self.name)
+
+    def _move_all(self, entries: list[FileEntry], move_to: Path,
+                  carried: Sequence[inbox.Move] = ()) -> PollResult:
+        """Journal, then move, the settled images; yield them with the `carried` ones.
+
+        The cursor is the journal's generation (see `crawler.sources.inbox`).
+        """
         # Only images are moved; with `sniff`, other files stay in the folder.
         entries = [entry for entry in entries if self._is_image(entry)]
-        chosen = sorted(entries)[:MAX_FILES_PER_POLL]
-        refs: list[MediaRef] = []
+        chosen = sorted(entries)[:max(MAX_FILES_PER_POLL - len(carried), 0)]
+        full = len(entries) > len(chosen)
+        journal_file = inbox.journal_path(move_to, self.name)
+        if not carried and not chosen:
+            inbox.remove_journal(journal_file)  # confirmed, or nothing of it left to yield
+            return PollResult(refs=(), cursor=None, full=full)
+        taken = {move.target for move in carried}
+        planned: list[inbox.Move] = []
         for entry in chosen:
             try:
-                moved = move_into(self.path, entry.name, move_to)
+                planned.append(inbox.plan_move(self.path, entry.name, move_to,
+                                               entry.modified_s, taken=taken,
+                                               part=inbox.new_part_name()))
             except OSError as error:
-                reason = (f"not_regular_file: {error.kind}"
-                          if isinstance(error, NotRegularFileError)
-                          else "outside_folder" if isinstance(error, OutsideFolderError)
-                          else "move_failed")
-                log.warning("folder_move_failed", source=self.name,
-                            url=file_url(self.path / entry.name),
-                            file_name=display_name(entry.name), reason=reason,
-                            error=display_name(str(error)))
+                self._move_failed(entry.name, error)
+        generation = secrets.token_hex(8)
+        self._write_journal(journal_file, inbox.Journal(generation, (*carried, *planned)))
+        moved: list[inbox.Move] = []
+        for move in planned:
+            try:
+                inbox.perform_move(self.path, move_to, move)
+            except OSError as error:
+                self._move_failed(move.source, error)
                 continue
-            refs.append(file_ref(self.name, moved, entry.name, entry.modified_s))
-        return PollResult(refs=tuple(refs), cursor=None, full=len(entries) > len(chosen))
+            moved.append(move)
+        if len(moved) < len(planned):
+            # A name planned but not moved to is not ours: never yield it after a crash.
+            self._write_journal(journal_file, inbox.Journal(generation, (*carried, *moved)))
+        # The moves reach the disk before the rows that name them are committed.
+        inbox.sync_folders([*((move_to / move.target).parent for move in moved),
+                            *((self.path / move.source).parent for move in moved)])
+        real_move_to = Path(os.path.realpath(move_to))
+        refs = tuple(file_ref(self.name, real_move_to / move.target, move.source,
+                              move.modified_s) for move in (*carried, *moved))
+        return PollResult(refs=refs, cursor=dump_cursor({"moves": generation}), full=full)
+
+    def _write_journal(self, path: Path, journal: inbox.Journal) -> None:
+        try:
+            inbox.write_journal(path, journal)
+        except OSError as error:
+            raise SourceError(
+                self.name, f"cannot write the move journal {display_name(path)}: "
+                f"{display_name(str(error))}; nothing was moved: free space on move_to's "
+                "disk or make move_to writable", reason="journal_unwritable") from None
+
+    def _move_failed(self, name: str, error: OSError) -> None:
+        """A file that cannot be moved stays in the folder; the others go on."""
+        reason = (f"not_regular_file: {error.kind}" if isinstance(error, NotRegularFileError)
+                  else "outside_folder" if isinstance(error, OutsideFolderError)
+                  else "move_failed")
+        log.warning("folder_move_failed", source=self.name, url=file_url(self.path / name),
+                    file_name=display_name(name), reason=reason,
+                    error=display_name(str(error)))
 
 
 def _folder(value: object) -> Path | None:
