@@ -25,13 +25,14 @@ import time
 from bench.report import read_section, stamp, summary_row, write_section
 
 BENCHMARKS = ("download", "pipeline", "decode", "classifier", "memory", "rescore",
-              "coldstart", "classify")
+              "coldstart", "classify", "int8_error")
 QUICK_ARGS = {
     "download": ["--count", "300", "--rounds", "1", "--slow-count", "100"],
     "pipeline": ["--count", "150", "--rounds", "1", "--no-serial"],
     "rescore": ["--count", "10000"],
     "coldstart": ["--rounds", "1"],
     "classify": ["--count", "100", "--rounds", "1"],
+    "int8_error": ["--blobs", "96", "--search-steps", "10"],
     "decode": ["--seconds", "1", "--rounds", "2"],
     "memory": ["--backlogs", "1000", "10000", "--seconds", "20"],
 }

@@ -19,7 +19,8 @@ BENCHMARKS_PATH = Path(__file__).resolve().parent / "BENCHMARKS.md"
 SUMMARY_TITLE = "## Summary"
 # The order sections take when first written; existing sections keep their place.
 SECTION_ORDER = ("## Summary", "## Download", "## Pipeline", "## Decode", "## Memory",
-                 "## Rescore", "## Cold start", "## Profile", "## Classifier")
+                 "## Rescore", "## Cold start", "## Profile", "## Classifier",
+                 "## int8 against float32", "## Classify command")
 _SUMMARY_ROW = re.compile(r"^<!-- summary: (\|.*\|) -->$", re.MULTILINE)
 _HEADER = """# Benchmarks
 

@@ -5,10 +5,10 @@ Both engines take a fixed batch shape and pad partial batches up to it, so the g
 [N, 2] and the pooled features [N, 1024]. `make_engine(engine="auto")` picks TensorFlow when a
 GPU is visible and LiteRT (TFLite + XNNPACK on all cores) otherwise, the faster of the two on CPU.
 
-On the CPU, `quantization="auto"` runs LiteRT on int8 weights ("dynamic range": 1.6x faster than
-float32 here) and, through `classifier.exact_band`, scores again in float32 every image whose int8
-NSFW probability falls in the exact band, so decisions near a threshold are float32 ones
-(bench/BENCHMARKS.md, "Classifier": figures and the measured int8 error).
+Float32 is the default everywhere. `quantization="dynamic_range"` (LiteRT only) runs on int8
+weights, about 1.6x faster on a CPU but with NSFW scores up to 0.15 away from float32; with an
+exact band, `classifier.exact_band` scores the uncertain images again in float32
+(bench/BENCHMARKS.md, "int8 against float32": the measured differences).
 
 An engine serves one caller at a time; a lock makes concurrent calls wait rather than corrupt
 state. Calls block: run them in a worker thread, never on the event loop.
@@ -47,11 +47,11 @@ ModelFactory = Callable[[], "keras.Model"]
 
 EngineName = Literal["auto", "tensorflow", "litert"]
 DeviceName = Literal["auto", "cpu", "gpu"]
-Quantization = Literal["auto", "none", "fp16", "dynamic_range"]
+Quantization = Literal["none", "fp16", "dynamic_range"]
 
 ENGINES: tuple[str, ...] = ("auto", "tensorflow", "litert")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
-QUANTIZATIONS: tuple[str, ...] = ("auto", "none", "fp16", "dynamic_range")
+QUANTIZATIONS: tuple[str, ...] = ("none", "fp16", "dynamic_range")
 EXACT_BATCH_SIZE = 4  # the float32 re-check (ExactBandEngine) runs few images: pad little
 CACHE_FILE_MODE = 0o644  # shared by every data_dir of the user; holds only public weights
 
@@ -306,8 +306,8 @@ def convert_to_tflite(
     import keras
     import tensorflow as tf
 
-    if quantization not in QUANTIZATIONS or quantization == "auto":
-        raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS[1:]}")
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS}")
     signature = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="input")]
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -340,8 +340,8 @@ def cached_tflite(
     it the model is built and its weights hashed. Written under a temporary name and renamed,
     so a crash never leaves a truncated file that a later run would trust.
     """
-    if quantization not in QUANTIZATIONS or quantization == "auto":
-        raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS[1:]}")
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {quantization!r}; expected {QUANTIZATIONS}")
     model = None
     if model_key is None:
         model = build_model()
@@ -369,17 +369,6 @@ def resolve_engine(engine: EngineName, device: DeviceName) -> Literal["tensorflo
     return "tensorflow" if device != "cpu" and gpu_devices() else "litert"
 
 
-def resolve_quantization(
-    quantization: Quantization, chosen: Literal["tensorflow", "litert"]
-) -> Quantization:
-    """`auto` is int8 dynamic range on LiteRT (the CPU) and float32 on TensorFlow."""
-    if quantization not in QUANTIZATIONS:
-        raise ModelError(f"unknown quantization {quantization!r}; expected one of {QUANTIZATIONS}")
-    if quantization != "auto":
-        return quantization
-    return "dynamic_range" if chosen == "litert" else "none"
-
-
 def make_engine(
     build_model: ModelFactory,
     *,
@@ -395,13 +384,14 @@ def make_engine(
     """Build the engine the configuration asks for (see `resolve_engine`).
 
     `build_model` is only called when needed: always for TensorFlow, and for LiteRT only when
-    the converted file is not cached yet under `model_key`. `quantization` "auto" follows
-    `resolve_quantization`. With int8 (`dynamic_range`) and an `exact_band`, the result is an
-    `ExactBandEngine` over the float32 file, converted now (so the first re-check never
-    converts) and loaded on first need.
+    the converted file is not cached yet under `model_key`. A quantized model runs on LiteRT,
+    also when `engine` is "auto" on a GPU host. With `dynamic_range` (int8) and an
+    `exact_band`, the result is an `ExactBandEngine` over both the int8 and the float32 file.
     """
-    chosen = resolve_engine(engine, device)
-    quantization = resolve_quantization(quantization, chosen)
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {quantization!r}; expected one of {QUANTIZATIONS}")
+    chosen = resolve_engine(engine, device) if quantization == "none" or engine != "auto" \
+        else resolve_engine("litert", device)
     if chosen == "tensorflow":
         if quantization != "none":
             raise ModelError("quantization applies to the litert engine only")
@@ -420,10 +410,7 @@ def make_engine(
         return fast
     from classifier.exact_band import ExactBandEngine
 
-    exact_path = cached_tflite(build_model, Path(cache_dir), "none", model_key=model_key)
-    return ExactBandEngine(
-        fast,
-        functools.partial(LiteRTEngine, exact_path,
-                          batch_size=min(EXACT_BATCH_SIZE, batch_size), threads=threads),
-        exact_band,
-    )
+    exact = LiteRTEngine.from_model(
+        build_model, cache_dir=cache_dir, model_key=model_key, quantization="none",
+        batch_size=min(EXACT_BATCH_SIZE, batch_size), threads=threads)
+    return ExactBandEngine(fast, exact, exact_band)

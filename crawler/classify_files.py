@@ -133,16 +133,20 @@ def classify_command(config: Config, files: Sequence[str], *, as_json: bool,
     run = functools.partial(classify_files, files, classifier, limits,
                             jpeg_draft=config.images.jpeg_draft,
                             decode_workers=config.daemon.decode_workers)
-    if sys.stderr.isatty() and len(files) >= PROGRESS_MIN_FILES:
-        from rich.console import Console
-        from rich.progress import Progress
+    try:
+        if sys.stderr.isatty() and len(files) >= PROGRESS_MIN_FILES:
+            from rich.console import Console
+            from rich.progress import Progress
 
-        with Progress(console=Console(stderr=True), transient=True,
-                      redirect_stdout=False, redirect_stderr=False) as progress:
-            task = progress.add_task(f"classifying ({serving.version})", total=len(files))
-            results = list(run(on_progress=lambda count: progress.advance(task, count)))
-    else:
-        results = list(run())
+            with Progress(console=Console(stderr=True), transient=True,
+                          redirect_stdout=False, redirect_stderr=False) as progress:
+                task = progress.add_task(f"classifying ({serving.version})", total=len(files))
+                results = list(run(on_progress=lambda count: progress.advance(task, count)))
+        else:
+            results = list(run())
+    except ClassifierError as error:  # the engine failed: no score can be trusted
+        print(f"error: model {serving.version}: {error}", file=sys.stderr)
+        return 1
     for result in results:
         if result.error is not None:
             print(f"error: {result.error}", file=sys.stderr)

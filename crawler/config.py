@@ -169,11 +169,11 @@ def config_from_mapping(raw: Mapping[str, Any], path: Path, text: str = "") -> C
                          f"[{band[0]:g}, {band[1]:g}] starts at or above thresholds.{tag} "
                          f"({threshold:g}), so it never applies; make its low end lower than "
                          f"{threshold:g}")
-    if config.classifier.engine == "tensorflow" and config.classifier.quantization == \
-            "dynamic_range":
+    if config.classifier.quantization == "dynamic_range" and (
+            config.classifier.engine == "tensorflow" or config.classifier.device == "gpu"):
         problems.add("classifier", "quantization",
-                     "\"dynamic_range\" applies to the litert engine only; use \"auto\" or "
-                     "\"none\" with engine = \"tensorflow\"")
+                     "\"dynamic_range\" runs on the litert engine (CPU) only; use \"none\" "
+                     "with engine = \"tensorflow\" or device = \"gpu\"")
     if problems.items:
         raise ConfigError(str(path), problems.items)
     return config

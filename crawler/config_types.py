@@ -14,7 +14,7 @@ from typing import Any, Literal
 LOG_FORMATS = ("json", "console", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ENGINES = ("auto", "tensorflow", "litert")
-QUANTIZATIONS = ("auto", "none", "dynamic_range")
+QUANTIZATIONS = ("none", "dynamic_range")
 DEVICES = ("auto", "cpu", "gpu")
 SOURCE_KINDS = ("mastodon", "bluesky", "booru", "rss", "folder")
 # Keys every `[[sources]]` table may have, whatever its kind (each kind adds its own).
@@ -70,9 +70,9 @@ class ClassifierConfig:
     max_batch_delay_ms: int = 200
     inference_timeout_s: float = 120.0
     threads: int = 0
-    # "auto": int8 on LiteRT (the CPU), float32 on TensorFlow; see classifier.exact_band.
-    quantization: Literal["auto", "none", "dynamic_range"] = "auto"
-    exact_band: tuple[float, float] | None = (0.30, 0.90)  # None: int8 scores everywhere
+    # "dynamic_range": int8 weights on LiteRT, opt-in (see classifier.exact_band).
+    quantization: Literal["none", "dynamic_range"] = "none"
+    exact_band: tuple[float, float] | None = (0.10, 1.0)  # None: int8 scores everywhere
 
     def engine_options(self) -> dict[str, Any]:
         """The keyword arguments of `classifier.models.load_classifier` these keys set."""

@@ -9,6 +9,7 @@ and every stored image is re-filed from its stored scores; a bad config keeps th
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import contextlib
 import signal
@@ -232,6 +233,7 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, event.set)
                 handled.append(signum)
+        log_precision_warnings(self.config)
         log.info("daemon_started", sources=[source.name for source in sources],
                  model_version=self.classifier.version if self.classifier else None,
                  engine=getattr(getattr(self.classifier, "engine", None), "name", None),
@@ -323,6 +325,9 @@ class Daemon:
         if new_config.review != self.running_config.review:
             restart_needed.append("review")  # read once at start-up, like [daemon]
         self.config = new_config
+        # The running engine keeps its [classifier] settings until a restart.
+        log_precision_warnings(dataclasses.replace(
+            new_config, classifier=self.running_config.classifier))
         policy = policy_of(new_config)
         assert self.pipeline is not None and self.catalogue is not None
         self.pipeline.set_policy(policy)
@@ -334,6 +339,14 @@ class Daemon:
                  unchanged=report.unchanged,
                  needs_restart=restart_needed or None)
         return True
+
+
+def log_precision_warnings(config: Config) -> None:
+    """Log each int8 decision `crawler.precision` finds (opt-in quantization only)."""
+    from crawler.precision import precision_warnings
+
+    for warning in precision_warnings(config):
+        log.warning("precision_warning", detail=warning)
 
 
 def metrics_port_error(config: Config, error: OSError) -> ConfigError:

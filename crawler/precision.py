@@ -1,10 +1,11 @@
-"""`check-config` warnings about int8 inference: decisions the exact band does not cover.
+"""Warnings about opt-in int8 inference: the decisions the exact band does not cover.
 
-With `[classifier] quantization` "auto" (on LiteRT) or "dynamic_range", NSFW probabilities come
-from int8 weights and differ from float32 by up to 0.035 (bench/BENCHMARKS.md); images whose
-int8 probability lies in `[classifier] exact_band` are scored again in float32
-(classifier/exact_band.py). A decision point outside the band, with EXACT_MARGIN to spare, is
-decided on int8 scores: the user is told which key, and what to change.
+With `[classifier] quantization = "dynamic_range"`, NSFW probabilities come from int8 weights
+(up to 0.15 away from float32 in bench/int8_error.py); images whose int8 probability lies in
+`[classifier] exact_band` are scored again in float32 (classifier/exact_band.py). A decision
+point outside the band with EXACT_MARGIN to spare, or a quarantine tag scored by a trained
+head (which reads int8 features), is decided on int8 output: the user is told which key, and
+what to change. `check-config` prints these; the daemon logs them at start and on reload.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from crawler.config import Config
 
 NSFW = "nsfw"
+FIX = "or set quantization = \"none\" (float32, the default)"
 
 
 def nsfw_decision_points(config: Config) -> list[tuple[str, float]]:
@@ -33,37 +35,37 @@ def nsfw_decision_points(config: Config) -> list[tuple[str, float]]:
     return points
 
 
-def may_run_int8(config: Config) -> bool:
-    """Whether the classifier may run on int8 weights with this configuration."""
-    return config.classifier.engine != "tensorflow" and config.classifier.quantization != "none"
-
-
 def precision_warnings(config: Config) -> list[str]:
-    """One warning per NSFW decision point that int8 scores may decide (see module doc)."""
+    """One warning per decision that int8 output may make (see the module doc)."""
     from classifier.exact_band import EXACT_MARGIN, points_outside
 
-    if not may_run_int8(config):
+    if config.classifier.quantization != "dynamic_range":
         return []
     text = read_quietly(config.path)
+
+    def where(section: str, key: str) -> str:
+        line = key_line(config.path, text, section, key)
+        return f"{config.path}:{line}" if line else str(config.path)
+
+    warnings = [
+        f"{where('quarantine', 'tags')}: quarantine.tags: {tag!r} is scored by a trained head on "
+        f"int8 features (float32 only for images in classifier.exact_band); {FIX}"
+        for tag in config.quarantine.tags if tag != NSFW
+    ]
     band = config.classifier.exact_band
     if band is None:
-        line = key_line(config.path, text, "classifier", "exact_band")
-        where = f"{config.path}:{line}" if line else str(config.path)
-        return [f"{where}: classifier.exact_band = []: every NSFW decision uses int8 scores, "
-                f"which differ from float32 by up to 0.035; set exact_band = [0.30, 0.90] "
-                f"(the default) or quantization = \"none\""]
-    warnings = []
+        return [*warnings,
+                f"{where('classifier', 'exact_band')}: classifier.exact_band = []: every NSFW "
+                f"decision uses int8 scores, up to 0.15 away from float32; set exact_band = "
+                f"[0.10, 1.0] (the default) {FIX}"]
     for dotted, point in points_outside(band, nsfw_decision_points(config)):
         section, _, key = dotted.partition(".")
-        line = key_line(config.path, text, section, key)
-        where = f"{config.path}:{line}" if line else str(config.path)
+        low = max(0.0, point - EXACT_MARGIN)
         warnings.append(
-            f"{where}: {dotted}: {point:g} is not inside classifier.exact_band "
+            f"{where(section, key)}: {dotted}: {point:g} is not inside classifier.exact_band "
             f"[{band[0]:g}, {band[1]:g}] with {EXACT_MARGIN:g} to spare, so images near it are "
-            f"decided on int8 scores (up to 0.035 off float32); widen exact_band to "
-            f"[{min(band[0], point - EXACT_MARGIN):.2f}, {max(band[1], point + EXACT_MARGIN):.2f}]"
-            f" or set quantization = \"none\"")
+            f"decided on int8 scores; widen exact_band to [{min(band[0], low):.2f}, 1.0] {FIX}")
     return warnings
 
 
-__all__ = ["may_run_int8", "nsfw_decision_points", "precision_warnings"]
+__all__ = ["nsfw_decision_points", "precision_warnings"]

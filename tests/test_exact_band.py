@@ -1,4 +1,4 @@
-"""Int8 inference with float32 decisions: classifier/exact_band.py, its config keys and warnings.
+"""Opt-in int8 inference with float32 near decisions: classifier/exact_band.py, its keys, warnings.
 
 Real LiteRT engines (int8 "dynamic range" and float32 files converted from the real model),
 real photos from scikit-image, real `megane classify` and `megane check-config` runs.
@@ -17,7 +17,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from classifier.engines import LiteRTEngine, cached_tflite, make_engine, resolve_quantization
+from classifier.engines import LiteRTEngine, cached_tflite, make_engine
 from classifier.errors import ModelError
 from classifier.exact_band import EXACT_MARGIN, ExactBandEngine, points_outside
 from classifier.models import shared_open_nsfw_model
@@ -59,7 +59,7 @@ def varied_batch() -> npt.NDArray[np.float32]:
 def test_int8_error_is_within_the_margin(engines: tuple[LiteRTEngine, LiteRTEngine],
                                          varied_batch: npt.NDArray[np.float32]) -> None:
     """On real photos int8 moves the NSFW probability by less than EXACT_MARGIN (the band's
-    premise), though it does move it."""
+    premise; bench/int8_error.py measures harder images), though it does move it."""
     fast, exact = engines
     difference = np.abs(fast.run(varied_batch).probabilities[:, NSFW_INDEX]
                         - exact.run(varied_batch).probabilities[:, NSFW_INDEX])
@@ -76,7 +76,7 @@ def test_rows_in_the_band_get_float32_outputs(engines: tuple[LiteRTEngine, LiteR
     float32 = exact.run(varied_batch)
     scores = np.sort(int8.probabilities[:, NSFW_INDEX])
     band = (float(scores[len(scores) // 2]), 1.0)  # the upper half of this batch
-    engine = ExactBandEngine(fast, lambda: exact, band)
+    engine = ExactBandEngine(fast, exact, band)
     output = engine.run(varied_batch)
     inside = int8.probabilities[:, NSFW_INDEX] >= band[0]
     assert 0 < inside.sum() < len(inside)
@@ -88,25 +88,20 @@ def test_rows_in_the_band_get_float32_outputs(engines: tuple[LiteRTEngine, LiteR
     np.testing.assert_array_equal(output.features[~inside], int8.features[~inside])
 
 
-def test_float32_engine_is_built_only_when_needed(
+def test_float32_runs_only_for_rows_in_the_band(
         engines: tuple[LiteRTEngine, LiteRTEngine],
         varied_batch: npt.NDArray[np.float32]) -> None:
-    """A batch with no score in the band never builds the float32 engine; the first one that
-    has one builds it once."""
+    """A band no score reaches re-scores nothing and returns the int8 output unchanged; a band
+    of [0, 1] re-scores every image."""
     fast, exact = engines
-    built: list[int] = []
-
-    def build() -> LiteRTEngine:
-        built.append(1)
-        return exact
-
-    engine = ExactBandEngine(fast, build, (1.0, 1.0))
-    engine.run(varied_batch)
-    assert built == [] and engine.rescored == 0
+    engine = ExactBandEngine(fast, exact, (1.0, 1.0))
+    output = engine.run(varied_batch)
+    assert engine.rescored == 0
+    np.testing.assert_array_equal(output.probabilities, fast.run(varied_batch).probabilities)
     engine.band = (0.0, 1.0)
     engine.run(varied_batch[:3])
     engine.run(varied_batch[3:6])
-    assert built == [1] and engine.rescored == 6
+    assert engine.rescored == 6
 
 
 def test_a_bad_band_is_refused(engines: tuple[LiteRTEngine, LiteRTEngine]) -> None:
@@ -114,36 +109,40 @@ def test_a_bad_band_is_refused(engines: tuple[LiteRTEngine, LiteRTEngine]) -> No
     fast, exact = engines
     for band in ((0.5, 0.2), (-0.1, 0.5), (0.2, 1.5)):
         with pytest.raises(ModelError, match="exact band"):
-            ExactBandEngine(fast, lambda: exact, band)
+            ExactBandEngine(fast, exact, band)
 
 
-def test_make_engine_resolves_auto(tflite_cache_dir: Path) -> None:
-    """`auto` is int8 with the float32 band on LiteRT, plain int8 without a band, float32 when
-    asked, and never int8 on TensorFlow."""
+def test_make_engine_builds_what_is_asked(tflite_cache_dir: Path) -> None:
+    """int8 with a band is an ExactBandEngine over both files, without a band plain int8;
+    float32 is plain LiteRT; an unknown quantization is refused."""
     common = {"engine": "litert", "device": "cpu", "batch_size": 4,
               "cache_dir": tflite_cache_dir, "model_key": MODEL_KEY}
-    banded = make_engine(shared_open_nsfw_model, quantization="auto", exact_band=(0.3, 0.9),
-                         **common)  # type: ignore[arg-type]
-    assert isinstance(banded, ExactBandEngine) and banded.band == (0.3, 0.9)
-    plain = make_engine(shared_open_nsfw_model, quantization="auto", exact_band=None,
+    banded = make_engine(shared_open_nsfw_model, quantization="dynamic_range",
+                         exact_band=(0.1, 1.0), **common)  # type: ignore[arg-type]
+    assert isinstance(banded, ExactBandEngine) and banded.band == (0.1, 1.0)
+    assert banded.name == "litert int8, float32 in [0.1, 1]"
+    plain = make_engine(shared_open_nsfw_model, quantization="dynamic_range", exact_band=None,
                         **common)  # type: ignore[arg-type]
     assert isinstance(plain, LiteRTEngine)
     assert plain.model_path.name.endswith("-dynamic_range.tflite")
-    exact = make_engine(shared_open_nsfw_model, quantization="none", exact_band=(0.3, 0.9),
+    exact = make_engine(shared_open_nsfw_model, quantization="none", exact_band=(0.1, 1.0),
                         **common)  # type: ignore[arg-type]
     assert isinstance(exact, LiteRTEngine) and exact.model_path.name.endswith("-none.tflite")
-    assert resolve_quantization("auto", "tensorflow") == "none"
-    assert resolve_quantization("auto", "litert") == "dynamic_range"
     with pytest.raises(ModelError, match="unknown quantization"):
-        resolve_quantization("int4", "litert")  # type: ignore[arg-type]
+        make_engine(shared_open_nsfw_model, quantization="int4",  # type: ignore[arg-type]
+                    **common)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="litert engine only"):
+        make_engine(shared_open_nsfw_model, **{**common, "engine": "tensorflow"},  # type: ignore[arg-type]
+                    quantization="dynamic_range")
 
 
 def test_points_outside() -> None:
-    """A decision point counts as covered only with EXACT_MARGIN to spare on both sides."""
-    band = (0.30, 0.90)
-    points = [("a", 0.30 + EXACT_MARGIN), ("b", 0.30 + EXACT_MARGIN / 2),
-              ("c", 0.90 - EXACT_MARGIN), ("d", 0.95)]
-    assert points_outside(band, points) == [("b", 0.30 + EXACT_MARGIN / 2), ("d", 0.95)]
+    """A decision point counts as covered only with EXACT_MARGIN to spare on each side; a band
+    reaching 1 covers everything above its low end."""
+    points = [("a", 0.05 + EXACT_MARGIN), ("b", 0.05 + EXACT_MARGIN / 2),
+              ("c", 0.99 - EXACT_MARGIN), ("d", 0.99)]
+    assert points_outside((0.05, 0.99), points) == [("b", 0.05 + EXACT_MARGIN / 2), ("d", 0.99)]
+    assert points_outside((0.05, 1.0), points) == [("b", 0.05 + EXACT_MARGIN / 2)]
 
 
 def _config(tmp_path: Path, body: str) -> Path:
@@ -156,11 +155,11 @@ class TestConfig:
     """`[classifier] quantization` and `exact_band`."""
 
     def test_defaults(self, tmp_path: Path) -> None:
-        """Unset: quantization auto and the band [0.30, 0.90], passed on to the loader."""
+        """Unset: float32 ("none"), and the band [0.10, 1.0] for when int8 is chosen."""
         config = load_config(_config(tmp_path, ""))
         options = config.classifier.engine_options()
-        assert options["quantization"] == "auto"
-        assert options["exact_band"] == (0.30, 0.90)
+        assert options["quantization"] == "none"
+        assert options["exact_band"] == (0.10, 1.0)
 
     def test_values(self, tmp_path: Path) -> None:
         """An explicit band and quantization are read; [] means no band."""
@@ -176,6 +175,8 @@ class TestConfig:
 
     @pytest.mark.parametrize(("body", "key"), [
         ('quantization = "int4"', "classifier.quantization"),
+        ('quantization = "auto"', "classifier.quantization"),
+        ('device = "gpu"\nquantization = "dynamic_range"', "classifier.quantization"),
         ("exact_band = [0.9, 0.1]", "classifier.exact_band"),
         ("exact_band = [0.1]", "classifier.exact_band"),
         ('exact_band = "wide"', "classifier.exact_band"),
@@ -190,51 +191,68 @@ class TestConfig:
         assert str(path) in str(raised.value)
 
 
-class TestWarnings:
-    """check-config says which NSFW decisions int8 scores would make."""
+INT8 = '[classifier]\nquantization = "dynamic_range"\n'
 
-    def test_default_config_is_covered(self, tmp_path: Path) -> None:
-        """The shipped thresholds and review band lie inside the default band: no warning."""
+
+class TestWarnings:
+    """check-config (and the daemon) say which decisions int8 output would make."""
+
+    def test_shipped_config_with_int8_is_covered(self, tmp_path: Path) -> None:
+        """The shipped thresholds and review band lie inside the default band: switching the
+        shipped config to int8 gives no warning."""
         shipped = (REPOSITORY / "config.toml").read_text()
+        assert 'quantization = "none"' in shipped
         path = tmp_path / "config.toml"
-        path.write_text(shipped.replace('data_dir = "', f'data_dir = "{tmp_path}/data"  # ', 1))
-        assert precision_warnings(load_config(path)) == []
+        path.write_text(shipped.replace('data_dir = "', f'data_dir = "{tmp_path}/data"  # ', 1)
+                        .replace('quantization = "none"', 'quantization = "dynamic_range"', 1))
+        config = load_config(path)
+        assert config.classifier.quantization == "dynamic_range"
+        assert precision_warnings(config) == []
 
     def test_threshold_outside_the_band(self, tmp_path: Path) -> None:
-        """A threshold of 0.95 is outside [0.30, 0.90]: the warning names its line and the fix."""
-        path = _config(tmp_path, "[thresholds]\nnsfw = 0.95\n")
+        """A band of [0.30, 1.0] leaves a review band edge at 0.40 uncovered: the warning names
+        the key's line and the band that would cover it."""
+        path = _config(tmp_path, INT8 + "exact_band = [0.30, 1.0]\n"
+                       "[quarantine]\nreview_band = [0.40, 0.80]\n")
         warnings = precision_warnings(load_config(path))
-        line = path.read_text().splitlines().index("nsfw = 0.95") + 1
+        line = path.read_text().splitlines().index("review_band = [0.40, 0.80]") + 1
         assert len(warnings) == 1
-        assert warnings[0].startswith(f"{path}:{line}: thresholds.nsfw: 0.95 ")
-        assert "exact_band to [0.30, 1.00]" in warnings[0]
+        assert warnings[0].startswith(f"{path}:{line}: quarantine.review_band: 0.4 ")
+        assert "exact_band to [0.10, 1.0]" in warnings[0]
 
-    def test_review_band_edge_outside(self, tmp_path: Path) -> None:
-        """A review band starting at 0.32 is too close to the band's low end."""
-        path = _config(tmp_path, "[quarantine]\nreview_band = [0.32, 0.8]\n")
+    def test_band_not_reaching_one(self, tmp_path: Path) -> None:
+        """A band ending at 0.90 leaves the 0.80 threshold without margin above it."""
+        path = _config(tmp_path, INT8 + "exact_band = [0.05, 0.90]\n")
         warnings = precision_warnings(load_config(path))
-        assert [w.split(": ")[1] for w in warnings] == ["quarantine.review_band"]
+        assert [w.split(": ")[1] for w in warnings] == ["thresholds.nsfw"]
+
+    def test_quarantine_head_tags_are_named(self, tmp_path: Path) -> None:
+        """A quarantine tag other than nsfw is scored by a head on int8 features: said."""
+        path = _config(tmp_path, INT8 + '[thresholds]\ngore = 0.5\n'
+                       '[quarantine]\ntags = ["nsfw", "gore"]\n')
+        (warning,) = precision_warnings(load_config(path))
+        assert "quarantine.tags: 'gore' is scored by a trained head on int8 features" in warning
 
     def test_no_warning_without_int8(self, tmp_path: Path) -> None:
-        """With quantization "none", or on TensorFlow, nothing runs in int8: no warning."""
-        for body in ('quantization = "none"', 'engine = "tensorflow"'):
-            path = _config(tmp_path, f"[classifier]\n{body}\n[thresholds]\nnsfw = 0.99\n")
-            assert precision_warnings(load_config(path)) == []
+        """With float32 (the default) nothing is decided on int8: no warning."""
+        path = _config(tmp_path, "[thresholds]\nnsfw = 0.99\ngore = 0.5\n"
+                       '[quarantine]\ntags = ["nsfw", "gore"]\n')
+        assert precision_warnings(load_config(path)) == []
 
     def test_no_band_warns(self, tmp_path: Path) -> None:
         """exact_band = [] decides everything on int8 scores: said once."""
-        path = _config(tmp_path, "[classifier]\nexact_band = []\n")
+        path = _config(tmp_path, INT8 + "exact_band = []\n")
         (warning,) = precision_warnings(load_config(path))
         assert "classifier.exact_band = []" in warning
 
     def test_check_config_prints_it(self, tmp_path: Path) -> None:
         """`megane check-config` exits 0 and prints the warning on stderr."""
-        path = _config(tmp_path, "[thresholds]\nnsfw = 0.97\n")
+        path = _config(tmp_path, INT8 + "exact_band = [0.5, 1.0]\n")
         completed = subprocess.run(
             [sys.executable, "-m", "crawler.cli", "check-config", "--config", str(path)],
             capture_output=True, text=True, check=False, cwd=REPOSITORY)
         assert completed.returncode == 0, completed.stderr
-        assert "warning: " in completed.stderr and "thresholds.nsfw: 0.97" in completed.stderr
+        assert "warning: " in completed.stderr and "thresholds.nsfw: 0.8" in completed.stderr
 
 
 def _classify(tmp_path: Path, body: str, files: list[Path]) -> dict[str, float]:
@@ -248,8 +266,8 @@ def _classify(tmp_path: Path, body: str, files: list[Path]) -> dict[str, float]:
 
 def test_classify_command_scores(tmp_path: Path,
                                  engines: tuple[LiteRTEngine, LiteRTEngine]) -> None:
-    """`megane classify` on the default config gives float32 scores for images in the band
-    and int8 scores elsewhere; a band of [0, 1] gives float32 everywhere."""
+    """`megane classify` gives float32 scores by default; with int8 chosen, float32 scores for
+    images in the band and int8 scores elsewhere."""
     from classifier.decode import DecodeLimits, decode_image
     from classifier.preprocess import preprocess
 
@@ -264,21 +282,48 @@ def test_classify_command_scores(tmp_path: Path,
     fast, exact = engines
     int8 = fast.run(batch).probabilities[:, NSFW_INDEX]
     float32 = exact.run(batch).probabilities[:, NSFW_INDEX]
-    everywhere = _classify(tmp_path, "[classifier]\nexact_band = [0.0, 1.0]\n", files)
+    default = _classify(tmp_path, "", files)
     for index, path in enumerate(files):
-        assert everywhere[str(path)] == pytest.approx(float32[index], abs=2e-6)
-    band = (0.30, 0.90)
-    defaults = _classify(tmp_path, "", files)
+        assert default[str(path)] == pytest.approx(float32[index], abs=2e-6)
+    band = (float(np.median(int8)), 1.0)
+    banded = _classify(tmp_path, INT8 + f"exact_band = [{band[0]!r}, 1.0]\n", files)
+    assert any(score < band[0] for score in int8) and any(score >= band[0] for score in int8)
     for index, path in enumerate(files):
-        expected = float32[index] if band[0] <= int8[index] <= band[1] else int8[index]
-        assert defaults[str(path)] == pytest.approx(expected, abs=2e-6), path.name
+        expected = float32[index] if int8[index] >= band[0] else int8[index]
+        assert banded[str(path)] == pytest.approx(expected, abs=2e-6), path.name
+
+
+def test_classify_reports_an_engine_failure(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """An engine that fails mid-run makes `classify` exit 1 with the model named, no trace."""
+    import classifier.models
+    from classifier.errors import InferenceError
+    from crawler.classify_files import classify_command
+
+    class FailingClassifier:
+        version, tags, batch_size = "builtin", ("nsfw",), 4
+
+        def classify(self, batch: npt.NDArray[np.float32]) -> None:
+            raise InferenceError("litert inference failed: test")
+
+    monkeypatch.setattr(classifier.models, "load_classifier",
+                        lambda *args, **kwargs: FailingClassifier())
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(image)
+    config = load_config(_config(tmp_path, ""))
+    assert classify_command(config, [str(image)], as_json=True, environ={}) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "error: model builtin: litert inference failed: test\n"
+    assert captured.out == ""
 
 
 def test_daemon_logs_its_engine(tmp_path: Path) -> None:
-    """`megane once` names the engine it serves with, band included, in `daemon_started`."""
+    """`megane once` names the engine it serves with, band included, in `daemon_started`, and
+    logs each precision warning."""
     config = tmp_path / "config.toml"
     config.write_text(f'[daemon]\ndata_dir = "{tmp_path / "data"}"\nlog_format = "json"\n'
-                      '[classifier]\nexact_band = [0.25, 0.95]\n')
+                      + INT8 + 'exact_band = [0.25, 1.0]\n')
     completed = subprocess.run(
         [sys.executable, "-m", "crawler.cli", "once", "--config", str(config)],
         capture_output=True, text=True, check=False, cwd=REPOSITORY)
@@ -286,4 +331,6 @@ def test_daemon_logs_its_engine(tmp_path: Path) -> None:
     events = [json.loads(line) for line in completed.stderr.splitlines()
               if line.startswith("{")]
     (started,) = [event for event in events if event.get("event") == "daemon_started"]
-    assert started["engine"] == "litert int8, float32 in [0.25, 0.95]"
+    assert started["engine"] == "litert int8, float32 in [0.25, 1]"
+    (warning,) = [event for event in events if event.get("event") == "precision_warning"]
+    assert "quarantine.review_band: 0.4 " in warning["detail"]

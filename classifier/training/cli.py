@@ -54,7 +54,8 @@ def run_train(config: Any, *, tags: Sequence[str] | None, architecture: str,
         return _fail(error, as_json)
 
     def extractor() -> Any:
-        options = {**config.classifier.engine_options(),
+        # Features for training are float32 whatever serves: heads learn on exact features.
+        options = {**config.classifier.engine_options(), "quantization": "none",
                    "batch_size": request.settings.feature_batch_size}
         return classifier_extractor(load_classifier(
             "builtin", layout.models, cache_dir=tflite_cache_dir(os.environ), **options))
