@@ -4,8 +4,8 @@ With `[classifier] quantization = "dynamic_range"`, LiteRT runs open_nsfw on int
 about 1.6x faster than float32 on a CPU. int8 moves the NSFW probability: on photos by up to
 0.035, on skin-toned synthetic images by up to 0.12 (bench/int8_error.py, bench/BENCHMARKS.md
 "int8 against float32"; a longer noise search found 0.153); nobody has measured it on real NSFW
-photos, which the project does not hold, so float32 stays the default. `ExactBandEngine` scores again in float32 every image
-whose int8 probability lies in the exact band; a decision point (the NSFW threshold, the
+photos, which the project does not hold, so float32 stays the default. `ExactBandEngine`
+scores again in float32 every image whose int8 probability lies in the exact band; a decision point (the NSFW threshold, the
 review band's edges) inside the band with EXACT_MARGIN (twice the largest difference
 measured) to spare is then decided as float32 decides it, as far as those measurements go.
 Trained heads read int8 features outside the band: their decisions are not covered.

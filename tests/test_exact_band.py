@@ -247,7 +247,7 @@ class TestWarnings:
 
     def test_check_config_prints_it(self, tmp_path: Path) -> None:
         """`megane check-config` exits 0 and prints the warning on stderr."""
-        path = _config(tmp_path, INT8 + "exact_band = [0.5, 1.0]\n")
+        path = _config(tmp_path, INT8 + "exact_band = [0.6, 1.0]\n")
         completed = subprocess.run(
             [sys.executable, "-m", "crawler.cli", "check-config", "--config", str(path)],
             capture_output=True, text=True, check=False, cwd=REPOSITORY)
