@@ -5,10 +5,11 @@ about 1.6x faster than float32 on a CPU. int8 moves the NSFW probability: on pho
 0.035, on skin-toned synthetic images by up to 0.12 (bench/int8_error.py, bench/BENCHMARKS.md
 "int8 against float32"; a longer noise search found 0.153); nobody has measured it on real NSFW
 photos, which the project does not hold, so float32 stays the default. `ExactBandEngine`
-scores again in float32 every image whose int8 probability lies in the exact band; a decision point (the NSFW threshold, the
-review band's edges) inside the band with EXACT_MARGIN (twice the largest difference
-measured) to spare is then decided as float32 decides it, as far as those measurements go.
-Trained heads read int8 features outside the band: their decisions are not covered.
+scores again in float32 every image whose int8 probability lies in the exact band; a
+decision point (the NSFW threshold, the review band's edges) inside the band with
+EXACT_MARGIN (about twice the largest difference measured) to spare is then decided as
+float32 decides it, as far as those measurements go. Trained heads read int8 features
+outside the band: their decisions are not covered.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from classifier.errors import ModelError
 from classifier.opennsfw import NSFW_INDEX
 
 DEFAULT_EXACT_BAND = (0.10, 1.0)
-EXACT_MARGIN = 0.30  # twice the largest int8 - float32 NSFW difference measured (0.153)
+EXACT_MARGIN = 0.30  # ~2x the largest int8 - float32 NSFW difference measured (0.153)
 
 
 class ExactBandEngine:
