@@ -323,7 +323,8 @@ def test_daemon_logs_its_engine(tmp_path: Path) -> None:
     logs each precision warning."""
     config = tmp_path / "config.toml"
     config.write_text(f'[daemon]\ndata_dir = "{tmp_path / "data"}"\nlog_format = "json"\n'
-                      + INT8 + 'exact_band = [0.25, 1.0]\n')
+                      + INT8 + 'exact_band = [0.25, 1.0]\n'
+                      '[quarantine]\nreview_band = [0.40, 0.80]\n')
     completed = subprocess.run(
         [sys.executable, "-m", "crawler.cli", "once", "--config", str(config)],
         capture_output=True, text=True, check=False, cwd=REPOSITORY)
