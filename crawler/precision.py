@@ -57,14 +57,17 @@ def precision_warnings(config: Config) -> list[str]:
         return [*warnings,
                 f"{where('classifier', 'exact_band')}: classifier.exact_band = []: every NSFW "
                 f"decision uses int8 scores, up to 0.15 away from float32; set exact_band = "
-                f"[0.10, 1.0] (the default) {FIX}"]
-    for dotted, point in points_outside(band, nsfw_decision_points(config)):
+                f"[0.10, 1.00] (the default) {FIX}"]
+    outside = points_outside(band, nsfw_decision_points(config))
+    if outside:  # one band covering every point, suggested in each warning
+        low = max(0.0, min(band[0], *(point - EXACT_MARGIN for _, point in outside)))
+        suggestion = f"[{low:.2f}, 1.00]"
+    for dotted, point in outside:
         section, _, key = dotted.partition(".")
-        low = max(0.0, point - EXACT_MARGIN)
         warnings.append(
-            f"{where(section, key)}: {dotted}: {point:g} is not inside classifier.exact_band "
-            f"[{band[0]:g}, {band[1]:g}] with {EXACT_MARGIN:g} to spare, so images near it are "
-            f"decided on int8 scores; widen exact_band to [{min(band[0], low):.2f}, 1.0] {FIX}")
+            f"{where(section, key)}: {dotted}: {point:.2f} is not inside classifier.exact_band "
+            f"[{band[0]:.2f}, {band[1]:.2f}] with {EXACT_MARGIN:.2f} to spare, so images near it "
+            f"are decided on int8 scores; set exact_band = {suggestion} {FIX}")
     return warnings
 
 

@@ -217,8 +217,20 @@ class TestWarnings:
         warnings = precision_warnings(load_config(path))
         line = path.read_text().splitlines().index("review_band = [0.40, 0.80]") + 1
         assert len(warnings) == 1
-        assert warnings[0].startswith(f"{path}:{line}: quarantine.review_band: 0.4 ")
-        assert "exact_band to [0.10, 1.0]" in warnings[0]
+        assert warnings[0].startswith(f"{path}:{line}: quarantine.review_band: 0.40 ")
+        assert "[0.30, 1.00] with 0.30 to spare" in warnings[0]
+        assert "set exact_band = [0.10, 1.00]" in warnings[0]
+
+    def test_one_suggestion_covers_every_point(self, tmp_path: Path) -> None:
+        """Two uncovered points get the same suggested band, which covers both."""
+        path = _config(tmp_path, INT8 + "exact_band = [0.50, 1.0]\n"
+                       "[quarantine]\nreview_band = [0.40, 0.60]\n")
+        warnings = precision_warnings(load_config(path))
+        assert len(warnings) == 2
+        assert all("set exact_band = [0.10, 1.00]" in warning for warning in warnings)
+        suggested = load_config(_config(tmp_path, INT8 + "exact_band = [0.10, 1.0]\n"
+                                        "[quarantine]\nreview_band = [0.40, 0.60]\n"))
+        assert precision_warnings(suggested) == []
 
     def test_band_not_reaching_one(self, tmp_path: Path) -> None:
         """A band ending at 0.90 leaves the 0.80 threshold without margin above it."""
@@ -252,7 +264,7 @@ class TestWarnings:
             [sys.executable, "-m", "crawler.cli", "check-config", "--config", str(path)],
             capture_output=True, text=True, check=False, cwd=REPOSITORY)
         assert completed.returncode == 0, completed.stderr
-        assert "warning: " in completed.stderr and "thresholds.nsfw: 0.8" in completed.stderr
+        assert "warning: " in completed.stderr and "thresholds.nsfw: 0.80" in completed.stderr
 
 
 def _classify(tmp_path: Path, body: str, files: list[Path]) -> dict[str, float]:
@@ -334,4 +346,4 @@ def test_daemon_logs_its_engine(tmp_path: Path) -> None:
     (started,) = [event for event in events if event.get("event") == "daemon_started"]
     assert started["engine"] == "litert int8, float32 in [0.25, 1]"
     (warning,) = [event for event in events if event.get("event") == "precision_warning"]
-    assert "quarantine.review_band: 0.4 " in warning["detail"]
+    assert "quarantine.review_band: 0.40 " in warning["detail"]
