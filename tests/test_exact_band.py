@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -347,3 +348,42 @@ def test_daemon_logs_its_engine(tmp_path: Path) -> None:
     assert started["engine"] == "litert int8, float32 in [0.25, 1]"
     (warning,) = [event for event in events if event.get("event") == "precision_warning"]
     assert "quarantine.review_band: 0.40 " in warning["detail"]
+
+
+async def test_reload_reports_a_quantization_change_as_needing_a_restart(
+        write_config: Any, shared_classifier: Any) -> None:
+    """SIGHUP with int8 switched on reports [classifier] as needing a restart and warns
+    nothing meanwhile: the running engine (float32) keeps serving."""
+    import structlog
+
+    from tests.test_promotion import RunningDaemon
+
+    config = write_config()
+    async with RunningDaemon(config, shared_classifier) as daemon:
+        config.path.write_text(config.path.read_text().replace(
+            'engine = "litert"', 'engine = "litert"\nquantization = "dynamic_range"\n'
+                                 'exact_band = [0.6, 1.0]\n[quarantine]\n'
+                                 'review_band = [0.40, 0.80]'))
+        with structlog.testing.capture_logs() as logs:
+            assert await daemon.reload()
+    [event] = [entry for entry in logs if entry["event"] == "config_reloaded"]
+    assert event["needs_restart"] == ["classifier"]
+    assert [entry for entry in logs if entry["event"] == "precision_warning"] == []
+    assert daemon.config.classifier.quantization == "dynamic_range"
+
+
+async def test_reload_warns_about_a_new_uncovered_point(
+        write_config: Any, shared_classifier: Any) -> None:
+    """Running with int8 configured, a SIGHUP that moves the review band out of the exact band
+    logs a precision_warning naming it."""
+    import structlog
+
+    from tests.test_promotion import RunningDaemon
+
+    config = write_config('quantization = "dynamic_range"\nexact_band = [0.10, 1.0]\n')
+    async with RunningDaemon(config, shared_classifier) as daemon:
+        config.path.write_text(config.path.read_text() + "[quarantine]\nreview_band = [0.2, 0.8]\n")
+        with structlog.testing.capture_logs() as logs:
+            assert await daemon.reload()
+    [warning] = [entry for entry in logs if entry["event"] == "precision_warning"]
+    assert "quarantine.review_band: 0.20 " in warning["detail"]
