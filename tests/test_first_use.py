@@ -162,7 +162,7 @@ class TestConversionNotice:
         config = write_config(tmp_path, tmp_path / "data")
         cache_root = tmp_path / "fresh-cache"
         expected = missing_conversions(load_config(config).classifier, cache_root / "tflite")
-        assert [path.name for path in expected] == [expected[0].name]
+        assert len(expected) == 1  # litert, float32: the one -none.tflite file
         assert not expected[0].exists()
         first = megane(tmp_path, "classify", str(image), "--config", str(config),
                        env={"MEGANE_CACHE_DIR": str(cache_root)})
