@@ -49,7 +49,18 @@ class FileScores:
                                               for tag, score in self.scores.items()}}
 
 
+class FolderGivenError(Exception):
+    """A folder among the FILE arguments: classify scores files, `megane import` files trees."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} is a folder: classify takes image files (`megane import "
+                         f"{path}` classifies and files a folder tree)")
+        self.path = path
+
+
 def _decode(path: str, limits: DecodeLimits, jpeg_draft: bool) -> npt.NDArray[np.float32]:
+    if Path(path).is_dir():
+        raise FolderGivenError(path)
     decoded = decode_image(Path(path), limits, draft_size=DRAFT_SIZE if jpeg_draft else None)
     return preprocess(decoded.image)
 
@@ -92,7 +103,7 @@ def classify_files(
                 try:
                     tensors.append(future.result())
                     slots.append((name, None))
-                except (DecodeError, OSError) as error:
+                except (DecodeError, FolderGivenError, OSError) as error:
                     slots.append((name, FileScores(name, error=str(error))))
             scored = iter(classifier.classify(np.stack(tensors)).scores if tensors else [])
             for name, failure in slots:
@@ -112,6 +123,7 @@ def classify_command(config: Config, files: Sequence[str], *, as_json: bool,
     from classifier.cache import tflite_cache_dir
     from classifier.errors import ClassifierError
     from classifier.models import load_classifier
+    from crawler.conversion_notice import print_conversion_notice
     from crawler.serving import resolve_serving
     from storage.placement import DataLayout
 
@@ -121,6 +133,7 @@ def classify_command(config: Config, files: Sequence[str], *, as_json: bool,
         return 1
     if serving.problem is not None:  # an unreadable ACTIVE: builtin serves meanwhile
         print(f"warning: {serving.problem}", file=sys.stderr)
+    print_conversion_notice(config.classifier, tflite_cache_dir(environ))
     try:
         classifier = load_classifier(
             serving.version, DataLayout(config.data_dir).models,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -131,6 +132,22 @@ class TestDataDirUnderUmask022:
             assert loose_private_paths(layout.root) == []
         finally:
             await catalogue.close()
+
+    def test_models_promote_writes_active_private(self, umask_022: None, tmp_path: Path) -> None:
+        """`megane models promote builtin` under umask 022 writes models/ACTIVE 0600 and
+        leaves every private path private."""
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        config = tmp_path / "config.toml"
+        config.write_text(f'[daemon]\ndata_dir = "{data_dir}"\nlog_format = "json"\n')
+        result = subprocess.run(
+            [sys.executable, "-m", "crawler.cli", "models", "promote", "builtin",
+             "--config", str(config)], cwd=tmp_path, capture_output=True, text=True,
+            timeout=300, env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        active = DataLayout(data_dir).models / "ACTIVE"
+        assert mode(active) == 0o600
+        assert loose_private_paths(data_dir) == []
 
 
 SECRET_CONFIG = """\

@@ -56,14 +56,18 @@ def load(args: argparse.Namespace) -> Config:
 
 
 async def open_catalogue(config: Config, *, read_only: bool = False) -> Any:
-    """The catalogue; `read_only` commands never create data_dir (ConfigError if missing)."""
+    """The catalogue of an existing data_dir (ConfigError if missing: never created here).
+
+    Only `run`, `once`, `import` and `train` create data_dir; every command that works on
+    what they filed refuses a missing one, so a typo in data_dir is not an empty catalogue.
+    Commands that write (`read_only=False`) complete its layout first.
+    """
     from storage.catalogue import Catalogue
     from storage.placement import DataLayout
 
     layout = DataLayout(config.data_dir)
-    if read_only:
-        require_data_dir(config)
-    else:
+    require_data_dir(config)
+    if not read_only:
         layout.ensure()
     return await Catalogue.open(layout.catalogue)
 

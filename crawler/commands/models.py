@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from crawler.commands.common import load
+from crawler.commands.common import load, require_data_dir
 from storage.placement import DataLayout
 
 if TYPE_CHECKING:
@@ -71,6 +71,8 @@ def print_models(config: Config, *, as_json: bool) -> int:
         table.add_row(marker, entry["version"], str(entry.get("created_at") or ""),
                       ",".join(entry.get("tags") or []), ap or "-", entry.get("problem") or "")
     Console().print(table)
+    if len(document) == 1:  # builtin alone
+        print("no trained versions yet: `megane train` makes one from your labels")
     return 0
 
 
@@ -109,7 +111,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
-    return promote_command(load(args), args.version, shadow_images=args.shadow)
+    config = load(args)
+    require_data_dir(config)
+    DataLayout(config.data_dir).ensure()  # models/ private, whatever the umask
+    return promote_command(config, args.version, shadow_images=args.shadow)
 
 
 def cmd_models_export_tflite(args: argparse.Namespace) -> int:

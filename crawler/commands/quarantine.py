@@ -47,6 +47,8 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
             })
         if args.json:
             print_json(items)
+        elif not items:
+            print("nothing is quarantined or held")
         else:
             for item in items:
                 scores = ", ".join(f"{k}={v:.3f}" for k, v in item["scores"].items())

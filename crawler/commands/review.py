@@ -7,13 +7,15 @@ import os
 import time
 from typing import Any
 
-from crawler.commands.common import EXIT_OK, load, run_with_catalogue
+from crawler.commands.common import EXIT_OK, load, require_data_dir, run_with_catalogue
 
 
 def cmd_review(args: argparse.Namespace) -> int:
     from crawler.review.server import run_review
 
-    return run_review(load(args), args.port, args.token, token_file=args.token_file,
+    config = load(args)
+    require_data_dir(config)
+    return run_review(config, args.port, args.token, token_file=args.token_file,
                       environ=os.environ)
 
 

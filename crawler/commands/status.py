@@ -30,6 +30,8 @@ def cmd_media_list(args: argparse.Namespace) -> int:
     items = asyncio.run(body())
     if args.json:
         print_json(items)
+    elif not items:
+        print(f"no media URLs in state {args.state}" if args.state else "no media URLs yet")
     else:
         for item in items:
             sha = (item["sha256"] or "-")[:12]

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from classifier.errors import ModelError
-from storage.placement import write_file_atomic
+from storage.placement import PRIVATE_FILE_MODE, write_file_atomic
 
 log = structlog.get_logger("megane.promotion")
 
@@ -93,10 +93,13 @@ def read_active(models_dir: Path) -> ActiveModel | None:
 
 
 def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
-    """Write a JSON document atomically and durably (storage's one atomic writer)."""
+    """Write a JSON document atomically and durably (storage's one atomic writer).
+
+    Mode 0600 whatever the umask: it lies in data_dir, private but for library/.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(dict(document), indent=2, sort_keys=True) + "\n"
-    write_file_atomic(path, text.encode("utf-8"), 0o644)
+    write_file_atomic(path, text.encode("utf-8"), PRIVATE_FILE_MODE)
 
 
 def write_active(models_dir: Path, active: ActiveModel) -> None:

@@ -294,6 +294,14 @@ class FolderSource:
             inbox.remove_journal(journal_file)  # confirmed, or nothing of it left to yield
             return PollResult(refs=(), cursor=None, full=full)
         taken = {move.target for move in carried}
+        if not move_to.exists():
+            try:
+                move_to.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # plan_move fails next, naming the folder it cannot make
+            else:
+                log.info("folder_created", source=self.name, key="move_to",
+                         path=display_name(str(move_to)))
         planned: list[inbox.Move] = []
         for entry in chosen:
             try:
