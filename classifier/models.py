@@ -22,8 +22,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +43,8 @@ from classifier.engines import (
 )
 from classifier.errors import InferenceError, ModelError
 from classifier.opennsfw import MODEL_KEY, NSFW_INDEX, ONNX_SHA256
+from storage.atomic import staged_directory
+from storage.placement import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from classifier.preprocess import PREPROCESSING_DESCRIPTION, PREPROCESSING_NAME
 
 if TYPE_CHECKING:
@@ -277,34 +277,18 @@ def write_model_version(
         "created_at": created.isoformat(timespec="seconds"),
     }
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
-        try:
+        # A private folder of private files, like everything in data_dir but library/.
+        with staged_directory(folder, PRIVATE_DIR_MODE) as staging:
             np.savez(staging / HEADS_FILENAME, tags=np.array(tags, dtype=str),
                      weights=weights, biases=biases)
             (staging / METADATA_FILENAME).write_text(
                 json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8"
             )
             for path in (staging / HEADS_FILENAME, staging / METADATA_FILENAME):
-                with path.open("rb") as file:
-                    os.fsync(file.fileno())
-            staging.chmod(0o755)
-            os.rename(staging, folder)
-            _fsync_directory(root)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+                path.chmod(PRIVATE_FILE_MODE)
     except OSError as error:
         raise ModelError(f"{folder}: cannot write model version: {error}") from error
     return folder
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class LoadedClassifier:

@@ -57,6 +57,24 @@ def _sigmoid(value: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 class TestWriteModelVersion:
+    def test_private_whatever_the_umask(self, tmp_path: Path,
+                                        head_weights: tuple[npt.NDArray[np.float32], float],
+                                        ) -> None:
+        """Under umask 022 a version folder is 0700 and its files 0600, like the rest of
+        data_dir but library/; no staging folder is left behind."""
+        import os
+        import stat
+
+        previous = os.umask(0o022)
+        try:
+            folder = write_model_version(tmp_path / "models", "v2", {"cat": head_weights}, {})
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()} == {
+            "heads.npz": 0o600, "metadata.json": 0o600}
+        assert [path.name for path in (tmp_path / "models").iterdir()] == ["v2"]
+
     def test_folder_contents(self, models_dir: Path) -> None:
         """A version folder holds heads.npz and metadata.json with the contract's fields."""
         metadata = json.loads((models_dir / "v1" / "metadata.json").read_text())

@@ -297,4 +297,6 @@ class TestModelsCommands:
         assert report["image_source"] == "store" and report["parity_images"] == 4
         assert report["max_abs_difference"] < 1e-3
         assert report["tags"] == ["nsfw", "photo", "cat"]
-        assert (layout.models / "v1" / "model.tflite").stat().st_size == report["bytes"]
+        exported = (layout.models / "v1" / "model.tflite").stat()
+        assert exported.st_size == report["bytes"]
+        assert exported.st_mode & 0o777 == 0o600  # private, like the rest of data_dir

@@ -24,7 +24,7 @@ from classifier.decode import DecodeLimits, decode_image
 from classifier.engines import convert_to_tflite
 from classifier.errors import ClassifierError, ModelError
 from classifier.preprocess import RESIZE_SIZE
-from storage.placement import write_file_atomic
+from storage.placement import PRIVATE_FILE_MODE, write_file_atomic
 
 if TYPE_CHECKING:
     import keras
@@ -129,7 +129,7 @@ def export_tflite(models_dir: Path, version: str, store: Path) -> ExportReport:
     flatbuffer = convert_to_tflite(model, image_size=image_size)
     path = folder / TFLITE_FILENAME
     try:
-        write_file_atomic(path, flatbuffer, 0o644)
+        write_file_atomic(path, flatbuffer, PRIVATE_FILE_MODE)
     except OSError as error:
         raise ModelError(f"{path}: cannot write: {error}") from error
     batch, source = sample_images(store, PARITY_IMAGES, image_size)
