@@ -24,7 +24,10 @@ def _decimals(value: float) -> int:
 
 def threshold_text(threshold: float) -> str:
     """A threshold with two decimals, or as many as it has (0.80, 0.003, 0.0025)."""
-    return f"{threshold:.{max(THRESHOLD_DECIMALS, _decimals(threshold))}f}"
+    if _decimals(threshold) <= THRESHOLD_DECIMALS:
+        return f"{threshold:.{THRESHOLD_DECIMALS}f}"
+    # The shortest round-tripping digits: `%.Nf` may round the binary value otherwise.
+    return format(Decimal(repr(float(threshold))), "f")
 
 
 def _sign(a: Decimal | float, b: Decimal | float) -> int:
@@ -34,7 +37,9 @@ def _sign(a: Decimal | float, b: Decimal | float) -> int:
 def score_text(score: float, *thresholds: float) -> str:
     """`score` printed so that comparing it with each printed threshold agrees with the
     real comparison (greater, equal or less)."""
-    bounds = [(threshold, Decimal(threshold_text(threshold))) for threshold in thresholds]
+    score = float(score)  # numpy scalars compare as the float they convert to
+    bounds = [(float(threshold), Decimal(threshold_text(threshold)))
+              for threshold in thresholds]
     extra = max((_decimals(threshold) for threshold in thresholds), default=0)
     start = max(SCORE_DECIMALS, extra + 1 if extra > THRESHOLD_DECIMALS else 0)
     for decimals in range(start, _MAX_FIXED_DECIMALS + 1):
