@@ -9,6 +9,7 @@ more digits still until the printed comparison agrees with the real one
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal
 
 SCORE_DECIMALS = 3
@@ -16,12 +17,14 @@ THRESHOLD_DECIMALS = 2
 _MAX_FIXED_DECIMALS = 20
 
 
+@functools.lru_cache(maxsize=256)
 def _decimals(value: float) -> int:
     """How many decimals the shortest round-tripping form of `value` has."""
     exponent = Decimal(repr(float(value))).as_tuple().exponent
     return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
+@functools.lru_cache(maxsize=256)
 def threshold_text(threshold: float) -> str:
     """A threshold with two decimals, or as many as it has (0.80, 0.003, 0.0025)."""
     if _decimals(threshold) <= THRESHOLD_DECIMALS:
@@ -38,6 +41,14 @@ def score_text(score: float, *thresholds: float) -> str:
     """`score` printed so that comparing it with each printed threshold agrees with the
     real comparison (greater, equal or less)."""
     score = float(score)  # numpy scalars compare as the float they convert to
+    if all(_decimals(float(threshold)) <= THRESHOLD_DECIMALS for threshold in thresholds):
+        # Fast path: decimals of at most three places differ by 0.001 or more, so their
+        # floats order exactly like them.
+        text = f"{score:.{SCORE_DECIMALS}f}"
+        shown_float = float(text)
+        if all(_sign(shown_float, float(threshold_text(threshold))) == _sign(score, threshold)
+               for threshold in thresholds):
+            return text
     bounds = [(float(threshold), Decimal(threshold_text(threshold)))
               for threshold in thresholds]
     extra = max((_decimals(threshold) for threshold in thresholds), default=0)

@@ -80,7 +80,8 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
     from crawler.pipeline import sidecar_document
 
     # Until this pass completes, images are not all filed under one known policy.
-    if await applied_fingerprint(catalogue) != policy_fingerprint(policy):
+    policy_changed = await applied_fingerprint(catalogue) != policy_fingerprint(policy)
+    if policy_changed:
         await forget_applied(catalogue)
     items = await catalogue.rescore_items()
     changes, stays = plan_refile(items, policy)
@@ -121,7 +122,8 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
         await catalogue.record_placements(done, now)
         if undo:
             await catalogue.record_decisions(undo, now)
-    reworded, sidecars, stay_failed = await _restate(catalogue, layout, policy, stays, now)
+    reworded, sidecars, stay_failed = await _restate(catalogue, layout, policy, stays, now,
+                                                     every_sidecar=policy_changed)
     failed += stay_failed
     if not failed:
         await record_applied(catalogue, policy, now)
@@ -131,9 +133,12 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
 
 
 async def _restate(catalogue: Catalogue, layout: DataLayout, policy: Policy,
-                   stays: list[tuple[RescoreItem, Decision]], now: float) -> tuple[int, int, int]:
+                   stays: list[tuple[RescoreItem, Decision]], now: float,
+                   every_sidecar: bool) -> tuple[int, int, int]:
     """Images that stay put: new reason text, rewritten quarantine sidecars.
 
+    Sidecars are compared with what they should hold: every one when the policy differs
+    from the one last applied (`every_sidecar`), else those whose reason changes.
     Returns (rows reworded, sidecars rewritten, sidecars that could not be written).
     """
     from crawler.pipeline import sidecar_document
@@ -142,7 +147,8 @@ async def _restate(catalogue: Catalogue, layout: DataLayout, policy: Policy,
     for start in range(0, len(stays), COMMIT_EVERY):
         batch = stays[start:start + COMMIT_EVERY]
         quarantined = [(item, decision) for item, decision in batch
-                       if decision.placement is Placement.QUARANTINE]
+                       if decision.placement is Placement.QUARANTINE
+                       and (every_sidecar or decision.reason != item.blob.reason)]
         rows = (await catalogue.media_for_blobs([item.blob.sha256 for item, _ in quarantined])
                 if quarantined else {})
         documents = [(item.blob.sha256, sidecar_document(
