@@ -154,11 +154,12 @@ async def _restate(catalogue: Catalogue, layout: DataLayout, policy: Policy,
         documents = [(item.blob.sha256, sidecar_document(
             item.blob, rows.get(item.blob.sha256, []), decision, item.scores, policy))
             for item, decision in quarantined]
-        written, errors = await asyncio.to_thread(_refresh_sidecars, layout, documents)
-        sidecars += written
-        failed += len(errors)
-        for sha256, reason in errors.items():
-            log.error("refile_failed", sha256=sha256, reason=reason)
+        if documents:
+            written, errors = await asyncio.to_thread(_refresh_sidecars, layout, documents)
+            sidecars += written
+            failed += len(errors)
+            for sha256, reason in errors.items():
+                log.error("refile_failed", sha256=sha256, reason=reason)
         changed = [(item.blob.sha256, decision.placement, decision.reason, decision.tags)
                    for item, decision in batch if decision.reason != item.blob.reason]
         if changed:
