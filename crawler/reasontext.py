@@ -41,13 +41,13 @@ def score_text(score: float, *thresholds: float) -> str:
     """`score` printed so that comparing it with each printed threshold agrees with the
     real comparison (greater, equal or less)."""
     score = float(score)  # numpy scalars compare as the float they convert to
-    if all(_decimals(float(threshold)) <= THRESHOLD_DECIMALS for threshold in thresholds):
+    if all(_decimals(threshold) <= THRESHOLD_DECIMALS for threshold in thresholds):
         # Fast path: decimals of at most three places differ by 0.001 or more, so their
-        # floats order exactly like them.
+        # floats order exactly like them (and such a threshold prints as itself).
         text = f"{score:.{SCORE_DECIMALS}f}"
-        shown_float = float(text)
-        if all(_sign(shown_float, float(threshold_text(threshold))) == _sign(score, threshold)
-               for threshold in thresholds):
+        near = float(text)
+        if all((near > threshold) - (near < threshold)
+               == (score > threshold) - (score < threshold) for threshold in thresholds):
             return text
     bounds = [(float(threshold), Decimal(threshold_text(threshold)))
               for threshold in thresholds]
