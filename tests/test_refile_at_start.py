@@ -8,6 +8,7 @@ describe the policy in force after a pass.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from decimal import Decimal
@@ -204,3 +205,27 @@ async def open_catalogue(layout: DataLayout) -> AsyncIterator[Catalogue]:
         yield catalogue
     finally:
         await catalogue.close()
+
+
+async def test_policy_recorded_by_another_process_is_forgotten_at_stop(
+        tmp_path: Path, shared_classifier: Any) -> None:
+    """`megane rescore` with an edited config beside a running daemon records its policy;
+    the daemon filed under its own meanwhile, so at stop it forgets that record."""
+    fill_inbox(tmp_path)
+    config = load_config(write_config(tmp_path, "0.8"))
+    daemon = Daemon(config, classifier=shared_classifier)
+    running = asyncio.create_task(daemon.run())
+    await daemon.ready.wait()
+    edited = policy_of(load_config(write_config(tmp_path, "0.5")))
+    async with open_catalogue(DataLayout(config.data_dir)) as catalogue:
+        assert await catalogue.setting(SETTING) == policy_fingerprint(policy_of(config))
+        await catalogue.set_setting(SETTING, policy_fingerprint(edited), 1.0)
+    daemon.stop_requested.set()
+    assert await running == 0
+    async with open_catalogue(DataLayout(config.data_dir)) as catalogue:
+        assert await catalogue.setting(SETTING) is None
+        # The next start with the edited config re-files, as it must.
+        layout = DataLayout(config.data_dir)
+        report = await refile_at_start(catalogue, layout, edited, 2.0)
+        assert report is not None and report.failed == 0
+        assert await catalogue.setting(SETTING) == policy_fingerprint(edited)
