@@ -32,12 +32,13 @@ from crawler.pipeline import Pipeline, PipelineSettings
 from crawler.polling import MAX_BACKOFF_S, ONCE_MAX_EXTRA_POLLS, PollerState, poll_loop
 from crawler.promotion import backfill_at_start, follow_promotions, load_active_model
 from crawler.reporting import DaemonObserver, report_loop, stats_for_status
-from crawler.rescore import reconcile, rescore
+from crawler.rescore import reconcile, refile_at_start, release_applied, rescore
 from crawler.review.refresher import IndexRefresher
 from crawler.review.settings import ReviewSettings
 from crawler.sdnotify import Notifier, ProgressWatchdog, watchdog_interval_s
 from crawler.sources import Source, SourceContext, create_source
 from storage.catalogue import Catalogue
+from storage.errors import CatalogueError
 from storage.placement import DataLayout, sweep
 
 log = structlog.get_logger("megane.daemon")
@@ -167,6 +168,8 @@ class Daemon:
             repaired = await reconcile(catalogue, self.layout, policy_of(self.config))
             if repaired:
                 log.info("placements_repaired", count=repaired)
+            # A policy changed while stopped is applied before anything is served.
+            await refile_at_start(catalogue, self.layout, policy_of(self.config), self.clock())
             if self.classifier is None and self.classifier_problem is None:
                 self.classifier, self.classifier_problem = await asyncio.to_thread(
                     load_active_model, self.config, self.layout, self.cache_dir
@@ -218,6 +221,11 @@ class Daemon:
             finally:
                 await session.close()
         finally:
+            try:
+                await release_applied(catalogue, policy_of(self.config))
+            except CatalogueError as error:
+                log.warning("policy_record_failed", reason=str(error),
+                            action="run `megane rescore` to re-file under config.toml")
             await catalogue.close()
         return 0
 

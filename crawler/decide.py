@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from crawler.reasontext import score_text, threshold_text
 from crawler.sources.common import normalize_tag
 from storage.records import Placement
 
@@ -116,7 +117,8 @@ def decide(
             score, threshold = scores[tag], policy.threshold(tag)
             if score >= threshold:
                 return Decision(
-                    Placement.QUARANTINE, (), f"score: {tag}={score:.3f} >= {threshold:.2f}"
+                    Placement.QUARANTINE, (),
+                    f"score: {tag}={score_text(score, threshold)} >= {threshold_text(threshold)}",
                 )
         if policy.review_band is not None:
             low, high = policy.review_band
@@ -124,8 +126,8 @@ def decide(
                 if low <= scores[tag] < high:
                     return Decision(
                         Placement.QUARANTINE, (),
-                        f"uncertain: {tag}={scores[tag]:.3f} "
-                        f"in review band [{low:.2f}, {high:.2f})",
+                        f"uncertain: {tag}={score_text(scores[tag], low, high)} in review "
+                        f"band [{threshold_text(low)}, {threshold_text(high)})",
                     )
 
     tags = {
@@ -139,22 +141,24 @@ def decide(
         why = "human_label: " + ", ".join(f"{tag}=no" for tag in policy.quarantine_tags)
     else:
         why = ", ".join(
-            f"{tag}={scores[tag]:.3f} < {policy.threshold(tag):.2f}"
+            f"{tag}={score_text(scores[tag], policy.threshold(tag))} "
+            f"< {threshold_text(policy.threshold(tag))}"
             for tag in policy.quarantine_tags
         )
         why = f"clean: {why or 'no quarantine tags'}"
     if tags:
-        why += "; tags: " + ", ".join(_why_tag(tag, scores, labels, matches)
+        why += "; tags: " + ", ".join(_why_tag(tag, scores, labels, matches,
+                                               policy.threshold(tag))
                                       for tag in sorted(tags))
     return Decision(Placement.LIBRARY, tuple(sorted(tags)), why)
 
 
 def _why_tag(tag: str, scores: Mapping[str, float], labels: Mapping[str, bool],
-             matches: Mapping[str, str]) -> str:
+             matches: Mapping[str, str], threshold: float) -> str:
     """What put `tag` on an image: a source tag, the head's score, or a human label."""
     if tag in matches and labels.get(tag) is not True:
         return f"{tag} (source_tag: {matches[tag]})"
-    return f"{tag}={scores[tag]:.3f}" if tag in scores else f"{tag}=label"
+    return f"{tag}={score_text(scores[tag], threshold)}" if tag in scores else f"{tag}=label"
 
 
 def policy_from_config(thresholds: Mapping[str, float], quarantine_tags: Sequence[str],

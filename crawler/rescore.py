@@ -1,8 +1,12 @@
-"""Re-filing every stored image from its stored scores (SIGHUP, `megane rescore`).
+"""Re-filing every stored image from its stored scores (SIGHUP, `megane rescore`, start).
 
 No model call and no decoding: the decision is recomputed from the catalogue (scores,
 source flags and source tags of every URL that carried the image, human labels), and only
 images whose placement or tags change are moved, in a thread, then committed together.
+An image that stays put gets the new reason when its text changes, and a quarantined one
+a rewritten sidecar when its content changes (thresholds, review band, reason). A
+complete pass records the policy's fingerprint (`crawler.applied_policy`); at start the
+daemon re-files when config.toml's policy differs from it (`refile_at_start`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,22 @@ from typing import Any
 
 import structlog
 
+from crawler.applied_policy import (
+    applied_fingerprint,
+    forget_applied,
+    policy_fingerprint,
+    record_applied,
+)
 from crawler.decide import Decision, Policy, decide
 from storage.catalogue import Catalogue, RescoreItem
 from storage.errors import PlacementError
-from storage.placement import DataLayout, batch_durability, place, remove_everywhere
+from storage.placement import (
+    DataLayout,
+    batch_durability,
+    place,
+    refresh_sidecar,
+    remove_everywhere,
+)
 from storage.records import BlobRow, Placement
 
 log = structlog.get_logger("megane.rescore")
@@ -28,17 +44,29 @@ class RescoreReport:
     changed: int
     unchanged: int
     failed: int
+    # Of `unchanged`: rows given the new reason text, sidecars rewritten.
+    reworded: int = 0
+    sidecars: int = 0
 
 
 def plan_rescore(items: list[RescoreItem], policy: Policy) -> list[tuple[RescoreItem, Decision]]:
     """The images whose filing changes under `policy` (pure)."""
-    changes = []
+    return plan_refile(items, policy)[0]
+
+
+def plan_refile(
+    items: list[RescoreItem], policy: Policy,
+) -> tuple[list[tuple[RescoreItem, Decision]], list[tuple[RescoreItem, Decision]]]:
+    """(images to move, images that stay put) under `policy` (pure)."""
+    moves, stays = [], []
     for item in items:
         decision = decide(item.scores or None, item.flags, policy, item.labels,
                           item.source_tags)
         if decision.placement != item.blob.placement or decision.tags != item.blob.tags:
-            changes.append((item, decision))
-    return changes
+            moves.append((item, decision))
+        else:
+            stays.append((item, decision))
+    return moves, stays
 
 
 async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
@@ -51,8 +79,12 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
     """
     from crawler.pipeline import sidecar_document
 
+    # Until this pass completes, images are not all filed under one known policy.
+    policy_changed = await applied_fingerprint(catalogue) != policy_fingerprint(policy)
+    if policy_changed:
+        await forget_applied(catalogue)
     items = await catalogue.rescore_items()
-    changes = plan_rescore(items, policy)
+    changes, stays = plan_refile(items, policy)
     failed = 0
     for start in range(0, len(changes), COMMIT_EVERY):
         batch = changes[start:start + COMMIT_EVERY]
@@ -90,8 +122,89 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
         await catalogue.record_placements(done, now)
         if undo:
             await catalogue.record_decisions(undo, now)
-    return RescoreReport(changed=len(changes) - failed, unchanged=len(items) - len(changes),
-                         failed=failed)
+    reworded, sidecars, stay_failed = await _restate(catalogue, layout, policy, stays, now,
+                                                     every_sidecar=policy_changed)
+    failed += stay_failed
+    if not failed:
+        await record_applied(catalogue, policy, now)
+    return RescoreReport(changed=len(changes) - failed + stay_failed,
+                         unchanged=len(items) - len(changes), failed=failed,
+                         reworded=reworded, sidecars=sidecars)
+
+
+async def _restate(catalogue: Catalogue, layout: DataLayout, policy: Policy,
+                   stays: list[tuple[RescoreItem, Decision]], now: float,
+                   every_sidecar: bool) -> tuple[int, int, int]:
+    """Images that stay put: new reason text, rewritten quarantine sidecars.
+
+    Sidecars are compared with what they should hold: every one when the policy differs
+    from the one last applied (`every_sidecar`), else those whose reason changes.
+    Returns (rows reworded, sidecars rewritten, sidecars that could not be written).
+    """
+    from crawler.pipeline import sidecar_document
+
+    reworded = sidecars = failed = 0
+    for start in range(0, len(stays), COMMIT_EVERY):
+        batch = stays[start:start + COMMIT_EVERY]
+        quarantined = [(item, decision) for item, decision in batch
+                       if decision.placement is Placement.QUARANTINE
+                       and (every_sidecar or decision.reason != item.blob.reason)]
+        rows = (await catalogue.media_for_blobs([item.blob.sha256 for item, _ in quarantined])
+                if quarantined else {})
+        documents = [(item.blob.sha256, sidecar_document(
+            item.blob, rows.get(item.blob.sha256, []), decision, item.scores, policy))
+            for item, decision in quarantined]
+        if documents:
+            written, errors = await asyncio.to_thread(_refresh_sidecars, layout, documents)
+            sidecars += written
+            failed += len(errors)
+            for sha256, reason in errors.items():
+                log.error("refile_failed", sha256=sha256, reason=reason)
+        changed = [(item.blob.sha256, decision.placement, decision.reason, decision.tags)
+                   for item, decision in batch if decision.reason != item.blob.reason]
+        if changed:
+            await catalogue.record_placements(changed, now)
+            reworded += len(changed)
+    return reworded, sidecars, failed
+
+
+def _refresh_sidecars(layout: DataLayout,
+                      documents: list[tuple[str, dict[str, Any]]]) -> tuple[int, dict[str, str]]:
+    """Rewrite the sidecars whose content differs (blocking); (written, sha256 -> error)."""
+    written = 0
+    errors: dict[str, str] = {}
+    with batch_durability():
+        for sha256, document in documents:
+            try:
+                written += refresh_sidecar(layout, sha256, document)
+            except PlacementError as error:
+                errors[sha256] = str(error)
+    return written, errors
+
+
+async def release_applied(catalogue: Catalogue, policy: Policy) -> None:
+    """At stop: images this process filed follow `policy`; when the recorded policy is
+    another (`megane rescore` ran with an edited config meanwhile), forget it so the next
+    start re-files."""
+    recorded = await applied_fingerprint(catalogue)
+    if recorded is not None and recorded != policy_fingerprint(policy):
+        await forget_applied(catalogue)
+
+
+async def refile_at_start(catalogue: Catalogue, layout: DataLayout, policy: Policy,
+                          now: float) -> RescoreReport | None:
+    """At start, before anything is served: re-file every stored image when `policy`
+    (config.toml) differs from the one they were last filed under. None when it does not."""
+    previous = await applied_fingerprint(catalogue)
+    if previous == policy_fingerprint(policy):
+        return None
+    log.info("policy_refile_started", reason="no policy recorded" if previous is None
+             else "the filing policy in config.toml changed since it was last applied")
+    report = await rescore(catalogue, layout, policy, now)
+    log.info("policy_refiled", refiled=report.changed, unchanged=report.unchanged,
+             reworded=report.reworded, sidecars=report.sidecars, failed=report.failed,
+             at_start=True)
+    return report
 
 
 def _place_batch(

@@ -23,6 +23,7 @@ from storage.catalogue_media import MAX_RETRY_WAIT_S, MediaQueue
 from storage.catalogue_reporting import Reporting
 from storage.catalogue_review import Review
 from storage.catalogue_scores import Scores
+from storage.catalogue_settings import Settings
 from storage.catalogue_sources import Sources, SourceState
 from storage.errors import CatalogueError
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
@@ -41,7 +42,7 @@ def _make_private(path: Path) -> None:
 
 
 class Catalogue(
-    MediaQueue, Scores, Filing, Sources, Hygiene, Reporting, Review, CatalogueBase
+    MediaQueue, Scores, Filing, Sources, Hygiene, Reporting, Review, Settings, CatalogueBase
 ):
     """Async access to `catalogue.sqlite`. Open with `await Catalogue.open(path)`.
 

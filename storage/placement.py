@@ -244,12 +244,8 @@ def place(
                 _link_into(stored, target, PRIVATE_FILE_MODE)
             if placement is Placement.QUARANTINE and sidecar is not None:
                 try:
-                    write_file_atomic(
-                        layout.sidecar(sha256),
-                        json.dumps(redact_value(dict(sidecar)), indent=2,
-                                   sort_keys=True).encode(),
-                        PRIVATE_FILE_MODE,
-                    )
+                    write_file_atomic(layout.sidecar(sha256), sidecar_bytes(sidecar),
+                                      PRIVATE_FILE_MODE)
                 except OSError as error:
                     raise PlacementError(str(layout.sidecar(sha256)),
                                          error.strerror or str(error)) from error
@@ -260,6 +256,28 @@ def place(
         raise PlacementError(
             error.filename or str(layout.root), error.strerror or str(error)
         ) from error
+
+
+def sidecar_bytes(sidecar: Mapping[str, Any]) -> bytes:
+    """What a quarantine sidecar file holds (redacted, sorted JSON)."""
+    return json.dumps(redact_value(dict(sidecar)), indent=2, sort_keys=True).encode()
+
+
+def refresh_sidecar(layout: DataLayout, sha256: str, sidecar: Mapping[str, Any]) -> bool:
+    """Rewrite a quarantined image's sidecar when its content differs; True when written.
+
+    Raises PlacementError (naming the sidecar) when the disk refuses.
+    """
+    path = layout.sidecar(sha256)
+    content = sidecar_bytes(sidecar)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_bytes() == content:
+                return False
+        write_file_atomic(path, content, PRIVATE_FILE_MODE)
+    except OSError as error:
+        raise PlacementError(str(path), error.strerror or str(error)) from error
+    return True
 
 
 def remove_everywhere(layout: DataLayout, sha256: str, extension: str) -> None:

@@ -115,6 +115,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE sources ADD COLUMN first_poll_at REAL",
         "UPDATE sources SET first_poll_at = last_poll_at",
     ),
+    # 3: small named settings the catalogue keeps (the fingerprint of the applied policy).
+    (
+        """
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
