@@ -93,7 +93,9 @@ def load_model(config: Config, layout: DataLayout,
                cache_dir: Path | None = None) -> tuple[Classifier | None, str | None]:
     """Load the configured model (blocking). On failure: None and the reason (fail closed)."""
     from classifier.models import BUILTIN_VERSION, load_classifier
+    from crawler.conversion_notice import log_conversion_notice
 
+    log_conversion_notice(config.classifier, cache_dir)  # the first start converts (~10 s)
     try:
         classifier = load_classifier(
             config.classifier.model or BUILTIN_VERSION, layout.models, cache_dir=cache_dir,

@@ -9,6 +9,7 @@ real directory; the conversion test converts the real model into a fresh cache.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -179,6 +180,22 @@ class TestConversionNotice:
                         env={"MEGANE_CACHE_DIR": str(cache_root)})
         assert second.returncode == 0, second.stderr[-2000:]
         assert "converting" not in second.stderr
+
+    def test_megane_once_logs_it_before_converting(self, tmp_path: Path) -> None:
+        """The first `megane once` with an empty cache logs `model_converting` naming the file,
+        before `daemon_started`, and the file is there afterwards."""
+        config = write_config(tmp_path, tmp_path / "data")
+        cache_root = tmp_path / "fresh-cache"
+        (expected,) = missing_conversions(load_config(config).classifier, cache_root / "tflite")
+        result = megane(tmp_path, "once", "--config", str(config),
+                        env={"MEGANE_CACHE_DIR": str(cache_root)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        events = [json.loads(line) for line in result.stderr.splitlines()
+                  if line.startswith("{")]
+        names = [event["event"] for event in events]
+        assert names.index("model_converting") < names.index("daemon_started")
+        (notice,) = [event for event in events if event["event"] == "model_converting"]
+        assert notice["cache_path"] == str(expected) and expected.is_file()
 
     @pytest.mark.parametrize(("classifier", "suffixes"), [
         (ClassifierConfig(engine="litert"), ["none"]),
