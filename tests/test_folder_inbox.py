@@ -92,7 +92,8 @@ def other_filesystem() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _inbox_config(write_config: Any, inbox_dir: Path, done: Path) -> Any:
+def inbox_config(write_config: Any, inbox_dir: Path, done: Path) -> Any:
+    """A config whose one source is the folder `inbox_dir` in inbox mode (move_to `done`)."""
     return write_config("[quarantine]\nreview_band = []\n", sources=f"""
         [[sources]]
         kind = "folder"
@@ -178,7 +179,7 @@ class TestKilledDuringTheMove:
                                  kill_at: tuple[str, str, str],
                                  crash_state: tuple[str, str]) -> None:
         photos = _fill_inbox(inbox_dir)
-        config = _inbox_config(write_config, inbox_dir, done)
+        config = inbox_config(write_config, inbox_dir, done)
         _seed_model_cache(shared_classifier, config.data_dir)
 
         code, output = await _run_killed(config, tmp_path, *kill_at)

@@ -24,6 +24,7 @@ from crawler.errors import PermanentFetchError
 from crawler.localcopy import allow_root, copy_to_spool
 from tests.daemon_process import connect, files_under, small_photo
 from tests.rlimits import run_limited
+from tests.test_folder_inbox import inbox_config
 from tests.test_faults import JumpingClock, _fill, mount_tmpfs  # mount_tmpfs: a fixture
 
 COPY_UNDER_LIMIT = """
@@ -123,14 +124,7 @@ class TestFullSpoolThroughTheDaemon:
         names = [f"{number}.jpg" for number in range(3)]
         for number, name in enumerate(names):
             (inbox_dir / name).write_bytes(small_photo(40 + number, side=256))
-        config = write_config("[quarantine]\nreview_band = []\n", sources=f"""
-            [[sources]]
-            kind = "folder"
-            name = "inbox"
-            path = "{inbox_dir}"
-            move_to = "{done}"
-            settle_s = 0
-            """)
+        config = inbox_config(write_config, inbox_dir, done)
         spool = mount_tmpfs(config.data_dir / "spool", "256k")
         (spool / "ballast").mkdir()  # start-up sweeps loose files out of spool/ itself
         ballast = _fill(spool / "ballast")
