@@ -32,6 +32,7 @@ from crawler.review.server import TokenError, new_token, resolve_token, run_revi
 from crawler.review.settings import ReviewSettings
 from crawler.display import linkable_url
 from storage.display import BIDI_CONTROLS, clip, neutralise_bidi
+from storage.placement import DataLayout
 from tests.conftest import photo
 from tests.review_fixtures import (
     REVIEW_CONFIG,
@@ -1064,6 +1065,7 @@ class TestPrintedLink:
         """A token from --token-file or MEGANE_REVIEW_TOKEN is never printed: the link is the
         sign-in form, where that token opens a session; a made-up one is in a one-time link."""
         config = write_config(REVIEW_CONFIG)
+        DataLayout(config.data_dir).ensure()  # review needs an existing data_dir
         token_file = tmp_path / "review-token"
         token_file.write_text(f"{TOKEN}\n")
         token_file.chmod(0o600)
