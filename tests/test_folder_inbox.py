@@ -272,6 +272,47 @@ class TestJournal:
         assert [line["event"] for line in logs if line["event"].startswith("folder_")] == [
             "folder_move_recovered"]
 
+    def test_original_removed_by_another_process_keeps_the_copy(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """When another process (its recovery of the same journal) removes the original
+        between our link and our unlink, the moved file is kept: one copy, in move_to."""
+        inbox_dir, done = tmp_path / "inbox", tmp_path / "done"
+        write(inbox_dir / "a.jpg")
+        move = inbox.plan_move(inbox_dir, "a.jpg", done, 0.0, taken=set(),
+                               part=inbox.new_part_name())
+        real_link = os.link
+
+        def link_then_other_process_unlinks(*args: Any, **kwargs: Any) -> None:
+            real_link(*args, **kwargs)
+            (inbox_dir / "a.jpg").unlink()  # the other process's recovery, in between
+
+        monkeypatch.setattr(os, "link", link_then_other_process_unlinks)
+        inbox.perform_move(inbox_dir, done, move)
+        assert _visible(inbox_dir) == [] and _visible(done) == ["a.jpg"]
+
+    async def test_a_failed_recovery_keeps_the_journal_for_the_next_poll(
+            self, tmp_path: Path) -> None:
+        """A recovery that fails with an OSError fails the poll naming the journal, keeps it,
+        and the next poll (once the fault is gone) recovers the move: nothing is dropped."""
+        inbox_dir, done = tmp_path / "inbox", tmp_path / "done"
+        write(inbox_dir / "sub" / "a.jpg")
+        move = inbox.plan_move(inbox_dir, "sub/a.jpg", done, 0.0, taken=set(),
+                               part=inbox.new_part_name())
+        journal_file = inbox.journal_path(done, "inbox")
+        inbox.write_journal(journal_file, inbox.Journal("g1", (move,)))
+        os.rename(inbox_dir / "sub" / "a.jpg", done / "sub" / "a.jpg")  # moved, then killed
+        os.rename(done / "sub", done / "sub-aside")
+        (done / "sub").write_bytes(b"not a folder")  # ENOTDIR while recovering
+        source = make_source(path=inbox_dir, move_to=done, recursive=True)
+        with pytest.raises(SourceError, match="cannot finish the moves listed in") as caught:
+            await source.poll(None, now=later())
+        assert caught.value.reason == "journal_unrecovered"
+        assert str(journal_file) in caught.value.detail and journal_file.exists()
+        (done / "sub").unlink()
+        os.rename(done / "sub-aside", done / "sub")
+        result = await source.poll(None, now=later())
+        assert paths(result.refs) == {str(done / "sub" / "a.jpg")}
+
     async def test_new_file_under_a_moved_name_is_kept(self, tmp_path: Path) -> None:
         """After a cut move, a different file since dropped under the same name is not
         deleted: it is moved beside the first under a new name."""

@@ -277,7 +277,14 @@ class FolderSource:
                 reason="journal_unreadable") from None
         if journal is None or journal.generation == load_cursor(cursor).get("moves"):
             return []
-        return inbox.recover(self.path, move_to, journal.moves, self.name)
+        try:
+            return inbox.recover(self.path, move_to, journal.moves, self.name)
+        except OSError as error:
+            raise SourceError(
+                self.name, f"cannot finish the moves listed in {display_name(journal_file)}: "
+                f"{display_name(str(error))}; the journal is kept and the next poll tries "
+                "again: check move_to's disk and permissions",
+                reason="journal_unrecovered") from None
 
     def _move_all(self, entries: list[FileEntry], move_to: Path,
                   carried: Sequence[inbox.Move] = ()) -> PollResult:

@@ -230,6 +230,8 @@ def perform_move(root: Path, move_to: Path, move: Move) -> None:
             _copy_then_name(source_dir, name, target_dir, target, os.fsencode(move.part))
         try:
             os.unlink(name, dir_fd=source_dir)
+        except FileNotFoundError:
+            return  # another process finished this move (its recovery): the target is the copy
         except OSError:
             os.unlink(target, dir_fd=target_dir)  # leave exactly one copy, in the folder
             raise
@@ -291,17 +293,16 @@ def recover(root: Path, move_to: Path, moves: Sequence[Move], source_name: str) 
     folder and is moved again). A move cut between the link and the unlink still has its
     original: it is unlinked when it is the same file (same inode, or the same bytes for a
     copy), so the file is not moved and collected a second time.
+
+    Any other OSError (EIO, EACCES, ...) is raised: the caller fails the poll and keeps the
+    journal, so the next poll tries the recovery again and no move is dropped.
     """
     found: list[Move] = []
     for move in moves:
-        try:
-            if _recover_one(root, move_to, move):
-                found.append(move)
-                log.info("folder_move_recovered", source=source_name,
-                         file_name=display_name(move.target))
-        except OSError as error:
-            log.warning("folder_move_not_recovered", source=source_name,
-                        file_name=display_name(move.target), error=display_name(str(error)))
+        if _recover_one(root, move_to, move):
+            found.append(move)
+            log.info("folder_move_recovered", source=source_name,
+                     file_name=display_name(move.target))
     return found
 
 
