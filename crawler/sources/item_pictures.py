@@ -50,9 +50,11 @@ def resolve_url(raw: str, bases: Iterable[str | None]) -> str:
         if not base:
             continue
         try:
-            return urljoin(base, text)
+            joined = urljoin(base, text)
         except ValueError:
             continue
+        if joined:  # urljoin(";", ";") is "": a reference never resolves to nothing
+            return joined
     return text
 
 
