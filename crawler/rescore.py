@@ -70,12 +70,14 @@ def plan_refile(
 
 
 async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
-                  now: float) -> RescoreReport:
+                  now: float, *, every_sidecar: bool = False) -> RescoreReport:
     """Re-file every stored image whose filing changes under `policy`.
 
     Per chunk: the decisions are committed, the files moved in one worker thread with one
     sync at the end (not an fsync per file), then the rows are committed. A crash in
-    between is repaired at start-up by `reconcile` (the committed decision wins).
+    between is repaired at start-up by `reconcile` (the committed decision wins). An image
+    another process re-filed after the pass read its rows keeps that filing. With
+    `every_sidecar` (after new scores: a promotion) every quarantine sidecar is compared.
     """
     from crawler.pipeline import sidecar_document
 
@@ -85,12 +87,20 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
         await forget_applied(catalogue)
     items = await catalogue.rescore_items()
     changes, stays = plan_refile(items, policy)
-    failed = 0
+    failed = skipped = 0
     for start in range(0, len(changes), COMMIT_EVERY):
         batch = changes[start:start + COMMIT_EVERY]
-        await catalogue.record_decisions(
+        # Planned from a snapshot: an image re-filed meanwhile by another process (a
+        # reviewer's label, a delete) keeps what that process decided.
+        refused = await catalogue.record_decisions(
             [(item.blob.sha256, decision.placement, decision.reason, decision.tags)
-             for item, decision in batch], now)
+             for item, decision in batch], now,
+            {item.blob.sha256: item.blob.updated_at for item, _ in batch})
+        for sha256 in refused:
+            log.info("refile_skipped", sha256=sha256, reason="changed since the pass began")
+        skipped += len(refused)
+        batch = [(item, decision) for item, decision in batch
+                 if item.blob.sha256 not in refused]
         quarantined = [item.blob.sha256 for item, decision in batch
                        if decision.placement is Placement.QUARANTINE]
         rows = await catalogue.media_for_blobs(quarantined) if quarantined else {}
@@ -122,12 +132,12 @@ async def rescore(catalogue: Catalogue, layout: DataLayout, policy: Policy,
         await catalogue.record_placements(done, now)
         if undo:
             await catalogue.record_decisions(undo, now)
-    reworded, sidecars, stay_failed = await _restate(catalogue, layout, policy, stays, now,
-                                                     every_sidecar=policy_changed)
+    reworded, sidecars, stay_failed = await _restate(
+        catalogue, layout, policy, stays, now, every_sidecar=policy_changed or every_sidecar)
     failed += stay_failed
     if not failed:
         await record_applied(catalogue, policy, now)
-    return RescoreReport(changed=len(changes) - failed + stay_failed,
+    return RescoreReport(changed=len(changes) - failed + stay_failed - skipped,
                          unchanged=len(items) - len(changes), failed=failed,
                          reworded=reworded, sidecars=sidecars)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from storage.catalogue_base import blob_row, loads_tuple, serialized
@@ -165,28 +165,34 @@ class Filing(Labels):
 
     @serialized
     async def record_decisions(
-        self, decisions: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float
+        self, decisions: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float,
+        expected_updated_at: Mapping[str, float] | None = None,
     ) -> set[str]:
         """Commit where images are about to be filed, before their files move.
 
         Committing the decision first means a file never appears under library/ ahead of
         the catalogue saying so; a crash between the two is repaired by re-placing every
         image whose links disagree with its committed placement (rescore.reconcile).
+        Returns the images left as they were: rejected content keeps that verdict, and with
+        `expected_updated_at` (sha256 -> the updated_at the decision was planned from) an
+        image another process re-filed meanwhile (a reviewer's label) keeps its filing.
         """
+        expected = expected_updated_at or {}
         await self._db.executemany(
             """UPDATE blobs SET placement = ?, reason = ?, tags = ?, updated_at = ?
-               WHERE sha256 = ? AND placement IS NOT 'rejected'""",
-            [(p.value, reason, json.dumps(list(tags)), now, sha)
+               WHERE sha256 = ? AND placement IS NOT 'rejected'
+                 AND (? IS NULL OR updated_at = ?)""",
+            [(p.value, reason, json.dumps(list(tags)), now, sha,
+              expected.get(sha), expected.get(sha))
              for sha, p, reason, tags in decisions],
         )
-        # Content rejected meanwhile (deleted by a reviewer) keeps that verdict: say which.
         refused: set[str] = set()
         shas = [sha for sha, *_ in decisions]
         for start in range(0, len(shas), 500):
             chunk = shas[start:start + 500]
             rows = await self._fetchall(
-                f"SELECT sha256 FROM blobs WHERE placement = 'rejected' "
-                f"AND sha256 IN ({','.join('?' * len(chunk))})", chunk)
+                f"SELECT sha256 FROM blobs WHERE (placement = 'rejected' OR updated_at != ?) "
+                f"AND sha256 IN ({','.join('?' * len(chunk))})", [now, *chunk])
             refused.update(row["sha256"] for row in rows)
         return refused
 

@@ -78,7 +78,8 @@ def blobs(work: Path) -> list[sqlite3.Row]:
     """Every stored image's placement, reason and nsfw score."""
     with connect(work / "data" / "catalogue.sqlite") as connection:
         return connection.execute(
-            """SELECT b.sha256, b.placement, b.reason, s.score FROM blobs b JOIN scores s
+            """SELECT b.sha256, b.placement, b.reason, b.updated_at, s.score
+               FROM blobs b JOIN scores s
                ON s.sha256 = b.sha256 AND s.model_version = b.model_version
                AND s.tag = 'nsfw' ORDER BY b.sha256""").fetchall()
 
@@ -229,3 +230,27 @@ async def test_policy_recorded_by_another_process_is_forgotten_at_stop(
         report = await refile_at_start(catalogue, layout, edited, 2.0)
         assert report is not None and report.failed == 0
         assert await catalogue.setting(SETTING) == policy_fingerprint(edited)
+
+
+async def test_a_decision_planned_from_a_stale_row_is_not_committed(
+        tmp_path: Path, shared_classifier: Any) -> None:
+    """record_decisions with the updated_at a pass planned from leaves alone an image that
+    another process (a reviewer's label and re-file) changed since, and says which."""
+    from storage.records import Placement
+
+    _, layout = await filed(tmp_path, shared_classifier, "0.8")
+    first, second, _ = blobs(tmp_path)
+    async with open_catalogue(layout) as catalogue:
+        # The reviewer's process re-files `first` after the pass took its snapshot.
+        assert await catalogue.record_decisions(
+            [(first["sha256"], Placement.QUARANTINE, "label: nsfw=yes", ["nsfw"])], 50.0) \
+            == set()
+        refused = await catalogue.record_decisions(
+            [(first["sha256"], Placement.LIBRARY, "clean: nsfw=0.010 < 0.99", []),
+             (second["sha256"], Placement.QUARANTINE, "score: nsfw=0.300 >= 0.20", ["nsfw"])],
+            60.0, {first["sha256"]: first["updated_at"], second["sha256"]: second["updated_at"]})
+    assert refused == {first["sha256"]}
+    after = {row["sha256"]: row for row in blobs(tmp_path)}
+    assert (after[first["sha256"]]["placement"], after[first["sha256"]]["reason"]) == (
+        "quarantine", "label: nsfw=yes")
+    assert after[second["sha256"]]["placement"] == "quarantine"

@@ -81,7 +81,8 @@ async def backfill(
                                    [(row.sha256, row.model_version) for row in rows], now)
         rescored += len(rows)
     left = await count_filed_on_other_versions(catalogue, version)
-    report = await rescore(catalogue, layout, policy, now)
+    # New scores (model_version, head scores) go into every quarantine sidecar.
+    report = await rescore(catalogue, layout, policy, now, every_sidecar=True)
     return BackfillReport(rescored, left, report.changed, report.unchanged, report.failed)
 
 
