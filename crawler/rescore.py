@@ -12,6 +12,7 @@ daemon re-files when config.toml's policy differs from it (`refile_at_start`).
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,7 +248,8 @@ async def reconcile(catalogue: Catalogue, layout: DataLayout, policy: Policy) ->
     """At start-up: re-place every image whose files disagree with the catalogue.
 
     Repairs a crash between committing a decision and moving the files; the committed
-    placement wins, so a file is never left visible against the catalogue's word.
+    placement wins, so a file is never left visible against the catalogue's word. Media
+    rows left behind by a crash between a re-file's two commits get it too.
     """
     from crawler.pipeline import quarantine_sidecar
 
@@ -276,6 +278,9 @@ async def reconcile(catalogue: Catalogue, layout: DataLayout, policy: Policy) ->
             log.error("reconcile_failed", sha256=blob.sha256, reason=str(error))
             continue
         log.info("media_reconciled", sha256=blob.sha256, placement=blob.placement.value)
+    aligned = await catalogue.align_media_states(time.time())
+    if aligned:
+        log.info("media_states_aligned", rows=aligned)
     return len(misplaced)
 
 

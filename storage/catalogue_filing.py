@@ -197,6 +197,27 @@ class Filing(Labels):
         return refused
 
     @serialized
+    async def align_media_states(self, now: float) -> int:
+        """Give each filed media row its blob's committed placement and reason (start-up).
+
+        Repairs a crash between a re-file's two commits (blobs first, then media rows):
+        without it `status` and `media list --state` would disagree with the files for good.
+        Copies keep their duplicate_of:/near_duplicate_of: reason. Returns the rows fixed.
+        """
+        cursor = await self._db.execute(
+            f"""UPDATE media SET
+                  state = (SELECT b.placement FROM blobs b WHERE b.sha256 = media.sha256),
+                  reason = CASE WHEN {_KEEP_COPY_REASON} THEN reason ELSE
+                    (SELECT b.reason FROM blobs b WHERE b.sha256 = media.sha256) END,
+                  updated_at = ?
+                WHERE state IN ('library', 'quarantine', 'held') AND EXISTS (
+                  SELECT 1 FROM blobs b WHERE b.sha256 = media.sha256
+                  AND b.placement IN ('library', 'quarantine', 'held')
+                  AND b.placement != media.state)""", (now,))
+        await self._db.commit()
+        return cursor.rowcount
+
+    @serialized
     async def record_placements(
         self, changes: Sequence[tuple[str, Placement, str, Sequence[str]]], now: float
     ) -> None:

@@ -254,3 +254,25 @@ async def test_a_decision_planned_from_a_stale_row_is_not_committed(
     assert (after[first["sha256"]]["placement"], after[first["sha256"]]["reason"]) == (
         "quarantine", "label: nsfw=yes")
     assert after[second["sha256"]]["placement"] == "quarantine"
+
+
+async def test_media_rows_follow_their_blob_after_a_crash_between_commits(
+        tmp_path: Path, shared_classifier: Any) -> None:
+    """A crash after a re-file committed the blobs but before their media rows: the next
+    start's reconcile gives the media rows the committed placement and reason."""
+    from storage.records import Placement
+
+    _, layout = await filed(tmp_path, shared_classifier, "0.8")
+    target = blobs(tmp_path)[0]
+    async with open_catalogue(layout) as catalogue:
+        # The first commit of a re-file (blobs), files moved, then the process died.
+        await catalogue.record_decisions(
+            [(target["sha256"], Placement.QUARANTINE, "score: nsfw=0.010 >= 0.001", ["nsfw"])],
+            10.0)
+        strict = policy_of(load_config(write_config(tmp_path, "0.001")))
+        await reconcile(catalogue, layout, strict)  # moves the files; aligns the media rows
+    with connect(layout.catalogue) as connection:
+        rows = connection.execute("SELECT state, reason FROM media WHERE sha256 = ?",
+                                  (target["sha256"],)).fetchall()
+    assert rows and all((row["state"], row["reason"]) ==
+                        ("quarantine", "score: nsfw=0.010 >= 0.001") for row in rows)
