@@ -15,6 +15,10 @@ from crawler.decide import Policy
 from storage.catalogue import Catalogue
 
 SETTING = "applied_policy"
+# The policy a running daemon files new images under, set at its start and reload, cleared
+# at a clean stop. Still there at the next start: that daemon died (kill -9) and may have
+# filed images under it after a `megane rescore` recorded another policy meanwhile.
+SERVING = "serving_policy"
 # Bump when the text of reasons or sidecars changes: stored ones are then rewritten once.
 REASON_FORMAT = 2
 
@@ -41,6 +45,21 @@ async def applied_fingerprint(catalogue: Catalogue) -> str | None:
 async def record_applied(catalogue: Catalogue, policy: Policy, now: float) -> None:
     """Every stored image is now filed under `policy`."""
     await catalogue.set_setting(SETTING, policy_fingerprint(policy), now)
+
+
+async def serving_fingerprint(catalogue: Catalogue) -> str | None:
+    """The policy a daemon serves, or served until it died (None: no daemon, clean stop)."""
+    return await catalogue.setting(SERVING)
+
+
+async def record_serving(catalogue: Catalogue, policy: Policy, now: float) -> None:
+    """A daemon now files new images under `policy`."""
+    await catalogue.set_setting(SERVING, policy_fingerprint(policy), now)
+
+
+async def forget_serving(catalogue: Catalogue) -> None:
+    """The daemon stops cleanly: it files nothing more."""
+    await catalogue.clear_setting(SERVING)
 
 
 async def forget_applied(catalogue: Catalogue) -> None:

@@ -32,6 +32,7 @@ from crawler.pipeline import Pipeline, PipelineSettings
 from crawler.polling import MAX_BACKOFF_S, ONCE_MAX_EXTRA_POLLS, PollerState, poll_loop
 from crawler.promotion import backfill_at_start, follow_promotions, load_active_model
 from crawler.reporting import DaemonObserver, report_loop, stats_for_status
+from crawler.applied_policy import record_serving
 from crawler.rescore import reconcile, refile_at_start, release_applied, rescore
 from crawler.review.refresher import IndexRefresher
 from crawler.review.settings import ReviewSettings
@@ -341,6 +342,7 @@ class Daemon:
         policy = policy_of(new_config)
         assert self.pipeline is not None and self.catalogue is not None
         self.pipeline.set_policy(policy)
+        await record_serving(self.catalogue, policy, self.clock())
         report = await rescore(self.catalogue, self.layout, policy, self.clock())
         if report.changed:
             self.refresher.mark_changed()

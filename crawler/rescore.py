@@ -21,8 +21,11 @@ import structlog
 from crawler.applied_policy import (
     applied_fingerprint,
     forget_applied,
+    forget_serving,
     policy_fingerprint,
     record_applied,
+    record_serving,
+    serving_fingerprint,
 )
 from crawler.decide import Decision, Policy, decide
 from storage.catalogue import Catalogue, RescoreItem
@@ -200,18 +203,28 @@ async def release_applied(catalogue: Catalogue, policy: Policy) -> None:
     recorded = await applied_fingerprint(catalogue)
     if recorded is not None and recorded != policy_fingerprint(policy):
         await forget_applied(catalogue)
+    await forget_serving(catalogue)
 
 
 async def refile_at_start(catalogue: Catalogue, layout: DataLayout, policy: Policy,
                           now: float) -> RescoreReport | None:
     """At start, before anything is served: re-file every stored image when `policy`
-    (config.toml) differs from the one they were last filed under. None when it does not."""
+    (config.toml) differs from the one they were last filed under, or from the one a daemon
+    that died without a clean stop was filing new images under. None when neither does.
+    Then records `policy` as the one this daemon serves."""
+    fingerprint = policy_fingerprint(policy)
     previous = await applied_fingerprint(catalogue)
-    if previous == policy_fingerprint(policy):
+    serving = await serving_fingerprint(catalogue)
+    if previous == fingerprint and serving in (None, fingerprint):
+        await record_serving(catalogue, policy, now)
         return None
-    log.info("policy_refile_started", reason="no policy recorded" if previous is None
-             else "the filing policy in config.toml changed since it was last applied")
+    log.info("policy_refile_started", reason=(
+        "no policy recorded" if previous is None
+        else "the filing policy in config.toml changed since it was last applied"
+        if previous != fingerprint
+        else "a daemon that did not stop cleanly was filing under another policy"))
     report = await rescore(catalogue, layout, policy, now)
+    await record_serving(catalogue, policy, now)
     log.info("policy_refiled", refiled=report.changed, unchanged=report.unchanged,
              reworded=report.reworded, sidecars=report.sidecars, failed=report.failed,
              at_start=True)

@@ -276,3 +276,26 @@ async def test_media_rows_follow_their_blob_after_a_crash_between_commits(
                                   (target["sha256"],)).fetchall()
     assert rows and all((row["state"], row["reason"]) ==
                         ("quarantine", "score: nsfw=0.010 >= 0.001") for row in rows)
+
+
+async def test_a_daemon_that_died_serving_another_policy_is_repaired_at_start(
+        tmp_path: Path, shared_classifier: Any) -> None:
+    """`megane rescore` recorded policy P2 while a daemon filed under P1, then the daemon was
+    killed (no clean stop): the next start with P2 sees the serving record and re-files."""
+    from crawler.applied_policy import SERVING
+
+    _, layout = await filed(tmp_path, shared_classifier, "0.8")
+    lenient = policy_of(load_config(write_config(tmp_path, "0.8")))
+    strict = policy_of(load_config(write_config(tmp_path, repr(
+        min(row["score"] for row in blobs(tmp_path))))))
+    async with open_catalogue(layout) as catalogue:
+        assert await catalogue.setting(SERVING) is None  # the in-process run stopped cleanly
+        # The state kill -9 leaves: the dead daemon's serving record (P1), P2 recorded as
+        # applied by `megane rescore`, images filed under P1 (all in the library).
+        await catalogue.set_setting(SERVING, policy_fingerprint(lenient), 1.0)
+        await catalogue.set_setting(SETTING, policy_fingerprint(strict), 1.0)
+        report = await refile_at_start(catalogue, layout, strict, 2.0)
+        assert report is not None and report.changed == PHOTOS
+        assert await catalogue.setting(SERVING) == policy_fingerprint(strict)
+        assert await refile_at_start(catalogue, layout, strict, 3.0) is None
+    assert visible(tmp_path, "library") == set()
