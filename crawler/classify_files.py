@@ -119,7 +119,8 @@ def classify_files(
 
 def classify_command(config: Config, files: Sequence[str], *, as_json: bool,
                      environ: Mapping[str, str]) -> int:
-    """`megane classify`: print per-tag scores; exit 1 if the model or any file fails."""
+    """`megane classify`: print per-tag scores; exit 1 if the model or any file fails, 2 if
+    the engine fails mid-run."""
     from classifier.cache import tflite_cache_dir
     from classifier.errors import ClassifierError
     from classifier.models import load_classifier
@@ -159,7 +160,7 @@ def classify_command(config: Config, files: Sequence[str], *, as_json: bool,
             results = list(run())
     except ClassifierError as error:  # the engine failed: no score can be trusted
         print(f"error: model {serving.version}: {error}", file=sys.stderr)
-        return 1
+        return 2  # an internal failure, not the user's input (SPEC §3)
     for result in results:
         if result.error is not None:
             print(f"error: {result.error}", file=sys.stderr)

@@ -172,7 +172,10 @@ class Daemon:
             if repaired:
                 log.info("placements_repaired", count=repaired)
             # A policy changed while stopped is applied before anything is served.
-            await refile_at_start(catalogue, self.layout, policy_of(self.config), self.clock())
+            # A large catalogue can take minutes: ask systemd for time (EXTEND_TIMEOUT_USEC).
+            await refile_at_start(catalogue, self.layout, policy_of(self.config), self.clock(),
+                                  before_pass=lambda: self.notifier.extend_timeout(
+                                      REFILE_START_TIMEOUT_S))
             if self.classifier is None and self.classifier_problem is None:
                 self.classifier, self.classifier_problem = await asyncio.to_thread(
                     load_active_model, self.config, self.layout, self.cache_dir
@@ -351,6 +354,9 @@ class Daemon:
                  unchanged=report.unchanged,
                  needs_restart=restart_needed or None)
         return True
+
+
+REFILE_START_TIMEOUT_S = 1800.0  # ~5M images at the measured 25-35 s per 100k re-filed
 
 
 def log_precision_warnings(config: Config) -> None:

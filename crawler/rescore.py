@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,11 +208,13 @@ async def release_applied(catalogue: Catalogue, policy: Policy) -> None:
 
 
 async def refile_at_start(catalogue: Catalogue, layout: DataLayout, policy: Policy,
-                          now: float) -> RescoreReport | None:
+                          now: float, before_pass: Callable[[], object] | None = None,
+                          ) -> RescoreReport | None:
     """At start, before anything is served: re-file every stored image when `policy`
     (config.toml) differs from the one they were last filed under, or from the one a daemon
     that died without a clean stop was filing new images under. None when neither does.
-    Then records `policy` as the one this daemon serves."""
+    Then records `policy` as the one this daemon serves. `before_pass` is called when a pass
+    is about to run (the daemon asks systemd for more start-up time)."""
     fingerprint = policy_fingerprint(policy)
     previous = await applied_fingerprint(catalogue)
     serving = await serving_fingerprint(catalogue)
@@ -223,6 +226,8 @@ async def refile_at_start(catalogue: Catalogue, layout: DataLayout, policy: Poli
         else "the filing policy in config.toml changed since it was last applied"
         if previous != fingerprint
         else "a daemon that did not stop cleanly was filing under another policy"))
+    if before_pass is not None:
+        before_pass()
     report = await rescore(catalogue, layout, policy, now)
     await record_serving(catalogue, policy, now)
     log.info("policy_refiled", refiled=report.changed, unchanged=report.unchanged,

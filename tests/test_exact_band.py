@@ -309,7 +309,7 @@ def test_classify_command_scores(tmp_path: Path,
 def test_classify_reports_an_engine_failure(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    """An engine that fails mid-run makes `classify` exit 1 with the model named, no trace."""
+    """An engine that fails mid-run makes `classify` exit 2 (internal) naming the model."""
     import classifier.models
     from classifier.errors import InferenceError
     from crawler.classify_files import classify_command
@@ -325,7 +325,7 @@ def test_classify_reports_an_engine_failure(tmp_path: Path,
     image = tmp_path / "a.png"
     Image.new("RGB", (64, 64), (10, 20, 30)).save(image)
     config = load_config(_config(tmp_path, ""))
-    assert classify_command(config, [str(image)], as_json=True, environ={}) == 1
+    assert classify_command(config, [str(image)], as_json=True, environ={}) == 2
     captured = capsys.readouterr()
     assert captured.err == "error: model builtin: litert inference failed: test\n"
     assert captured.out == ""

@@ -299,3 +299,16 @@ async def test_a_daemon_that_died_serving_another_policy_is_repaired_at_start(
         assert await catalogue.setting(SERVING) == policy_fingerprint(strict)
         assert await refile_at_start(catalogue, layout, strict, 3.0) is None
     assert visible(tmp_path, "library") == set()
+
+
+async def test_the_daemon_asks_for_time_only_when_a_pass_runs(
+        tmp_path: Path, shared_classifier: Any) -> None:
+    """`before_pass` (the daemon's EXTEND_TIMEOUT_USEC) is called once when a pass runs and
+    not at a start with nothing to re-file."""
+    _, layout = await filed(tmp_path, shared_classifier, "0.8")
+    calls: list[int] = []
+    policy = policy_of(load_config(write_config(tmp_path, "0.5")))
+    async with open_catalogue(layout) as catalogue:
+        await refile_at_start(catalogue, layout, policy, 1.0, before_pass=lambda: calls.append(1))
+        await refile_at_start(catalogue, layout, policy, 2.0, before_pass=lambda: calls.append(1))
+    assert calls == [1]
