@@ -44,7 +44,7 @@ from crawler.commands.review import cmd_delete, cmd_review
 from crawler.commands.run import cmd_check_config, cmd_classify, cmd_import, cmd_once, cmd_run
 from crawler.commands.status import cmd_media_list, cmd_status, status_document
 from crawler.errors import ConfigError
-from storage.errors import MeganeError, UnknownMediaError
+from storage.errors import DataDirInUseError, MeganeError, UnknownMediaError
 
 log = structlog.get_logger("megane.cli")
 
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         _print_error(error)
         return EXIT_USER
-    except UnknownMediaError as error:
+    except (UnknownMediaError, DataDirInUseError) as error:
         _print_error(error)
         return EXIT_USER
     except KeyboardInterrupt:

@@ -153,15 +153,23 @@ class Daemon:
         )
 
     async def run(self, *, once: bool = False) -> int:
-        """Run until stopped (or, with `once`, until every polled item is final). Returns 0."""
-        from crawler.fetch import Fetcher, make_session
+        """Run until stopped (or, with `once`, until every polled item is final). Returns 0.
 
+        Raises DataDirInUseError when another daemon holds data_dir (`DataLayout.exclusive`).
+        """
         # A SIGHUP while starting (loading a model can take minutes) is a reload to do once
         # running; its default action would kill the process. `_run_tasks` takes it over.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP,
                                                           self.reload_requested.set)
         self.layout.ensure()
+        with self.layout.exclusive():  # one daemon per data_dir
+            return await self._run_locked(once)
+
+    async def _run_locked(self, once: bool) -> int:
+        """`run` while holding data_dir's lock."""
+        from crawler.fetch import Fetcher, make_session
+
         catalogue = await Catalogue.open(self.layout.catalogue)
         self.catalogue = catalogue
         try:

@@ -19,6 +19,17 @@ class CatalogueError(StorageError):
     """The SQLite catalogue failed (locked, corrupt, newer schema than this program)."""
 
 
+class DataDirInUseError(StorageError):
+    """Another daemon (`megane run`, `once` or `import`) works in this data_dir now."""
+
+    def __init__(self, data_dir: str, holder: str) -> None:
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        super().__init__(
+            f"{data_dir}: another megane run/once/import is using this data_dir{who}; stop it "
+            "first (`systemctl stop megane-crawler`), or give this command another data_dir")
+        self.data_dir = data_dir
+
+
 class UnknownMediaError(StorageError):
     """No stored image matches the given sha256 (prefix), or several do."""
 

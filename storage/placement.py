@@ -17,7 +17,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from storage.atomic import rename_into_place as rename_into_place
 from storage.atomic import staged_directory as staged_directory
 from storage.atomic import temp_name
 from storage.atomic import write_file_atomic as write_file_atomic
-from storage.errors import PlacementError
+from storage.errors import DataDirInUseError, PlacementError
 from storage.records import Placement
 from storage.redact import redact_value
 
@@ -80,6 +80,30 @@ class DataLayout:
     @property
     def cache(self) -> Path:
         return self.root / "cache"
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold data_dir's lock (`.lock`, flock) while one daemon works in it.
+
+        Two daemons on one data_dir would poll the same sources and re-file under different
+        policies; the second is refused with DataDirInUseError naming data_dir and the
+        holder's pid. The kernel drops the lock when the holder dies, even by kill -9.
+        """
+        import fcntl
+
+        descriptor = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                             PRIVATE_FILE_MODE)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+                raise DataDirInUseError(str(self.root), holder) from None
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(descriptor)
 
     def ensure(self) -> None:
         """Create the folders with their modes, whatever the umask (SPEC §5).
