@@ -9,9 +9,9 @@ and every stored image is re-filed from its stored scores; a bad config keeps th
 
 from __future__ import annotations
 
-import dataclasses
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +23,7 @@ from classifier.base import Classifier
 from classifier.cache import tflite_cache_dir
 from classifier.decode import DecodeLimits
 from classifier.errors import ClassifierError
+from crawler.applied_policy import record_serving
 from crawler.config import Config, load_config
 from crawler.decide import Policy, policy_from_config
 from crawler.errors import ConfigError
@@ -32,7 +33,6 @@ from crawler.pipeline import Pipeline, PipelineSettings
 from crawler.polling import MAX_BACKOFF_S, ONCE_MAX_EXTRA_POLLS, PollerState, poll_loop
 from crawler.promotion import backfill_at_start, follow_promotions, load_active_model
 from crawler.reporting import DaemonObserver, report_loop, stats_for_status
-from crawler.applied_policy import record_serving
 from crawler.rescore import reconcile, refile_at_start, release_applied, rescore
 from crawler.review.refresher import IndexRefresher
 from crawler.review.settings import ReviewSettings
