@@ -346,7 +346,7 @@ def cached_tflite(
     if model_key is None:
         model = build_model()
         model_key = model_fingerprint(model)
-    path = cache_dir / f"{model_key}-{quantization}.tflite"
+    path = tflite_path(cache_dir, model_key, quantization)
     if path.is_file():
         return path
     flatbuffer = convert_to_tflite(model if model is not None else build_model(), quantization)
@@ -369,6 +369,36 @@ def resolve_engine(engine: EngineName, device: DeviceName) -> Literal["tensorflo
     return "tensorflow" if device != "cpu" and gpu_devices() else "litert"
 
 
+def tflite_path(cache_dir: Path, model_key: str, quantization: Quantization) -> Path:
+    """Where `cached_tflite` keeps the converted file of a model and quantization."""
+    return Path(cache_dir) / f"{model_key}-{quantization}.tflite"
+
+
+def tflite_quantizations(
+    engine: EngineName, device: DeviceName, quantization: Quantization,
+    exact_band: tuple[float, float] | None,
+) -> tuple[Quantization, ...]:
+    """The converted files (by quantization) `make_engine` loads for this configuration.
+
+    None for TensorFlow; on LiteRT the quantization asked for, and float32 as well for int8
+    with an exact band. A quantized model runs on LiteRT, also when `engine` is "auto" on a
+    GPU host. Raises ModelError for a configuration that cannot run.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {quantization!r}; expected one of {QUANTIZATIONS}")
+    chosen = resolve_engine(engine if quantization == "none" or engine != "auto" else "litert",
+                            device)
+    if chosen == "tensorflow":
+        if quantization != "none":
+            raise ModelError("quantization applies to the litert engine only")
+        return ()
+    if device == "gpu":
+        raise ModelError("engine 'litert' runs on the CPU; use engine 'tensorflow' for the GPU")
+    if quantization == "dynamic_range" and exact_band is not None:
+        return (quantization, "none")
+    return (quantization,)
+
+
 def make_engine(
     build_model: ModelFactory,
     *,
@@ -384,20 +414,13 @@ def make_engine(
     """Build the engine the configuration asks for (see `resolve_engine`).
 
     `build_model` is only called when needed: always for TensorFlow, and for LiteRT only when
-    the converted file is not cached yet under `model_key`. A quantized model runs on LiteRT,
-    also when `engine` is "auto" on a GPU host. With `dynamic_range` (int8) and an
-    `exact_band`, the result is an `ExactBandEngine` over both the int8 and the float32 file.
+    the converted file is not cached yet under `model_key`. Which engine and files: see
+    `tflite_quantizations`. With `dynamic_range` (int8) and an `exact_band`, the result is an
+    `ExactBandEngine` over both the int8 and the float32 file.
     """
-    if quantization not in QUANTIZATIONS:
-        raise ModelError(f"unknown quantization {quantization!r}; expected one of {QUANTIZATIONS}")
-    chosen = resolve_engine(engine, device) if quantization == "none" or engine != "auto" \
-        else resolve_engine("litert", device)
-    if chosen == "tensorflow":
-        if quantization != "none":
-            raise ModelError("quantization applies to the litert engine only")
+    files = tflite_quantizations(engine, device, quantization, exact_band)
+    if not files:
         return TensorFlowEngine(build_model(), batch_size=batch_size, device=device)
-    if device == "gpu":
-        raise ModelError("engine 'litert' runs on the CPU; use engine 'tensorflow' for the GPU")
     fast = LiteRTEngine.from_model(
         build_model,
         cache_dir=cache_dir,
@@ -406,7 +429,7 @@ def make_engine(
         batch_size=batch_size,
         threads=threads,
     )
-    if quantization != "dynamic_range" or exact_band is None:
+    if exact_band is None or len(files) == 1:
         return fast
     from classifier.exact_band import ExactBandEngine
 

@@ -31,24 +31,17 @@ log = structlog.get_logger("megane.classifier")
 def missing_conversions(classifier: ClassifierConfig, cache_dir: Path) -> list[Path]:
     """The cached .tflite files the configured engine will convert first (none: all cached).
 
-    The same choice as `classifier.engines.make_engine`: TensorFlow converts nothing; LiteRT
-    needs `{MODEL_KEY}-{quantization}.tflite`, and int8 with an exact band the float32 file too.
-    A configuration the engine refuses needs nothing here: loading it reports the problem.
+    The files `classifier.engines.make_engine` loads (`tflite_quantizations`). A
+    configuration the engine refuses needs nothing here: loading it reports the problem.
     """
-    from classifier.engines import resolve_engine
+    from classifier.engines import tflite_path, tflite_quantizations
 
-    quantization = classifier.quantization
     try:
-        engine = resolve_engine(classifier.engine if quantization == "none"
-                                or classifier.engine != "auto" else "litert", classifier.device)
+        needed = tflite_quantizations(classifier.engine, classifier.device,
+                                      classifier.quantization, classifier.exact_band)
     except ModelError:
         return []
-    if engine != "litert":
-        return []
-    needed = [quantization]
-    if quantization == "dynamic_range" and classifier.exact_band is not None:
-        needed.append("none")
-    paths = [cache_dir / f"{MODEL_KEY}-{name}.tflite" for name in needed]
+    paths = [tflite_path(cache_dir, MODEL_KEY, quantization) for quantization in needed]
     return [path for path in paths if not path.is_file()]
 
 
