@@ -26,10 +26,10 @@ from storage.catalogue_scores import Scores
 from storage.catalogue_settings import Settings
 from storage.catalogue_sources import Sources, SourceState
 from storage.errors import CatalogueError
+from storage.placement import PRIVATE_FILE_MODE
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 15_000
-PRIVATE_FILE_MODE = 0o600
 
 
 def _make_private(path: Path) -> None:

@@ -57,6 +57,7 @@ from crawler.localcopy import (
     open_root,
 )
 from storage.atomic import write_file_atomic
+from storage.placement import PRIVATE_FILE_MODE
 
 log = structlog.get_logger()
 
@@ -149,7 +150,7 @@ def read_journal(path: Path) -> Journal | None:
 def write_journal(path: Path, journal: Journal) -> None:
     """Write the journal whole and durably (temp name, fsync, rename, fsync folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(path, dump_journal(journal), 0o600)
+    write_file_atomic(path, dump_journal(journal), PRIVATE_FILE_MODE)
 
 
 def remove_journal(path: Path) -> None:
@@ -268,7 +269,7 @@ def _copy_at(source_dir: int, name: bytes, target_dir: int, target: bytes) -> No
     try:
         status = os.fstat(reader)
         writer = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=target_dir)
+                         | os.O_CLOEXEC, PRIVATE_FILE_MODE, dir_fd=target_dir)
         try:
             while chunk := os.read(reader, 1 << 20):
                 view = memoryview(chunk)
