@@ -51,6 +51,20 @@ def _held_bytes(server: MediaServer, path: str, body: bytes, gate: DecodedGate) 
     server.routes[path] = handler
 
 
+def same_bytes_at_two_urls(media_server: MediaServer,
+                           write_config: Any) -> tuple[Any, DecodedGate]:
+    """A feed of two items, the same photo at /img/a.jpg (served once the gate opens, when
+    /img/b.jpg is decoded) and /img/b.jpg; the config polling it, and the gate."""
+    data = photo("coffee")
+    gate = DecodedGate()
+    gate.url_suffix = ("/img/b.jpg",)
+    _held_bytes(media_server, "/img/a.jpg", data, gate)
+    media_server.add_bytes("/img/b.jpg", data)
+    media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}, {"image": "/img/b.jpg"}])
+    config = write_config(allowed=(media_server.host_port,), sources=feed_source(media_server))
+    return config, gate
+
+
 async def _run(config: Any, classifier: Any, gate: DecodedGate) -> list[EventDict]:
     counting = RecordingClassifier(classifier)
     with capture_logs(processors=[gate]) as logs:
@@ -131,14 +145,7 @@ class TestSameBytesInOneRun:
     ) -> None:
         """Two items of one feed, same bytes at two URLs: the second-created row is filed
         first, and the catalogue says so."""
-        data = photo("coffee")
-        gate = DecodedGate()
-        gate.url_suffix = ("/img/b.jpg",)
-        _held_bytes(media_server, "/img/a.jpg", data, gate)
-        media_server.add_bytes("/img/b.jpg", data)
-        media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}, {"image": "/img/b.jpg"}])
-        config = write_config(allowed=(media_server.host_port,),
-                              sources=feed_source(media_server))
+        config, gate = same_bytes_at_two_urls(media_server, write_config)
 
         logs = await _run(config, shared_classifier, gate)
 

@@ -24,7 +24,7 @@ from storage.placement import DataLayout
 from storage.records import MediaRef, Placement, State
 from tests.conftest import MediaServer, photo
 from tests.helpers import catalogue_media, feed_source, rss_source
-from tests.test_same_bytes import DecodedGate, _held_bytes
+from tests.test_same_bytes import DecodedGate, _held_bytes, same_bytes_at_two_urls
 
 COPIES = ("b.jpg", "c.jpg", "d.jpg")
 SIZES = ((440, 290), (430, 280), (420, 270))
@@ -126,14 +126,7 @@ class TestHeldCopyRequeued:
     ) -> None:
         """Same bytes held without a model, re-queued at start: the copy keeps
         `duplicate_of:` and the original keeps the decision, whichever is decoded first."""
-        data = photo("coffee")
-        gate = DecodedGate()
-        gate.url_suffix = ("/img/b.jpg",)
-        _held_bytes(media_server, "/img/a.jpg", data, gate)
-        media_server.add_bytes("/img/b.jpg", data)
-        media_server.add_feed("/feed.xml", [{"image": "/img/a.jpg"}, {"image": "/img/b.jpg"}])
-        config = write_config(allowed=(media_server.host_port,),
-                              sources=feed_source(media_server))
+        config, gate = same_bytes_at_two_urls(media_server, write_config)
         with capture_logs(processors=[gate]):
             assert await Daemon(config, classifier=None,
                                 classifier_problem="no_model: test").run(once=True) == 0
